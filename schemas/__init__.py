@@ -1,0 +1,36 @@
+"""The on-disk contract of offline-kd, versioned, and the typed stage configs.
+
+`shard_v1.json` is the machine-readable description of a shard file that the
+writer, the reader and `kd verify` all load from here; `shard_v1.md` is the
+prose version. A change to either is a schema change: bump the version.
+
+    >>> from schemas import SHARD_SCHEMA, shard_name
+    >>> shard_name(3)
+    'shard-00003.h5'
+    >>> SHARD_SCHEMA["schema_version"]
+    1
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SCHEMA_DIR = Path(__file__).parent
+SHARD_SCHEMA: dict = json.loads((SCHEMA_DIR / "shard_v1.json").read_text())
+SHARD_SCHEMA_NAME: str = SHARD_SCHEMA["schema"]
+SHARD_SCHEMA_VERSION: int = SHARD_SCHEMA["schema_version"]
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA_NAME = "offline-kd/manifest"
+REJECTS_NAME = "rejects.jsonl"
+CONFIG_NAME = "teacher_config.json"
+
+
+def shard_name(index: int) -> str:
+    """Zero-padded, sortable file name of shard `index`."""
+    return SHARD_SCHEMA["file_pattern"].format(index=index)
+
+
+def hidden_dataset_name(layer: int) -> str:
+    """Dataset path of the stored hidden states of absolute layer `layer`."""
+    return f"hidden/layer_{layer:02d}"

@@ -1,0 +1,147 @@
+"""Typed configuration of the teacher stage (`kd teacher-labels`).
+
+One dataclass, one field per CLI flag (the flag is the field name with dashes).
+`validate()` runs the cross-field checks and names the flag in every error.
+The resolved config is written beside the shards as `teacher_config.json`
+and embedded in the manifest, so the data always says how it was made.
+
+    >>> from schemas.teacher_config import TeacherConfig
+    >>> cfg = TeacherConfig(prompts="data/prompts/demo.jsonl", out="data/labels/demo", top_k=5)
+    >>> cfg.validate().top_k
+    5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config value, or a combination of values, is invalid; names the flag."""
+
+
+@dataclass
+class TeacherConfig:
+    """Everything that decides what `kd teacher-labels` generates and writes."""
+
+    prompts: str = "data/prompts/demo.jsonl"
+    """Prompt file: JSONL or Parquet; each record has `id` and `prompt` (text) or `messages` (chat list)."""
+    out: str = "data/labels/demo"
+    """Output directory for shards, manifest.json, rejects.jsonl and the resolved config."""
+    teacher: str = DEFAULT_TEACHER
+    """Teacher model: local Hugging Face directory or hub id (default: the embedded SmolLM2-135M-Instruct)."""
+    system_prompt: str | None = None
+    """Optional system message prepended to every prompt before the chat template is applied."""
+    top_k: int = 20
+    """Number of teacher alternatives (token id, logprob) stored per completion token."""
+    n: int = 1
+    """Completions sampled per prompt."""
+    max_tokens: int = 256
+    """Maximum completion length, in tokens."""
+    temperature: float = 0.8
+    """Sampling temperature for the completions (soft labels are always stored at T = 1)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass for the completions, in (0, 1]."""
+    seed: int = 0
+    """Base seed: each prompt's seed derives from it and the prompt id, so reruns reproduce samples."""
+    dtype: str = "auto"
+    """Teacher weights and activations dtype: auto, float32, bfloat16 or float16."""
+    max_model_len: int = 2048
+    """Context length in tokens (prompt + completion); longer prompts are rejected, not truncated."""
+    shard_size: int = 1024
+    """Samples per shard file, rounded up to whole prompts (a prompt's n samples never straddle shards)."""
+    tensor_parallel_size: int = 1
+    """GPUs a teacher replica is split over with tensor parallelism (vLLM)."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages a teacher replica is split over (vLLM); multiplies with tensor parallelism."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of each GPU's memory vLLM may take for weights and KV cache, in (0, 1]."""
+    kv_cache_gib: float | None = None
+    """KV-cache size in GiB; overrides --gpu-memory-utilization. Default on a CPU-only machine: 2."""
+    shards_in_flight: int = 2
+    """Shards whose prompts are queued in the engine at once; more keeps the batch full across shard ends."""
+    enforce_eager: bool = False
+    """Skip vLLM graph compilation (and CUDA graphs): engine start in seconds, slower steps."""
+    limit: int | None = None
+    """Read only the first N records of the prompt file (smoke runs); part of the output's identity."""
+    overwrite: bool = False
+    """Delete an existing output directory whose settings differ instead of refusing."""
+
+    def validate(self) -> "TeacherConfig":
+        """Check every field and cross-field constraint; return self for chaining."""
+        positive = ("top_k", "n", "max_tokens", "max_model_len", "shard_size",
+                    "tensor_parallel_size", "pipeline_parallel_size", "shards_in_flight")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_tokens >= self.max_model_len:
+            raise ConfigError(
+                f"--max-tokens ({self.max_tokens}) must be smaller than --max-model-len "
+                f"({self.max_model_len}): no room would be left for the prompt")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(
+                f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
+            raise ConfigError(f"--kv-cache-gib must be positive, got {self.kv_cache_gib}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.temperature == 0 and self.n > 1:
+            raise ConfigError("--n > 1 needs --temperature > 0: greedy decoding gives n identical samples")
+        if not self.prompts:
+            raise ConfigError("--prompts is required")
+        if not self.out:
+            raise ConfigError("--out is required")
+        return self
+
+    @property
+    def prompts_per_shard(self) -> int:
+        """Whole prompts per shard: shard_size samples rounded up to a multiple of n."""
+        return -(-self.shard_size // self.n)
+
+    def sampling(self) -> dict[str, Any]:
+        """The settings that decide which completions are drawn (stored in every shard)."""
+        return {"n": self.n, "max_tokens": self.max_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": self.seed, "system_prompt": self.system_prompt}
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that must match for a rerun to extend or reuse an existing output."""
+        return {"teacher": self.teacher, "top_k": self.top_k, "dtype": self.dtype,
+                "max_model_len": self.max_model_len, "shard_size": self.shard_size,
+                "limit": self.limit, **self.sampling()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def flag(field_name: str) -> str:
+    """The CLI flag of a config field."""
+    return "--" + field_name.replace("_", "-")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field docstrings of a config dataclass, read from its source (used as --help text)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = nxt.value.value
+    return docs
+

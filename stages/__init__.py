@@ -1,0 +1,1 @@
+"""Thin stage entry points: the only code that imports vLLM or loads models onto devices."""

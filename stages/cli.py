@@ -1,0 +1,83 @@
+"""The `kd` command line: one entry point for every stage and tool.
+
+    kd teacher-labels --help          # stage 1: vLLM soft labels into shards
+    kd verify data/labels/demo        # checksums, schema, invariants
+    kd inspect data/labels/demo       # counts, bytes/token, one decoded sample
+
+vLLM is imported only inside the commands that run it, so `kd verify` and
+`kd inspect` start fast and work on machines without vLLM.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from schemas.teacher_config import TeacherConfig
+from stages.config_options import options_from
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """offline-kd: offline two-stage knowledge distillation for LLMs."""
+
+
+@main.command("teacher-labels")
+@options_from(TeacherConfig)
+def teacher_labels(cfg: TeacherConfig) -> None:
+    """Generate completions with the teacher under vLLM and store top-k soft labels as HDF5 shards."""
+    from stages.teacher_labels import run_teacher_labels
+    from schemas.teacher_config import ConfigError
+
+    try:
+        summary = run_teacher_labels(cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary.line())
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--no-checksum", is_flag=True, help="Skip sha256 checks (structure and values only).")
+def verify(dirs: tuple[Path, ...], no_checksum: bool) -> None:
+    """Check every shard of one or more output directories; exit 1 naming each problem."""
+    from pipeline.verify import describe, orphan_files, verify_output
+
+    failed = False
+    for d in dirs:
+        manifest, problems = verify_output(d, checksum=not no_checksum)
+        if problems:
+            failed = True
+            click.echo(f"FAIL {d}\n{describe(problems)}", err=True)
+            continue
+        t = manifest.totals()
+        note = "" if manifest.complete else " (run not complete: resume with the same command)"
+        click.echo(f"OK {d}: {t['shards']} shards, {t['samples']} samples, "
+                   f"{t['completion_tokens']} completion tokens verified{note}")
+        for name in orphan_files(d, manifest):
+            click.echo(f"note: {d / name} is not in the manifest (left by an interrupted run; "
+                       "ignored by readers, replaced on resume)")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--sample", "sample_index", default=0, show_default=True,
+              help="Which sample (0-based, over the whole output) to decode.")
+@click.option("--positions", default=3, show_default=True,
+              help="How many completion positions to show with their top-k alternatives.")
+def inspect(out_dir: Path, sample_index: int, positions: int) -> None:
+    """Summarise an output directory and decode one sample with its top-k alternatives."""
+    from pipeline.manifest import ManifestError
+    from pipeline.summary import summarise_output
+
+    try:
+        click.echo(summarise_output(out_dir, sample_index, positions))
+    except (ManifestError, IndexError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+if __name__ == "__main__":
+    main()

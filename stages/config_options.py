@@ -1,0 +1,61 @@
+"""Map a config dataclass one-to-one onto click options.
+
+Each field becomes `--field-name` with the field's docstring as help text,
+its default shown, and its type taken from the annotation; bool fields become
+`--flag/--no-flag` switches. The command receives a ready, validated config.
+
+    @click.command()
+    @options_from(TeacherConfig)
+    def teacher_labels(cfg: TeacherConfig): ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from typing import Any, Callable
+
+import click
+
+from schemas.teacher_config import ConfigError, field_docs
+
+CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+def option_type(annotation: Any) -> Any:
+    """click type of a field annotation; `X | None` maps to X."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args else annotation
+    return CLICK_TYPES.get(base, click.STRING)
+
+
+def options_from(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: add one option per field of `cls` and pass the built config as `cfg`."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            names = {f.name for f in dataclasses.fields(cls)}
+            cfg = cls(**{k: v for k, v in kwargs.items() if k in names})
+            try:
+                cfg.validate()
+            except ConfigError as exc:
+                raise click.UsageError(str(exc)) from exc
+            return command(cfg, **{k: v for k, v in kwargs.items() if k not in names})
+
+        for field in reversed(dataclasses.fields(cls)):
+            flag = "--" + field.name.replace("_", "-")
+            help_text = docs.get(field.name, "")
+            if hints[field.name] is bool:
+                decl = click.option(f"{flag}/--no-{flag[2:]}", default=field.default,
+                                    show_default=True, help=help_text)
+            else:
+                decl = click.option(flag, field.name, type=option_type(hints[field.name]),
+                                    default=field.default, show_default=field.default is not None,
+                                    help=help_text)
+            wrapper = decl(wrapper)
+        return wrapper
+    return decorate

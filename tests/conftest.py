@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny fake samples and outputs, so pure logic is tested without vLLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.manifest import Manifest, write_manifest
+from pipeline.sample import Sample
+from pipeline.shard_writer import ShardAttrs, write_shard
+from schemas import shard_name
+
+VOCAB = 1000
+K = 4
+
+
+def fake_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, vocab: int = VOCAB,
+                k: int = K, prompt_len: int | None = None, comp_len: int | None = None,
+                hidden: dict[int, int] | None = None) -> Sample:
+    """A random but schema-valid sample: sorted top-k rows, logprobs <= 0."""
+    p = prompt_len or int(rng.integers(1, 8))
+    c = comp_len or int(rng.integers(1, 10))
+    topk_ids = np.stack([rng.choice(vocab, size=k, replace=False) for _ in range(c)])
+    lps = -np.sort(rng.exponential(2.0, size=(c, k)), axis=1).astype(np.float32)
+    sample = Sample(prompt_id, index, rng.integers(0, vocab, p).tolist(),
+                    topk_ids[:, 0].tolist(), topk_ids, lps, lps[:, 0].copy(),
+                    "stop" if rng.random() < 0.5 else "length")
+    for layer, size in (hidden or {}).items():
+        sample.hidden[layer] = rng.standard_normal((p + c, size)).astype(np.float32)
+    return sample
+
+
+def fake_attrs(vocab: int = VOCAB, k: int = K, hidden_layers=(), hidden_size=0) -> ShardAttrs:
+    return ShardAttrs("fake-teacher", "f" * 64, vocab, k, {"n": 1, "temperature": 1.0},
+                      tuple(hidden_layers), hidden_size)
+
+
+def write_fake_output(out, shards: int = 2, per_shard: int = 3, seed: int = 0,
+                      attrs: ShardAttrs | None = None) -> Manifest:
+    """Write a complete, valid output directory of fake shards and return its manifest."""
+    rng = np.random.default_rng(seed)
+    attrs = attrs or fake_attrs()
+    manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
+                        vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
+                        hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size)
+    sizes = dict.fromkeys(attrs.hidden_layers, attrs.hidden_size)
+    for i in range(shards):
+        samples = [fake_sample(rng, f"p{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
+                               hidden=sizes) for j in range(per_shard)]
+        manifest.shards[i] = write_shard(out / shard_name(i), i, samples, attrs)
+    write_manifest(out, manifest)
+    return manifest
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

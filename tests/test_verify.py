@@ -1,0 +1,96 @@
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_fake_output
+from pipeline.checksum import sha256_file
+from pipeline.manifest import read_manifest, write_manifest
+from pipeline.verify import verify_output
+from stages.cli import main
+
+
+def test_valid_output_verifies(tmp_path):
+    write_fake_output(tmp_path, shards=3)
+    manifest, problems = verify_output(tmp_path)
+    assert problems == [] and manifest.totals()["shards"] == 3
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 0 and "OK" in result.output
+
+
+def test_flipped_byte_is_caught_and_named(tmp_path):
+    write_fake_output(tmp_path, shards=2)
+    path = tmp_path / "shard-00001.h5"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    _, problems = verify_output(tmp_path)
+    assert [(p.where, p.check) for p in problems] == [("shard-00001.h5", "sha256")]
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 1 and "shard-00001.h5: sha256" in result.output
+
+
+def test_truncated_shard_is_caught(tmp_path):
+    write_fake_output(tmp_path)
+    path = tmp_path / "shard-00000.h5"
+    path.write_bytes(path.read_bytes()[:-100])
+    _, problems = verify_output(tmp_path)
+    assert [(p.where, p.check) for p in problems] == [("shard-00000.h5", "size")]
+
+
+def corrupt(out, name, mutate):
+    """Rewrite a dataset in place, then re-seal the manifest so only invariants can catch it."""
+    path = out / "shard-00000.h5"
+    with h5py.File(path, "r+") as f:
+        mutate(f[name])
+    m = read_manifest(out)
+    m.shards[0].sha256, m.shards[0].bytes = sha256_file(path), path.stat().st_size
+    write_manifest(out, m)
+
+
+@pytest.mark.parametrize("name,mutate,message", [
+    ("labels/topk_logprobs", lambda d: d.__setitem__((0, 0), np.nan), "non-finite"),
+    ("labels/topk_logprobs", lambda d: d.__setitem__((0, slice(None)), [-5, -1, -2, -3]),
+     "not sorted descending"),
+    ("labels/topk_ids", lambda d: d.__setitem__((0, 0), 1000), "ids >= vocab_size"),
+    ("samples/token_ids", lambda d: d.__setitem__(0, 5000), "ids >= vocab_size"),
+    ("samples/prompt_lengths", lambda d: d.__setitem__(0, 10_000), "prompt length"),
+    ("samples/offsets", lambda d: d.__setitem__(1, 10_000), "samples/offsets"),
+    ("labels/sampled_logprobs", lambda d: d.__setitem__(0, 3.0), "positive logprobs"),
+])
+def test_broken_invariants_are_named(tmp_path, name, mutate, message):
+    write_fake_output(tmp_path, shards=1)
+    corrupt(tmp_path, name, mutate)
+    _, problems = verify_output(tmp_path)
+    assert problems and problems[0].where == "shard-00000.h5"
+    assert message in problems[0].detail
+
+
+def test_attribute_disagreeing_with_manifest_is_caught(tmp_path):
+    write_fake_output(tmp_path, shards=1)
+    corrupt(tmp_path, "labels/topk_ids", lambda d: d.parent.parent.attrs.__setitem__("top_k", 9))
+    _, problems = verify_output(tmp_path)
+    assert any("attribute top_k is 9" in p.detail for p in problems)
+
+
+def test_missing_manifest_and_missing_shard(tmp_path):
+    _, problems = verify_output(tmp_path)
+    assert problems[0].check == "manifest"
+    write_fake_output(tmp_path, shards=2)
+    (tmp_path / "shard-00001.h5").unlink()
+    _, problems = verify_output(tmp_path)
+    assert [(p.where, p.check) for p in problems] == [("shard-00001.h5", "present")]
+
+
+def test_duplicate_sample_ids_across_shards_are_caught(tmp_path):
+    write_fake_output(tmp_path, shards=2)
+    m = read_manifest(tmp_path)
+    (tmp_path / "shard-00001.h5").write_bytes((tmp_path / "shard-00000.h5").read_bytes())
+    with h5py.File(tmp_path / "shard-00001.h5", "r+") as f:
+        f.attrs["shard_index"] = 1
+    p = tmp_path / "shard-00001.h5"
+    m.shards[1] = type(m.shards[0])(**{**m.shards[0].to_json(), "name": p.name,
+                                       "sha256": sha256_file(p), "bytes": p.stat().st_size})
+    write_manifest(tmp_path, m)
+    _, problems = verify_output(tmp_path)
+    assert problems and problems[0].check == "unique ids"
