@@ -50,14 +50,23 @@ class Manifest:
     shards: dict[int, ShardRecord] = field(default_factory=dict)
 
     def totals(self) -> dict[str, int]:
-        keys = ("samples", "tokens", "completion_tokens", "bytes")
-        return {k: sum(getattr(r, k) for r in self.shards.values()) for k in keys} | {
-            "shards": len(self.shards)}
+        keys = ("samples", "tokens", "completion_tokens", "bytes", "generated")
+        sums = {k: sum(getattr(r, k) for r in self.shards.values()) for k in keys}
+        return sums | {"shards": len(self.shards), "dropped": sums["generated"] - sums["samples"]}
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        """Dropped samples summed over shards, by reason."""
+        counts: dict[str, int] = {}
+        for rec in self.shards.values():
+            for reason, n in rec.dropped.items():
+                counts[reason] = counts.get(reason, 0) + n
+        return dict(sorted(counts.items()))
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["shards"] = [self.shards[i].to_json() | {"index": i} for i in sorted(self.shards)]
         data["totals"] = self.totals()
+        data["dropped_by_reason"] = self.dropped_by_reason()
         return data
 
     @classmethod

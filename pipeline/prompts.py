@@ -134,19 +134,24 @@ def check_messages(messages: Any) -> Messages:
 
 
 def load_prompts(path: str | Path, tokenize: Tokenize, max_prompt_tokens: int,
-                 system_prompt: str | None = None, limit: int | None = None) -> PromptBatch:
+                 system_prompt: str | None = None, limit: int | None = None,
+                 owns: Callable[[str | None, int], bool] | None = None) -> PromptBatch:
     """Read, validate and tokenize the records of `path` (the first `limit` if given).
 
-    The first of duplicate ids wins; later ones are rejected.
+    The first of duplicate ids wins; later ones are rejected. `owns(id, line)`
+    selects this worker's records (see `pipeline.partition`); the others are
+    skipped before tokenization and not counted.
     """
     batch = PromptBatch()
     seen: dict[str, int] = {}
-    for line, record in iter_records(path):
-        if limit is not None and batch.records_read >= limit:
+    for position, (line, record) in enumerate(iter_records(path)):
+        if limit is not None and position >= limit:
             break
-        batch.records_read += 1
         rid = record.get("id") if isinstance(record, dict) else None
         rid = None if rid is None else str(rid)
+        if owns is not None and not owns(rid, line):
+            continue
+        batch.records_read += 1
         try:
             rid, messages = messages_of(record, system_prompt)
             if rid in seen:

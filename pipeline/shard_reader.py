@@ -95,3 +95,21 @@ class ShardReader:
         for layer in self.hidden_layers:
             out[f"hidden_{layer}"] = a[hidden_dataset_name(layer)][t0:t1]
         return out
+
+
+def read_samples(reader: ShardReader) -> list["Sample"]:
+    """Every sample of a shard back as in-memory `Sample`s (copies; used to rewrite a shard)."""
+    from pipeline.sample import Sample
+
+    ids, reasons = reader.strings("samples/ids"), reader.strings("samples/finish_reasons")
+    samples = []
+    for i, (sid, reason) in enumerate(zip(ids, reasons)):
+        s = reader.sample(i)
+        prompt_id, index = sid.rsplit("/", 1)
+        tokens, p = s["token_ids"].tolist(), s["prompt_length"]
+        sample = Sample(prompt_id, int(index), tokens[:p], tokens[p:], np.array(s["topk_ids"]),
+                        np.array(s["topk_logprobs"], np.float32),
+                        np.array(s["sampled_logprobs"], np.float32), reason)
+        sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
+        samples.append(sample)
+    return samples

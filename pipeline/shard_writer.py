@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,6 +49,14 @@ class ShardRecord:
     tokens: int
     completion_tokens: int
     bytes: int
+    generated: int = 0
+    """Samples generated for this shard's prompts, kept (the `samples` above) or dropped."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Dropped samples by reason (see `pipeline.sample_filter.DROP_REASONS`)."""
+    index_sha256: str = ""
+    """Checksum of this shard's `index/part-NNNNN.parquet`."""
+    hidden_layers: list[int] = field(default_factory=list)
+    """Absolute layers whose hidden states this file holds (filled in after generation)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

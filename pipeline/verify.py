@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 
 from pipeline.checksum import sha256_file
 from pipeline.manifest import Manifest, ManifestError, read_manifest
+from pipeline.sample_index import INDEX_NAME, part_name, read_index
 from pipeline.shard_reader import ShardFormatError, ShardReader
 from pipeline.soft_labels import topk_id_dtype
 from schemas import SHARD_SCHEMA, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name, shard_name
@@ -64,6 +67,9 @@ def check_attrs(reader: ShardReader, manifest: Manifest, index: int) -> list[str
     for key in SHARD_SCHEMA["root_attributes"]:
         if key not in a:
             errors.append(f"root attribute {key} is missing")
+    if reader.hidden_layers != manifest.shards[index].hidden_layers:
+        errors.append(f"hidden layers {reader.hidden_layers}, manifest says "
+                      f"{manifest.shards[index].hidden_layers}")
     return errors
 
 
@@ -169,13 +175,100 @@ def verify_output(out_dir: str | Path, checksum: bool = True) -> tuple[Manifest 
             problems.append(Problem(rec.name, "name", f"shard {index} should be {shard_name(index)}"))
             continue
         shard_problems = verify_shard(out_dir / rec.name, index, manifest, checksum)
+        shard_problems += check_index_part(out_dir, index, rec.index_sha256, checksum)
         problems += shard_problems
         if not shard_problems:
             for sid in ShardReader(out_dir / rec.name).strings("samples/ids"):
                 if sid in seen:
                     problems.append(Problem(rec.name, "unique ids", f"{sid} also in {seen[sid]}"))
                 seen[sid] = rec.name
+    if manifest.complete:
+        problems += check_complete(out_dir, manifest)
     return manifest, problems
+
+
+def check_index_part(out_dir: Path, index: int, sha256: str, checksum: bool) -> list[Problem]:
+    part = out_dir / part_name(index)
+    if not part.is_file():
+        return [Problem(part_name(index), "present", "index part listed in the manifest is missing")]
+    if checksum and sha256_file(part) != sha256:
+        return [Problem(part_name(index), "sha256", "checksum differs from the manifest (corrupt)")]
+    return []
+
+
+def check_complete(out_dir: Path, m: Manifest) -> list[Problem]:
+    """A finished run accounts for every accepted prompt's samples and carries its full index."""
+    problems, t = [], m.totals()
+    n = int(m.config.get("n", 1))
+    if t["generated"] != m.accepted_prompts * n:
+        problems.append(Problem("manifest.json", "accounting",
+                                f"{t['generated']} samples generated, expected {m.accepted_prompts} "
+                                f"accepted prompts x n={n}"))
+    if m.input_records != m.accepted_prompts + m.rejected_prompts:
+        problems.append(Problem("manifest.json", "accounting",
+                                f"{m.input_records} records read != {m.accepted_prompts} accepted + "
+                                f"{m.rejected_prompts} rejected"))
+    lagging = [i for i, r in m.shards.items() if r.hidden_layers != m.hidden_layers]
+    if lagging:
+        problems.append(Problem(shard_name(lagging[0]), "hidden states",
+                                f"holds layers {m.shards[lagging[0]].hidden_layers}, the output "
+                                f"promises {m.hidden_layers}"))
+    try:
+        index = read_index(out_dir)
+    except (OSError, ValueError) as exc:
+        return problems + [Problem(INDEX_NAME, "readable", str(exc))]
+    kept = int(pa.compute.sum(index["kept"]).as_py() or 0)
+    if index.num_rows != t["generated"] or kept != t["samples"]:
+        problems.append(Problem(INDEX_NAME, "rows", f"{index.num_rows} rows ({kept} kept); manifest "
+                                f"says {t['generated']} generated ({t['samples']} kept)"))
+    return problems
+
+
+def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
+    """Outputs read together must share teacher, tokenizer, vocabulary, k and hidden layers."""
+    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "hidden_layers",
+              "hidden_size")
+    problems = []
+    (first, ref), *rest = manifests.items()
+    for where, m in rest:
+        for f in fields:
+            if getattr(m, f) != getattr(ref, f):
+                problems.append(Problem(where, "compatible",
+                                        f"{f} is {getattr(m, f)!r} but {first} has {getattr(ref, f)!r}"))
+    return problems
+
+
+def verify_outputs(dirs: Sequence[str | Path], checksum: bool = True
+                   ) -> tuple[dict[str, Manifest], list[Problem]]:
+    """Verify several outputs read as one (e.g. one per teacher worker): each, and their union."""
+    manifests: dict[str, Manifest] = {}
+    problems: list[Problem] = []
+    for d in dirs:
+        manifest, found = verify_output(d, checksum)
+        problems += [Problem(f"{d}/{p.where}", p.check, p.detail) for p in found]
+        if manifest is not None:
+            manifests[str(d)] = manifest
+    if len(manifests) > 1:
+        problems += check_compatible(manifests)
+        problems += check_disjoint(manifests)
+    return manifests, problems
+
+
+def check_disjoint(manifests: dict[str, Manifest]) -> list[Problem]:
+    """No sample id may appear in two outputs (workers own disjoint prompts)."""
+    owner: dict[str, str] = {}
+    problems = []
+    for d, m in manifests.items():
+        for rec in m.shards.values():
+            path = Path(d) / rec.name
+            if not path.is_file():
+                continue
+            for sid in ShardReader(path).strings("samples/ids"):
+                if sid in owner:
+                    problems.append(Problem(str(path), "disjoint", f"{sid} is also in {owner[sid]}"))
+                    return problems
+                owner[sid] = str(path)
+    return problems
 
 
 def orphan_files(out_dir: str | Path, manifest: Manifest) -> list[str]:

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.sample_filter import FilterThresholds
+
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -72,11 +74,36 @@ class TeacherConfig:
     """Read only the first N records of the prompt file (smoke runs); part of the output's identity."""
     overwrite: bool = False
     """Delete an existing output directory whose settings differ instead of refusing."""
+    drop_truncated: bool = True
+    """Drop completions cut off by --max-tokens (finish reason `length`); --no-drop-truncated keeps them."""
+    min_completion_tokens: int = 1
+    """Drop completions shorter than this many tokens."""
+    max_repetition: float | None = 0.5
+    """Drop samples whose share of repeated 4-grams exceeds this (0..1; 0.5 = a degenerate loop). None: off."""
+    min_mean_logprob: float | None = -4.0
+    """Drop samples whose mean sampled-token teacher logprob (nats, raw T = 1) is below this. None: off."""
+    min_token_logprob: float | None = None
+    """Drop samples with any sampled token whose teacher logprob (nats) is below this. None: off."""
+    max_mean_entropy: float | None = None
+    """Drop samples whose mean top-k entropy (nats, top-k renormalised) exceeds this. None: off."""
+    max_tail_mass: float | None = None
+    """Drop samples whose mean probability outside the top-k exceeds this (0..1). None: off."""
+    max_non_finite_rate: float = 0.01
+    """Abort when more than this fraction of generated samples had NaN/inf teacher values (checked per shard)."""
+    hidden_layers: str | None = None
+    """Teacher hidden states to store, comma-separated layer indices (0 = embeddings, -1 = final, after the last norm), e.g. "8,16,-1". Default: none."""
+    hidden_batch_tokens: int = 4096
+    """Token budget of one teacher-forced forward batch when capturing hidden states."""
+    num_workers: int = 1
+    """Independent teacher workers splitting the prompts by a hash of their id (one per machine or GPU group)."""
+    worker_index: int = 0
+    """Which worker this run is, 0 .. --num-workers - 1; each writes its own output directory."""
 
     def validate(self) -> "TeacherConfig":
         """Check every field and cross-field constraint; return self for chaining."""
         positive = ("top_k", "n", "max_tokens", "max_model_len", "shard_size",
-                    "tensor_parallel_size", "pipeline_parallel_size", "shards_in_flight")
+                    "tensor_parallel_size", "pipeline_parallel_size", "shards_in_flight",
+                    "num_workers", "hidden_batch_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -99,6 +126,18 @@ class TeacherConfig:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.temperature == 0 and self.n > 1:
             raise ConfigError("--n > 1 needs --temperature > 0: greedy decoding gives n identical samples")
+        if not 0 <= self.worker_index < self.num_workers:
+            raise ConfigError(f"--worker-index must be in 0..{self.num_workers - 1} "
+                              f"(--num-workers {self.num_workers}), got {self.worker_index}")
+        if not 0 <= self.max_non_finite_rate <= 1:
+            raise ConfigError(f"--max-non-finite-rate must be in [0, 1], got {self.max_non_finite_rate}")
+        for name in ("max_repetition", "max_tail_mass"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"{flag(name)} must be in [0, 1], got {value}")
+        if self.min_completion_tokens < 0:
+            raise ConfigError(f"--min-completion-tokens must be >= 0, got {self.min_completion_tokens}")
+        self.parsed_hidden_layers()
         if not self.prompts:
             raise ConfigError("--prompts is required")
         if not self.out:
@@ -110,6 +149,23 @@ class TeacherConfig:
         """Whole prompts per shard: shard_size samples rounded up to a multiple of n."""
         return -(-self.shard_size // self.n)
 
+    def parsed_hidden_layers(self) -> list[int]:
+        """--hidden-layers as a list of (possibly negative) layer indices, in the order given."""
+        if not self.hidden_layers:
+            return []
+        try:
+            layers = [int(x) for x in self.hidden_layers.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--hidden-layers must be comma-separated integers like 8,16,-1, "
+                              f"got {self.hidden_layers!r}") from None
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"--hidden-layers lists a layer twice: {self.hidden_layers!r}")
+        return layers
+
+    def filter_thresholds(self) -> FilterThresholds:
+        """The keep/drop rules of `pipeline.sample_filter` from the filter flags."""
+        return FilterThresholds(**{f: getattr(self, f) for f in FilterThresholds.__dataclass_fields__})
+
     def sampling(self) -> dict[str, Any]:
         """The settings that decide which completions are drawn (stored in every shard)."""
         return {"n": self.n, "max_tokens": self.max_tokens, "temperature": self.temperature,
@@ -119,7 +175,9 @@ class TeacherConfig:
         """Settings that must match for a rerun to extend or reuse an existing output."""
         return {"teacher": self.teacher, "top_k": self.top_k, "dtype": self.dtype,
                 "max_model_len": self.max_model_len, "shard_size": self.shard_size,
-                "limit": self.limit, **self.sampling()}
+                "limit": self.limit, "hidden_layers": self.hidden_layers,
+                "num_workers": self.num_workers, "worker_index": self.worker_index,
+                "filter": self.filter_thresholds().to_dict(), **self.sampling()}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

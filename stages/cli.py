@@ -28,12 +28,16 @@ def main() -> None:
 @options_from(TeacherConfig)
 def teacher_labels(cfg: TeacherConfig) -> None:
     """Generate completions with the teacher under vLLM and store top-k soft labels as HDF5 shards."""
-    from stages.teacher_labels import run_teacher_labels
     from schemas.teacher_config import ConfigError
+    from stages.preemption import EXIT_PREEMPTED, Preempted
+    from stages.teacher_labels import NonFiniteError, run_teacher_labels
 
     try:
         summary = run_teacher_labels(cfg)
-    except (ConfigError, FileNotFoundError) as exc:
+    except Preempted as exc:
+        click.echo(f"preempted: {exc}", err=True)
+        sys.exit(EXIT_PREEMPTED)
+    except (ConfigError, FileNotFoundError, NonFiniteError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.line())
 

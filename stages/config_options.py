@@ -23,11 +23,25 @@ from schemas.teacher_config import ConfigError, field_docs
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
 
+class OrNone(click.ParamType):
+    """A number that may also be switched off with `none` (for `float | None` fields)."""
+
+    def __init__(self, inner: click.ParamType):
+        self.inner, self.name = inner, f"{inner.name}|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "off")):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
 def option_type(annotation: Any) -> Any:
-    """click type of a field annotation; `X | None` maps to X."""
+    """click type of a field annotation; numeric `X | None` also accepts `none`."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     base = args[0] if args else annotation
-    return CLICK_TYPES.get(base, click.STRING)
+    inner = CLICK_TYPES.get(base, click.STRING)
+    optional = type(None) in typing.get_args(annotation)
+    return OrNone(inner) if optional and base in (int, float) else inner
 
 
 def options_from(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

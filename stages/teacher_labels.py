@@ -20,9 +20,9 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -30,15 +30,20 @@ from pipeline.background_writer import BackgroundWriter
 from pipeline.checksum import remove_stale_temps, sha256_file, write_text_atomic
 from pipeline.fingerprint import tokenizer_fingerprint
 from pipeline.manifest import Manifest, ManifestError, read_manifest, write_manifest
+from pipeline.partition import owner_of
 from pipeline.prompts import Prompt, PromptBatch, load_prompts, write_rejects
 from pipeline.sample import Sample
+from pipeline.sample_filter import FilterOutcome, filter_samples
+from pipeline.sample_index import INDEX_PARTS_DIR, index_table, merge_index, part_name, write_index_part
 from pipeline.seeding import seed_for_prompt
 from pipeline.shard_scheduler import ShardPlan, run_shards
-from pipeline.shard_writer import ShardAttrs, write_shard
+from pipeline.shard_writer import ShardAttrs, ShardRecord, write_shard
 from pipeline.soft_labels import split_flat_logprobs
 from pipeline.verify import verify_shard
 from schemas import CONFIG_NAME, REJECTS_NAME, shard_name
 from schemas.teacher_config import ConfigError, TeacherConfig
+from stages.preemption import Preempted, PreemptionGuard
+from stages.teacher_hidden import add_hidden_states, resolve_layers
 
 # vLLM's CPU backend sizes its KV cache from this fraction of *system* memory
 # by default and refuses to start when the machine has less free; a fixed
@@ -54,19 +59,34 @@ class RunSummary:
     shards_total: int
     shards_reused: int
     shards_written: int
-    samples: int
-    completion_tokens: int
+    generation: "GenerationStats"
+    hidden_seconds: float
     seconds: float
     manifest: Manifest
 
     def line(self) -> str:
-        m, t = self.manifest, self.manifest.totals()
-        rate = self.completion_tokens / self.seconds if self.seconds else 0.0
+        m, t, g = self.manifest, self.manifest.totals(), self.generation
+        dropped = ", ".join(f"{k} {v}" for k, v in m.dropped_by_reason().items()) or "none"
         return (f"teacher-labels: {m.accepted_prompts} prompts accepted, {m.rejected_prompts} rejected; "
                 f"{self.shards_written} shard(s) written, {self.shards_reused} reused; "
-                f"{t['samples']} samples, {t['completion_tokens']} completion tokens, "
+                f"{t['samples']} of {t['generated']} samples kept (dropped: {dropped}); "
+                f"{t['completion_tokens']} completion tokens, "
                 f"{t['bytes'] / max(t['completion_tokens'], 1):.0f} B/token; "
-                f"{rate:.0f} generated tok/s -> {self.out}")
+                f"{g.tokens_per_second:.0f} generated tok/s -> {self.out}")
+
+
+@dataclass
+class GenerationStats:
+    """Throughput of the generation loop alone (engine start excluded)."""
+
+    samples: int = 0
+    completion_tokens: int = 0
+    non_finite: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds else 0.0
 
 
 def render_prompt_tokens(tokenizer: Any):
@@ -174,10 +194,14 @@ def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
 
 
 def reusable_shards(out: Path, manifest: Manifest) -> set[int]:
-    """Shards of a previous run whose files pass every check; the rest are regenerated."""
+    """Shards of a previous run whose shard and index files pass every check; the rest are redone."""
     good = set()
     for index in sorted(manifest.shards):
         problems = verify_shard(out / shard_name(index), index, manifest)
+        part = out / part_name(index)
+        if not problems and not (part.is_file() and
+                                 sha256_file(part) == manifest.shards[index].index_sha256):
+            problems = [f"{part_name(index)} is missing or fails its checksum"]
         if problems:
             tqdm.write(f"regenerating {shard_name(index)}: {problems[0]}")
         else:
@@ -185,25 +209,43 @@ def reusable_shards(out: Path, manifest: Manifest) -> set[int]:
     return good
 
 
-def run_teacher_labels(cfg: TeacherConfig) -> RunSummary:
-    """Run the teacher stage end to end; returns its summary."""
-    from transformers import AutoConfig, AutoTokenizer
+def teacher_shape(teacher: str) -> tuple[int, int, int]:
+    """(vocab size, layers, hidden size) of the teacher, from its config alone."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(teacher)
+    text = getattr(config, "text_config", None) or config
+    return int(text.vocab_size), int(text.num_hidden_layers), int(text.hidden_size)
+
+
+def run_teacher_labels(cfg: TeacherConfig, llm_factory: Callable[[TeacherConfig], Any] | None = None
+                       ) -> RunSummary:
+    """Run the teacher stage end to end; returns its summary.
+
+    `llm_factory` builds the vLLM engine (default `build_llm`); the benchmark
+    passes one that hands out an already-warm engine.
+    """
+    from transformers import AutoTokenizer
 
     cfg.validate()
     start = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
+    remove_stale_temps(out / INDEX_PARTS_DIR)
     tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
-    vocab_size = int(AutoConfig.from_pretrained(cfg.teacher).vocab_size)
-    batch: PromptBatch = load_prompts(cfg.prompts, render_prompt_tokens(tokenizer),
-                                      cfg.max_model_len - cfg.max_tokens, cfg.system_prompt, cfg.limit)
+    vocab_size, num_layers, hidden_size = teacher_shape(cfg.teacher)
+    layers = resolve_layers(cfg.parsed_hidden_layers(), num_layers)
+    batch = load_prompts(cfg.prompts, render_prompt_tokens(tokenizer),
+                         cfg.max_model_len - cfg.max_tokens, cfg.system_prompt, cfg.limit,
+                         owns=lambda rid, line: owner_of(rid, line, cfg.num_workers) == cfg.worker_index)
     fresh = Manifest(
         teacher=cfg.teacher, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         vocab_size=vocab_size, top_k=cfg.top_k, config=cfg.to_dict() | cfg.identity(),
         prompts_sha256=sha256_file(cfg.prompts), input_records=batch.records_read,
         accepted_prompts=len(batch.accepted), rejected_prompts=len(batch.rejects),
-        rejects_by_reason=batch.rejects_by_reason())
+        rejects_by_reason=batch.rejects_by_reason(), hidden_layers=layers,
+        hidden_size=hidden_size if layers else 0)
     manifest = open_output(cfg, fresh)
     plans = plan_shards(batch.accepted, cfg)
     keep = reusable_shards(out, manifest)
@@ -212,52 +254,91 @@ def run_teacher_labels(cfg: TeacherConfig) -> RunSummary:
     write_rejects(out / REJECTS_NAME, batch.rejects)
     write_text_atomic(out / CONFIG_NAME, json.dumps(manifest.config, indent=1) + "\n")
     write_manifest(out, manifest)
+    attrs = ShardAttrs(cfg.teacher, manifest.tokenizer_fingerprint, vocab_size, cfg.top_k,
+                       cfg.sampling())
     todo = [p for p in plans if p.index not in keep]
-    written, tokens = generate_into(out, cfg, manifest, todo, batch, vocab_size)
+    with PreemptionGuard() as guard:
+        stats = generate_into(out, cfg, manifest, todo, batch, attrs, guard, llm_factory or build_llm)
+        hidden_start = time.time()
+        if layers and not guard.requested:
+            add_hidden_states(out, cfg, manifest,
+                              replace(attrs, hidden_layers=tuple(layers), hidden_size=hidden_size),
+                              lambda: guard.requested)
+        hidden_seconds = time.time() - hidden_start
+        if guard.requested:
+            raise Preempted(f"SIGTERM: stopped after committing {len(manifest.shards)} of "
+                            f"{len(plans)} shard(s) to {out}; rerun the same command to resume")
+    merge_index(out, sorted(manifest.shards))
     manifest.complete = True
     write_manifest(out, manifest)
-    return RunSummary(out, len(plans), len(keep), written, manifest.totals()["samples"],
-                      tokens, time.time() - start, manifest)
+    return RunSummary(out, len(plans), len(keep), len(todo), stats, hidden_seconds,
+                      time.time() - start, manifest)
 
 
 def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[ShardPlan],
-                  batch: PromptBatch, vocab_size: int) -> tuple[int, int]:
-    """Generate the shards in `todo` and commit each into `manifest`; returns (shards, tokens)."""
+                  batch: PromptBatch, attrs: ShardAttrs, guard: PreemptionGuard,
+                  llm_factory: Callable[[TeacherConfig], Any]) -> GenerationStats:
+    """Generate, filter and commit the shards in `todo` into `manifest`."""
+    stats = GenerationStats()
     if not todo:
-        return 0, 0
+        return stats
     prompt_ids = {p.id: p.token_ids for p in batch.accepted}
-    attrs = ShardAttrs(cfg.teacher, manifest.tokenizer_fingerprint, vocab_size, cfg.top_k,
-                       cfg.sampling())
-    llm = build_llm(cfg)
+    thresholds = cfg.filter_thresholds()
+    llm = llm_factory(cfg)
     gen_bar = tqdm(total=sum(len(p.requests) for p in todo) * cfg.n, desc="generate",
                    unit="sample", dynamic_ncols=True)
     write_bar = tqdm(total=len(todo), desc="write", unit="shard", dynamic_ncols=True)
 
-    def write(job: tuple[int, list[Sample]]) -> tuple[int, Any]:
-        index, samples = job
-        return index, write_shard(out / shard_name(index), index, samples, attrs)
+    def write(job: tuple[int, FilterOutcome, list[Sample]]) -> tuple[int, ShardRecord]:
+        index, outcome, generated = job
+        record = write_shard(out / shard_name(index), index, outcome.kept, attrs)
+        table = index_table(generated, outcome.metrics, outcome.reasons, record.name)
+        record.index_sha256 = write_index_part(out, index, table)
+        record.generated, record.dropped = len(generated), outcome.dropped_by_reason()
+        return index, record
 
-    def commit(result: tuple[int, Any]) -> None:
+    def commit(result: tuple[int, ShardRecord]) -> None:
         index, record = result
         manifest.shards[index] = record
         write_manifest(out, manifest)
         write_bar.update(1)
 
-    tokens = 0
+    started = time.time()
     try:
         with BackgroundWriter(write, commit) as writer:
             for plan, outputs in run_shards(VllmEngine(llm, cfg), todo, cfg.shards_in_flight):
-                samples = [s for pid, _, _ in plan.requests
-                           for s in samples_from_output(prompt_ids[pid], pid, outputs[pid],
-                                                        cfg.top_k)]
-                tokens += sum(s.completion_length for s in samples)
-                gen_bar.update(len(samples))
-                writer.submit((plan.index, samples))
+                generated = [s for pid, _, _ in plan.requests
+                             for s in samples_from_output(prompt_ids[pid], pid, outputs[pid],
+                                                          cfg.top_k)]
+                outcome = filter_samples(generated, thresholds)
+                writer.submit((plan.index, outcome, generated))
+                stats.samples += len(generated)
+                stats.completion_tokens += sum(s.completion_length for s in generated)
+                stats.non_finite += outcome.non_finite
+                gen_bar.update(len(generated))
+                check_non_finite_rate(stats, cfg.max_non_finite_rate)
+                if guard.requested:
+                    break
+        stats.seconds = time.time() - started
     finally:
         gen_bar.close()
         write_bar.close()
-        shutdown_llm(llm)
-    return len(todo), tokens
+        if llm_factory is build_llm:
+            shutdown_llm(llm)
+    return stats
+
+
+def check_non_finite_rate(stats: GenerationStats, limit: float) -> None:
+    """Abort when too many samples carried NaN/inf: the teacher or its dtype is broken."""
+    if stats.non_finite > limit * stats.samples:
+        raise NonFiniteError(
+            f"{stats.non_finite} of {stats.samples} generated samples had NaN/inf teacher logprobs "
+            f"(limit --max-non-finite-rate {limit}); they were dropped, never written. Check the "
+            "teacher weights and --dtype (float16 overflows on some models)")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many samples had non-finite teacher values."""
 
 
 def shutdown_llm(llm: Any) -> None:

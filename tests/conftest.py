@@ -7,11 +7,14 @@ import pytest
 
 from pipeline.manifest import Manifest, write_manifest
 from pipeline.sample import Sample
+from pipeline.sample_filter import FilterThresholds, filter_samples
+from pipeline.sample_index import index_table, merge_index, write_index_part
 from pipeline.shard_writer import ShardAttrs, write_shard
 from schemas import shard_name
 
 VOCAB = 1000
 K = 4
+KEEP_ALL = FilterThresholds(drop_truncated=False, max_repetition=None, min_mean_logprob=None)
 
 
 def fake_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, vocab: int = VOCAB,
@@ -42,12 +45,20 @@ def write_fake_output(out, shards: int = 2, per_shard: int = 3, seed: int = 0,
     attrs = attrs or fake_attrs()
     manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
                         vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
-                        hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size)
+                        hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size,
+                        config={"n": 1}, input_records=shards * per_shard,
+                        accepted_prompts=shards * per_shard)
     sizes = dict.fromkeys(attrs.hidden_layers, attrs.hidden_size)
     for i in range(shards):
         samples = [fake_sample(rng, f"p{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
                                hidden=sizes) for j in range(per_shard)]
-        manifest.shards[i] = write_shard(out / shard_name(i), i, samples, attrs)
+        outcome = filter_samples(samples, KEEP_ALL)
+        record = write_shard(out / shard_name(i), i, samples, attrs)
+        record.index_sha256 = write_index_part(
+            out, i, index_table(samples, outcome.metrics, outcome.reasons, record.name))
+        record.generated, record.hidden_layers = len(samples), list(attrs.hidden_layers)
+        manifest.shards[i] = record
+    merge_index(out, range(shards))
     write_manifest(out, manifest)
     return manifest
 

@@ -90,7 +90,8 @@ def test_duplicate_sample_ids_across_shards_are_caught(tmp_path):
         f.attrs["shard_index"] = 1
     p = tmp_path / "shard-00001.h5"
     m.shards[1] = type(m.shards[0])(**{**m.shards[0].to_json(), "name": p.name,
-                                       "sha256": sha256_file(p), "bytes": p.stat().st_size})
+                                       "sha256": sha256_file(p), "bytes": p.stat().st_size,
+                                       "index_sha256": m.shards[1].index_sha256})
     write_manifest(tmp_path, m)
     _, problems = verify_output(tmp_path)
     assert problems and problems[0].check == "unique ids"
