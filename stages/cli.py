@@ -46,24 +46,23 @@ def teacher_labels(cfg: TeacherConfig) -> None:
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--no-checksum", is_flag=True, help="Skip sha256 checks (structure and values only).")
 def verify(dirs: tuple[Path, ...], no_checksum: bool) -> None:
-    """Check every shard of one or more output directories; exit 1 naming each problem."""
-    from pipeline.verify import describe, orphan_files, verify_output
+    """Check every shard of one or more output directories (read together: they must agree on
+    teacher, tokenizer, k and hidden layers, and hold disjoint samples); exit 1 naming each problem."""
+    from pipeline.verify import describe, orphan_files, verify_outputs
 
-    failed = False
-    for d in dirs:
-        manifest, problems = verify_output(d, checksum=not no_checksum)
-        if problems:
-            failed = True
-            click.echo(f"FAIL {d}\n{describe(problems)}", err=True)
-            continue
+    manifests, problems = verify_outputs(dirs, checksum=not no_checksum)
+    for d, manifest in manifests.items():
         t = manifest.totals()
         note = "" if manifest.complete else " (run not complete: resume with the same command)"
-        click.echo(f"OK {d}: {t['shards']} shards, {t['samples']} samples, "
-                   f"{t['completion_tokens']} completion tokens verified{note}")
+        click.echo(f"{d}: {t['shards']} shards, {t['samples']} samples, "
+                   f"{t['completion_tokens']} completion tokens{note}")
         for name in orphan_files(d, manifest):
-            click.echo(f"note: {d / name} is not in the manifest (left by an interrupted run; "
+            click.echo(f"note: {Path(d) / name} is not in the manifest (left by an interrupted run; "
                        "ignored by readers, replaced on resume)")
-    sys.exit(1 if failed else 0)
+    if problems:
+        click.echo(f"FAIL\n{describe(problems)}", err=True)
+        sys.exit(1)
+    click.echo(f"OK: {len(manifests)} output(s) verified")
 
 
 @main.command()
