@@ -22,7 +22,10 @@ MAX_MODEL_LEN  ?= 1024
 SHARD_SIZE     ?= 64
 KD_ARGS        ?=
 
-.PHONY: setup models teacher-labels demo test verify inspect clean
+BENCH_PROMPTS    ?= 128
+BENCH_MAX_TOKENS ?= 128
+
+.PHONY: setup models teacher-labels demo test verify inspect bench-teacher clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -64,6 +67,10 @@ demo: teacher-labels
 
 test: models
 	$(PY) -m pytest -q tests
+
+# Benchmarks write bench/results/*.json with the machine they ran on.
+bench-teacher: models
+	$(PY) -m bench.teacher --prompts $(BENCH_PROMPTS) --max-tokens $(BENCH_MAX_TOKENS)
 
 clean:
 	rm -rf data/labels data/models

@@ -1,6 +1,7 @@
 """Human-readable summary of an output directory (`kd inspect`).
 
-Counts, bytes per completion token, rejects by reason, the teacher; then one
+Counts, bytes per completion token, rejects and drops by reason, each
+confidence metric's distribution (kept against dropped), the teacher; then one
 sample decoded with the teacher's top-k alternatives at a few positions.
 
     python -m stages.cli inspect data/labels/demo --sample 0 --positions 3
@@ -12,7 +13,12 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pipeline.manifest import read_manifest
+from pipeline.sample_index import part_name
 from pipeline.shard_reader import ShardReader
 
 Decode = Callable[[list[int]], str]
@@ -39,6 +45,31 @@ def locate_sample(out_dir: Path, shards: dict[int, Any], index: int) -> tuple[Sh
     raise IndexError(f"sample {index} is out of range: the output holds {index - remaining} samples")
 
 
+METRICS = ("mean_logprob", "min_logprob", "mean_entropy", "mean_tail_mass", "repetition_rate",
+           "completion_tokens")
+
+
+def metric_lines(out_dir: Path, m: Any) -> list[str]:
+    """Kept/dropped counts by reason and each confidence metric's spread over all generated samples."""
+    t = m.totals()
+    drops = ", ".join(f"{k}: {v}" for k, v in m.dropped_by_reason().items()) or "none"
+    lines = [f"filtering    {t['generated']} generated, {t['samples']} kept, {t['dropped']} dropped "
+             f"({drops})"]
+    parts = [out_dir / part_name(i) for i in sorted(m.shards)]
+    if not parts:
+        return lines
+    table = pa.concat_tables([pq.read_table(p) for p in parts if p.is_file()])
+    kept = np.asarray(table["kept"].to_numpy(zero_copy_only=False), dtype=bool)
+    lines.append(f"  {'metric':<18}{'p5':>9}{'p50':>9}{'p95':>9}   {'kept p50':>9}{'dropped p50':>12}")
+    for name in METRICS:
+        v = np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64)
+        q = np.percentile(v, [5, 50, 95])
+        k = f"{np.median(v[kept]):9.3f}" if kept.any() else f"{'-':>9}"
+        d = f"{np.median(v[~kept]):12.3f}" if (~kept).any() else f"{'-':>12}"
+        lines.append(f"  {name:<18}{q[0]:9.3f}{q[1]:9.3f}{q[2]:9.3f}   {k}{d}")
+    return lines
+
+
 def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int = 3,
                      decode: Decode | None = None) -> str:
     out_dir = Path(out_dir)
@@ -56,6 +87,7 @@ def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int 
         f"disk         {t['bytes'] / 2**20:.1f} MiB, {t['bytes'] / max(t['completion_tokens'], 1):.0f} "
         "bytes per completion token",
     ]
+    lines += metric_lines(out_dir, m)
     if not t["samples"]:
         return "\n".join(lines)
     reader, row = locate_sample(out_dir, m.shards, sample_index)

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -218,13 +218,28 @@ def teacher_shape(teacher: str) -> tuple[int, int, int]:
     return int(text.vocab_size), int(text.num_hidden_layers), int(text.hidden_size)
 
 
-def run_teacher_labels(cfg: TeacherConfig, llm_factory: Callable[[TeacherConfig], Any] | None = None
-                       ) -> RunSummary:
-    """Run the teacher stage end to end; returns its summary.
+class EngineSource:
+    """Builds the vLLM engine when generation first needs it and shuts it down right after.
 
-    `llm_factory` builds the vLLM engine (default `build_llm`); the benchmark
-    passes one that hands out an already-warm engine.
+    The benchmark subclasses it to hand one warm engine to several runs.
     """
+
+    def __init__(self, cfg: TeacherConfig):
+        self.cfg, self.llm = cfg, None
+
+    def get(self) -> Any:
+        if self.llm is None:
+            self.llm = build_llm(self.cfg)
+        return self.llm
+
+    def release(self) -> None:
+        if self.llm is not None:
+            shutdown_llm(self.llm)
+            self.llm = None
+
+
+def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -> RunSummary:
+    """Run the teacher stage end to end; returns its summary."""
     from transformers import AutoTokenizer
 
     cfg.validate()
@@ -258,7 +273,8 @@ def run_teacher_labels(cfg: TeacherConfig, llm_factory: Callable[[TeacherConfig]
                        cfg.sampling())
     todo = [p for p in plans if p.index not in keep]
     with PreemptionGuard() as guard:
-        stats = generate_into(out, cfg, manifest, todo, batch, attrs, guard, llm_factory or build_llm)
+        stats = generate_into(out, cfg, manifest, todo, batch, attrs, guard,
+                              engine or EngineSource(cfg))
         hidden_start = time.time()
         if layers and not guard.requested:
             add_hidden_states(out, cfg, manifest,
@@ -277,14 +293,14 @@ def run_teacher_labels(cfg: TeacherConfig, llm_factory: Callable[[TeacherConfig]
 
 def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[ShardPlan],
                   batch: PromptBatch, attrs: ShardAttrs, guard: PreemptionGuard,
-                  llm_factory: Callable[[TeacherConfig], Any]) -> GenerationStats:
+                  engine: EngineSource) -> GenerationStats:
     """Generate, filter and commit the shards in `todo` into `manifest`."""
     stats = GenerationStats()
     if not todo:
         return stats
     prompt_ids = {p.id: p.token_ids for p in batch.accepted}
     thresholds = cfg.filter_thresholds()
-    llm = llm_factory(cfg)
+    llm = engine.get()
     gen_bar = tqdm(total=sum(len(p.requests) for p in todo) * cfg.n, desc="generate",
                    unit="sample", dynamic_ncols=True)
     write_bar = tqdm(total=len(todo), desc="write", unit="shard", dynamic_ncols=True)
@@ -323,8 +339,9 @@ def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[
     finally:
         gen_bar.close()
         write_bar.close()
-        if llm_factory is build_llm:
-            shutdown_llm(llm)
+        # Released before the hidden-state pass loads the teacher again:
+        # the two are never resident at once.
+        engine.release()
     return stats
 
 

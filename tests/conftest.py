@@ -39,9 +39,10 @@ def fake_attrs(vocab: int = VOCAB, k: int = K, hidden_layers=(), hidden_size=0) 
 
 
 def write_fake_output(out, shards: int = 2, per_shard: int = 3, seed: int = 0,
-                      attrs: ShardAttrs | None = None) -> Manifest:
+                      attrs: ShardAttrs | None = None, prefix: str = "p") -> Manifest:
     """Write a complete, valid output directory of fake shards and return its manifest."""
     rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
     attrs = attrs or fake_attrs()
     manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
                         vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
@@ -50,7 +51,7 @@ def write_fake_output(out, shards: int = 2, per_shard: int = 3, seed: int = 0,
                         accepted_prompts=shards * per_shard)
     sizes = dict.fromkeys(attrs.hidden_layers, attrs.hidden_size)
     for i in range(shards):
-        samples = [fake_sample(rng, f"p{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
+        samples = [fake_sample(rng, f"{prefix}{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
                                hidden=sizes) for j in range(per_shard)]
         outcome = filter_samples(samples, KEEP_ALL)
         record = write_shard(out / shard_name(i), i, samples, attrs)

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_fake_output
+from conftest import fake_attrs, write_fake_output
 from pipeline.checksum import sha256_file
 from pipeline.manifest import read_manifest, write_manifest
-from pipeline.verify import verify_output
+from pipeline.verify import verify_output, verify_outputs
 from stages.cli import main
 
 
@@ -95,3 +95,41 @@ def test_duplicate_sample_ids_across_shards_are_caught(tmp_path):
     write_manifest(tmp_path, m)
     _, problems = verify_output(tmp_path)
     assert problems and problems[0].check == "unique ids"
+
+
+def test_union_of_worker_outputs_verifies(tmp_path):
+    write_fake_output(tmp_path / "w0", prefix="a")
+    write_fake_output(tmp_path / "w1", prefix="b", seed=1)
+    manifests, problems = verify_outputs([tmp_path / "w0", tmp_path / "w1"])
+    assert problems == [] and len(manifests) == 2
+
+
+def test_union_with_another_k_is_refused_naming_the_field(tmp_path):
+    write_fake_output(tmp_path / "w0", prefix="a")
+    write_fake_output(tmp_path / "w1", prefix="b", attrs=fake_attrs(k=3))
+    _, problems = verify_outputs([tmp_path / "w0", tmp_path / "w1"])
+    assert [(p.check, p.detail.split()[0]) for p in problems] == [("compatible", "top_k")]
+
+
+def test_union_sharing_sample_ids_is_refused(tmp_path):
+    write_fake_output(tmp_path / "w0")
+    write_fake_output(tmp_path / "w1", seed=1)
+    _, problems = verify_outputs([tmp_path / "w0", tmp_path / "w1"])
+    assert [p.check for p in problems] == ["disjoint"]
+
+
+def test_complete_output_must_account_for_every_prompt(tmp_path):
+    m = write_fake_output(tmp_path, shards=2)
+    m.accepted_prompts += 1
+    m.input_records += 1
+    write_manifest(tmp_path, m)
+    _, problems = verify_output(tmp_path)
+    assert [(p.where, p.check) for p in problems] == [("manifest.json", "accounting")]
+
+
+def test_corrupt_index_part_is_caught(tmp_path):
+    write_fake_output(tmp_path, shards=2)
+    part = tmp_path / "index/part-00001.parquet"
+    part.write_bytes(part.read_bytes()[:-3] + b"xyz")
+    _, problems = verify_output(tmp_path)
+    assert [(p.where, p.check) for p in problems] == [("index/part-00001.parquet", "sha256")]
