@@ -43,6 +43,8 @@ class Manifest:
     prompts_sha256: str = ""
     hidden_layers: list[int] = field(default_factory=list)
     hidden_size: int = 0
+    teacher_num_layers: int = 0
+    """The teacher's decoder layers: hidden-state layer -1 is absolute layer `teacher_num_layers`."""
     input_records: int = 0
     accepted_prompts: int = 0
     rejected_prompts: int = 0

@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.sample_filter import FilterThresholds
+from schemas.config_base import ConfigError, field_docs, flag  # noqa: F401  (re-exported)
 
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A config value, or a combination of values, is invalid; names the flag."""
 
 
 @dataclass
@@ -53,7 +50,7 @@ class TeacherConfig:
     seed: int = 0
     """Base seed: each prompt's seed derives from it and the prompt id, so reruns reproduce samples."""
     dtype: str = "auto"
-    """Teacher weights and activations dtype: auto, float32, bfloat16 or float16."""
+    """Teacher weights and activations dtype: auto (the model's own on GPU, float32 on CPU), float32, bfloat16 or float16."""
     max_model_len: int = 2048
     """Context length in tokens (prompt + completion); longer prompts are rejected, not truncated."""
     shard_size: int = 1024
@@ -181,25 +178,3 @@ class TeacherConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def flag(field_name: str) -> str:
-    """The CLI flag of a config field."""
-    return "--" + field_name.replace("_", "-")
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Field docstrings of a config dataclass, read from its source (used as --help text)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
-            docs[node.target.id] = nxt.value.value
-    return docs
-

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from schemas.teacher_config import ConfigError, field_docs
+from schemas.config_base import ConfigError, field_docs
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
@@ -53,7 +53,8 @@ def options_from(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
             names = {f.name for f in dataclasses.fields(cls)}
-            cfg = cls(**{k: v for k, v in kwargs.items() if k in names})
+            cfg = cls(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in kwargs.items() if k in names})
             try:
                 cfg.validate()
             except ConfigError as exc:
@@ -63,7 +64,10 @@ def options_from(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
         for field in reversed(dataclasses.fields(cls)):
             flag = "--" + field.name.replace("_", "-")
             help_text = docs.get(field.name, "")
-            if hints[field.name] is bool:
+            if typing.get_origin(hints[field.name]) is tuple:
+                decl = click.option(flag, field.name, multiple=True, default=field.default,
+                                    show_default=True, help=help_text + " (repeatable)")
+            elif hints[field.name] is bool:
                 decl = click.option(f"{flag}/--no-{flag[2:]}", default=field.default,
                                     show_default=True, help=help_text)
             else:

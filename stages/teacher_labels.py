@@ -157,8 +157,13 @@ def build_llm(cfg: TeacherConfig) -> Any:
     if kv_gib is None and not torch.cuda.is_available():
         kv_gib = CPU_KV_CACHE_GIB
     extra = {"kv_cache_memory_bytes": int(kv_gib * 2**30)} if kv_gib else {}
+    dtype = cfg.dtype
+    if dtype == "auto" and not torch.cuda.is_available():
+        # Measured here: bf16 on a CPU without AMX falls back from oneDNN to
+        # plain torch matmuls, ~10x slower than float32 for the 135M teacher.
+        dtype = "float32"
     return LLM(
-        model=cfg.teacher, dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
+        model=cfg.teacher, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
         tensor_parallel_size=cfg.tensor_parallel_size,
         pipeline_parallel_size=cfg.pipeline_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
@@ -260,7 +265,7 @@ def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -
         prompts_sha256=sha256_file(cfg.prompts), input_records=batch.records_read,
         accepted_prompts=len(batch.accepted), rejected_prompts=len(batch.rejects),
         rejects_by_reason=batch.rejects_by_reason(), hidden_layers=layers,
-        hidden_size=hidden_size if layers else 0)
+        hidden_size=hidden_size if layers else 0, teacher_num_layers=num_layers)
     manifest = open_output(cfg, fresh)
     plans = plan_shards(batch.accepted, cfg)
     keep = reusable_shards(out, manifest)

@@ -1,0 +1,159 @@
+"""Typed configuration of the student stage (`kd train-student`).
+
+One dataclass, one field per CLI flag; `validate()` runs the cross-field
+checks and names the flag in every error. The resolved config is written to
+the output directory (`student_config.json`) and into `report.json`.
+
+    >>> from schemas.student_config import StudentConfig
+    >>> StudentConfig(labels=("data/labels/demo",), steps=10).validate().steps
+    10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.config_base import ConfigError, check_choice, flag
+
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd", "tvd")
+TAILS = ("bucket", "renormalize")
+HIDDEN_LOSSES = ("mse", "cosine")
+STUDENT_KINDS = ("from-teacher", "narrow")
+DTYPES = ("auto", "float32", "bfloat16")
+NON_FINITE_POLICIES = ("stop", "skip")
+
+
+@dataclass
+class StudentConfig:
+    """Everything that decides how `kd train-student` trains, checkpoints and evaluates."""
+
+    labels: tuple[str, ...] = ("data/labels/demo",)
+    """Teacher output directories to train from (repeat the flag for several, e.g. one per worker)."""
+    student: str = "from-teacher"
+    """Student: a Hugging Face model directory or id, `from-teacher` (keep --keep-layers of the teacher's layers, with weights) or `narrow` (fresh init, --narrow-hidden-size wide)."""
+    teacher: str | None = None
+    """Teacher weights for `from-teacher`/`narrow` (read once to build the student, never kept). Default: the labels' teacher."""
+    keep_layers: int = 10
+    """Layers of the derived student (`from-teacher`: evenly spaced teacher layers, first and last included)."""
+    narrow_hidden_size: int = 384
+    """Hidden size of a `narrow` student (heads scale with it; must divide by the head size)."""
+    out: str = "data/student/demo"
+    """Output directory: model/, checkpoints/, metrics.jsonl, report.json, report.md, curves.png."""
+    steps: int | None = 200
+    """Optimizer steps to train (exclusive with --epochs)."""
+    epochs: float | None = None
+    """Passes over the training split (exclusive with --steps; fractional allowed)."""
+    batch_tokens: int = 4096
+    """Token budget of one micro-batch, padding included (length-bucketed, no packing)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 2e-4
+    """Peak learning rate of AdamW."""
+    warmup_steps: int = 20
+    """Linear warm-up steps before cosine decay."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of --lr at the end of cosine decay."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: off)."""
+    kd_loss: str = "forward_kl"
+    """Soft-label divergence: forward_kl, reverse_kl, jsd (generalised, --beta) or tvd."""
+    tail: str = "bucket"
+    """Mass outside the teacher's top-k: `bucket` (one extra class on both sides) or `renormalize` (top-k only)."""
+    beta: float = 0.5
+    """Generalised JSD interpolation in [0, 1]: 0 = forward KL, 1 = reverse KL."""
+    alpha: float = 0.5
+    """Weight of the soft loss; 1 - alpha weights cross-entropy on the teacher's sampled tokens."""
+    temperature: float = 1.0
+    """Distillation temperature: both distributions are tempered and the soft loss scaled by T^2."""
+    hidden_weight: float = 0.0
+    """Weight of the hidden-state alignment loss (needs labels with hidden states); 0: off."""
+    hidden_loss: str = "mse"
+    """Hidden-state loss through the trainable adapter: mse or cosine."""
+    layer_map: str | None = None
+    """Student-to-teacher layer pairs, e.g. "4:16,-1:-1" (student layer:teacher layer, hidden-state numbering). Default: student -1 to teacher -1."""
+    eval_fraction: float = 0.1
+    """Share of prompts held out for evaluation (split by prompt id: no prompt on both sides)."""
+    eval_every: int = 50
+    """Evaluate on the held-out split every N steps (0: only before and after training)."""
+    checkpoint_every: int = 100
+    """Write a resumable checkpoint every N steps (and on SIGTERM, and at the end)."""
+    resume: bool = False
+    """Continue from the latest checkpoint in --out as if never interrupted."""
+    seed: int = 0
+    """Seed for initialisation, shuffling and the evaluation split."""
+    dtype: str = "auto"
+    """Training precision: auto (bf16 autocast on GPUs that support it, else float32), float32 or bfloat16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    loss_chunk: int = 2048
+    """Loss positions per chunk when gathering student log-probabilities (bounds the (positions, vocab) buffer)."""
+    loader_workers: int = 2
+    """DataLoader worker processes (0: load in the training process)."""
+    on_non_finite: str = "stop"
+    """A non-finite loss: `stop` (naming the step and batch) or `skip` the batch (at most 10 in a row)."""
+    verify: bool = True
+    """Verify manifests and shard checksums before training (refuse naming the shard on a mismatch)."""
+    fsdp: bool = False
+    """Under torchrun, shard parameters with PyTorch FSDP instead of replicating them with DDP."""
+
+    def validate(self) -> "StudentConfig":
+        """Check every field and cross-field constraint; return self for chaining."""
+        if not self.labels:
+            raise ConfigError("--labels is required (one or more teacher output directories)")
+        if (self.steps is None) == (self.epochs is None):
+            raise ConfigError("give exactly one of --steps and --epochs")
+        for name in ("steps", "batch_tokens", "grad_accum", "keep_layers", "narrow_hidden_size",
+                     "loss_chunk"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag(name)} must be at least 1, got {value}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "loader_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        for name in ("alpha", "beta", "min_lr_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"--temperature must be a positive number, got {self.temperature}")
+        if not (self.lr > 0 and self.hidden_weight >= 0 and self.grad_clip >= 0
+                and self.weight_decay >= 0):
+            raise ConfigError("--lr must be positive; --hidden-weight, --grad-clip and "
+                              "--weight-decay must be >= 0")
+        check_choice("kd_loss", self.kd_loss, KD_LOSSES)
+        check_choice("tail", self.tail, TAILS)
+        check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("on_non_finite", self.on_non_finite, NON_FINITE_POLICIES)
+        self.parsed_layer_map()
+        return self
+
+    def parsed_layer_map(self) -> dict[int, int]:
+        """--layer-map as {student layer: teacher layer} (hidden-state numbering, negatives allowed)."""
+        if not self.layer_map:
+            return {-1: -1}
+        try:
+            pairs = [p.split(":") for p in self.layer_map.split(",") if p.strip()]
+            mapping = {int(s): int(t) for s, t in pairs}
+        except ValueError:
+            raise ConfigError(f"--layer-map must look like 4:16,-1:-1, got {self.layer_map!r}") from None
+        if len(mapping) != len(pairs):
+            raise ConfigError(f"--layer-map maps a student layer twice: {self.layer_map!r}")
+        return mapping
+
+    @property
+    def derived_student(self) -> bool:
+        return self.student in STUDENT_KINDS
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["labels"] = list(self.labels)
+        return data
