@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import describe_machine
+from pipeline.machine import describe_machine
 from schemas.teacher_config import TeacherConfig
 from stages.teacher_labels import (EngineSource, render_prompt_tokens, run_teacher_labels,
                                    plan_shards)

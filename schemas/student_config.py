@@ -157,3 +157,30 @@ class StudentConfig:
         data = dataclasses.asdict(self)
         data["labels"] = list(self.labels)
         return data
+
+
+@dataclass
+class EvalConfig:
+    """What `kd eval` evaluates, and on which split."""
+
+    labels: tuple[str, ...] = ("data/labels/demo",)
+    """Teacher output directories (repeatable); the held-out split of their union is used."""
+    model: str = "data/student/demo/model"
+    """Model to evaluate: a Hugging Face directory or id (its tokenizer must match the labels')."""
+    eval_fraction: float = 0.1
+    """Share of prompts held out, as given to `kd train-student`."""
+    seed: int = 0
+    """Seed of the split, as given to `kd train-student`."""
+    batch_tokens: int = 4096
+    """Token budget of one evaluation batch, padding included."""
+    loss_chunk: int = 2048
+    """Positions per chunk when computing log-probabilities over the vocabulary."""
+    output: str | None = None
+    """Also write the rows as JSON to this file."""
+
+    def validate(self) -> "EvalConfig":
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.batch_tokens < 1 or self.loss_chunk < 1:
+            raise ConfigError("--batch-tokens and --loss-chunk must be at least 1")
+        return self

@@ -1,6 +1,8 @@
 """The `kd` command line: one entry point for every stage and tool.
 
     kd teacher-labels --help          # stage 1: vLLM soft labels into shards
+    kd train-student --help           # stage 2: train a student from the shards alone
+    kd eval --labels DIR --model DIR  # held-out KL, top-1 agreement, NLL against the teacher
     kd verify data/labels/demo        # checksums, schema, invariants
     kd inspect data/labels/demo       # counts, bytes/token, one decoded sample
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from schemas.student_config import EvalConfig, StudentConfig
 from schemas.teacher_config import TeacherConfig
 from stages.config_options import options_from
 
@@ -40,6 +43,41 @@ def teacher_labels(cfg: TeacherConfig) -> None:
     except (ConfigError, FileNotFoundError, NonFiniteError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.line())
+
+
+@main.command("train-student")
+@options_from(StudentConfig)
+def train_student(cfg: StudentConfig) -> None:
+    """Train a student from teacher shards alone, export it (Hugging Face format) and evaluate it."""
+    from pipeline.label_set import LabelSetError
+    from schemas.config_base import ConfigError
+    from stages.preemption import EXIT_PREEMPTED, Preempted
+    from stages.student_eval import format_table
+    from stages.train_student import NonFiniteLoss, run_train_student
+
+    try:
+        result = run_train_student(cfg)
+    except Preempted as exc:
+        click.echo(f"preempted: {exc}", err=True)
+        sys.exit(EXIT_PREEMPTED)
+    except (ConfigError, LabelSetError, NonFiniteLoss, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_table(result.evals))
+    click.echo(f"train-student: {result.steps} steps in {result.seconds:.0f} s -> {result.out}/model")
+
+
+@main.command("eval")
+@options_from(EvalConfig)
+def eval_model(cfg: EvalConfig) -> None:
+    """Evaluate a model on the labels' held-out split: KL to the teacher, top-1 agreement, NLL."""
+    from pipeline.label_set import LabelSetError
+    from schemas.config_base import ConfigError
+    from stages.student_eval import format_table, run_eval
+
+    try:
+        click.echo(format_table(run_eval(cfg)))
+    except (ConfigError, LabelSetError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()

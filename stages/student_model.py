@@ -111,3 +111,15 @@ def check_vocabulary(model: Any, labels_vocab: int) -> int:
         raise ConfigError(f"the student's output layer has {rows} rows but the labels' vocabulary "
                           f"has {labels_vocab} tokens: the student cannot predict every teacher id")
     return labels_vocab
+
+
+def check_tokenizer(tokenizer: Any, labels: Any, source: str) -> None:
+    """The student must read the same token ids the teacher wrote; stop naming both fingerprints."""
+    from pipeline.fingerprint import tokenizer_fingerprint
+
+    mine = tokenizer_fingerprint(tokenizer)
+    if mine != labels.tokenizer_fingerprint:
+        raise ConfigError(
+            f"tokenizer mismatch: the student ({source}) has fingerprint {mine[:16]}..., the labels "
+            f"were written with {labels.tokenizer_fingerprint[:16]}... ({labels.teacher}); a student "
+            "must share the teacher's tokenizer to learn from its token-level labels")

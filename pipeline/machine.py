@@ -1,4 +1,9 @@
-"""Describe the machine a benchmark ran on (recorded with every result)."""
+"""Describe the machine a run or benchmark ran on (recorded with every result and report).
+
+    >>> from pipeline.machine import describe_machine
+    >>> "cpu_count" in describe_machine()
+    True
+"""
 
 from __future__ import annotations
 

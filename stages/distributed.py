@@ -1,0 +1,80 @@
+"""torch.distributed plumbing for the student stage: one object, a no-op on a single process.
+
+`torchrun --nproc-per-node N -m stages.cli train-student ...` sets RANK,
+WORLD_SIZE and LOCAL_RANK; we then join a process group (NCCL on GPUs, gloo
+on CPU), wrap the model in DDP (or FSDP with --fsdp), and sum token counts
+and losses across ranks. Without those variables everything runs in-process.
+
+    torchrun --nproc-per-node 2 -m stages.cli train-student --labels data/labels/demo --steps 20
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "DistContext":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available()
+        device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        if world > 1 and not tdist.is_initialized():
+            tdist.init_process_group("nccl" if cuda else "gloo")
+        return cls(int(os.environ.get("RANK", "0")), world, device)
+
+    def wrap(self, model: Any, fsdp: bool) -> Any:
+        if self.world_size == 1:
+            return model
+        if fsdp:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            return FullyShardedDataParallel(model, device_id=self.device if self.device.type == "cuda"
+                                            else None, use_orig_params=True)
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"
+                                       else None)
+
+    @contextlib.contextmanager
+    def no_sync(self, model: Any, last: bool) -> Iterator[None]:
+        """Skip the gradient all-reduce on every micro-batch but the last of a step."""
+        if self.world_size > 1 and not last and hasattr(model, "no_sync"):
+            with model.no_sync():
+                yield
+        else:
+            yield
+
+    def _sum(self, values: tuple, dtype: torch.dtype) -> list:
+        t = torch.tensor(values, dtype=dtype, device=self.device)
+        if self.world_size > 1:
+            tdist.all_reduce(t)
+        return t.tolist()
+
+    def sum_ints(self, *values: int) -> list[int]:
+        return [int(v) for v in self._sum(values, torch.int64)]
+
+    def sum_floats(self, *values: float) -> list[float]:
+        return self._sum(values, torch.float64)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            tdist.barrier()

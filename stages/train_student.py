@@ -1,0 +1,302 @@
+"""Student stage: train a student from memory-mapped teacher shards alone (`kd train-student`).
+
+No teacher weights are resident and vLLM is never imported: the soft labels,
+sampled tokens and optional hidden states all come from the shards. Wiring
+only: data from `pipeline.label_set`/`token_batches`/`student_batches`, losses
+from `pipeline.kd_losses` via `stages.student_forward`, checkpoints from
+`pipeline.checkpoint`, the report from `stages.student_report`.
+
+Under torchrun every rank reads a disjoint share of each epoch's batches
+(DDP, or FSDP with --fsdp); rank 0 alone writes checkpoints, logs and the
+exported model. CPU-sized example (the embedded teacher's labels):
+
+    kd train-student --labels data/labels/demo --out data/student/tiny --steps 20 \
+        --keep-layers 6 --batch-tokens 2048 --eval-every 10
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.kd_losses import HiddenStateAdapter, combine_losses
+from pipeline.label_set import LabelSet, open_label_set
+from pipeline.lr_schedule import lr_at
+from pipeline.student_batches import PlannedBatches, to_device
+from pipeline.token_batches import batches_for_rank, plan_batches, split_by_prompt
+from schemas.config_base import ConfigError
+from schemas.student_config import StudentConfig
+from stages.distributed import DistContext
+from stages.preemption import Preempted, PreemptionGuard
+from stages.student_eval import eval_plan, evaluate_model, teacher_reference
+from stages.student_forward import batch_losses
+from stages.student_model import build_student, check_tokenizer, check_vocabulary
+from stages.student_report import MetricsLog, write_report
+
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+@dataclass
+class Cursor:
+    """Where the data stream is: epoch and batch within this rank's share of that epoch."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    evals: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class BatchStream:
+    """This rank's batches, epoch after epoch, resumable at any cursor."""
+
+    def __init__(self, labels: LabelSet, train_idx: np.ndarray, cfg: StudentConfig,
+                 dist: DistContext, cursor: Cursor, with_hidden: bool):
+        self.labels, self.train_idx, self.cfg, self.dist = labels, train_idx, cfg, dist
+        self.cursor, self.with_hidden = cursor, with_hidden
+        self._iter: Iterator[dict[str, Any]] | None = None
+
+    def epoch_plan(self, epoch: int) -> list[np.ndarray]:
+        plan = plan_batches(self.labels.length, self.train_idx, self.cfg.batch_tokens,
+                            self.cfg.seed, epoch)
+        return batches_for_rank(plan, self.dist.rank, self.dist.world_size)
+
+    def batches_per_epoch(self) -> int:
+        return len(self.epoch_plan(0))
+
+    def _open(self) -> Iterator[dict[str, Any]]:
+        plan = self.epoch_plan(self.cursor.epoch)[self.cursor.batch:]
+        data = PlannedBatches(self.labels, plan, self.with_hidden)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False,
+                                             num_workers=self.cfg.loader_workers,
+                                             prefetch_factor=4 if self.cfg.loader_workers else None,
+                                             persistent_workers=False)
+        return iter(loader)
+
+    def next(self) -> dict[str, Any]:
+        while True:
+            if self._iter is None:
+                self._iter = self._open()
+            batch = next(self._iter, None)
+            if batch is not None:
+                self.cursor.batch += 1
+                return batch
+            self._iter = None
+            self.cursor = Cursor(self.cursor.epoch + 1, 0)
+
+
+def resolve_layer_map(cfg: StudentConfig, num_layers: int, labels: LabelSet) -> dict[int, int]:
+    """--layer-map in absolute hidden-state indices, checked against what the labels hold."""
+    if cfg.hidden_weight == 0:
+        return {}
+    if not labels.hidden_layers:
+        raise ConfigError("--hidden-weight > 0 needs labels with hidden states "
+                          "(kd teacher-labels --hidden-layers ...)")
+    resolved = {}
+    for s, t in cfg.parsed_layer_map().items():
+        s_abs = s if s >= 0 else num_layers + 1 + s
+        t_abs = t if t >= 0 else labels.teacher_num_layers + 1 + t
+        if not 0 <= s_abs <= num_layers:
+            raise ConfigError(f"--layer-map: student layer {s} is out of range 0..{num_layers}")
+        if t_abs not in labels.hidden_layers:
+            raise ConfigError(f"--layer-map: teacher layer {t} (absolute {t_abs}) is not stored in "
+                              f"the labels, which hold {labels.hidden_layers}")
+        resolved[s_abs] = t_abs
+    return resolved
+
+
+def total_steps(cfg: StudentConfig, per_epoch: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+
+
+def autocast_dtype(cfg: StudentConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda"
+                                   and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
+def run_train_student(cfg: StudentConfig) -> TrainResult:
+    """Train, checkpoint, evaluate and export; returns what happened."""
+    cfg.validate()
+    dist = DistContext.from_env()
+    start = time.time()
+    out = Path(cfg.out)
+    labels = open_label_set(cfg.labels, verify=cfg.verify)
+    teacher = cfg.teacher or labels.teacher
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = build_student(cfg.student, teacher, cfg.keep_layers, cfg.narrow_hidden_size,
+                                     cfg.seed)
+    check_tokenizer(tokenizer, labels, cfg.student if not cfg.derived_student else teacher)
+    vocab = check_vocabulary(model, labels.vocab_size)
+    layer_map = resolve_layer_map(cfg, model.config.num_hidden_layers, labels)
+    adapter = (HiddenStateAdapter(list(layer_map), model.config.hidden_size, labels.hidden_size)
+               if layer_map else None)
+    train_idx, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "student_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    device = dist.device
+    model.to(device)
+    if adapter is not None:
+        adapter.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    trained = dist.wrap(model, cfg.fsdp)
+    params = list(trained.parameters()) + (list(adapter.parameters()) if adapter else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    resume_state = load_resume_state(cfg, out)
+    cursor = Cursor(**resume_state["cursor"]) if resume_state else Cursor()
+    stream = BatchStream(labels, train_idx, cfg, dist, cursor, with_hidden=bool(layer_map))
+    steps = total_steps(cfg, stream.batches_per_epoch())
+    plan_eval = eval_plan(labels, eval_idx, cfg.batch_tokens)
+    amp = autocast_dtype(cfg, device)
+    log = MetricsLog(out / "metrics.jsonl", dist.is_main)
+    if resume_state:
+        model_of(trained).load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if adapter is not None:
+            adapter.load_state_dict(resume_state["adapter"])
+        restore_rng(resume_state["rng"])
+        step, evals = resume_state["step"], resume_state["evals"]
+        log.truncate_after(step)
+    else:
+        step = 0
+        evals = {"teacher": teacher_reference(labels, plan_eval),
+                 "student_before": evaluate_model(model, labels, plan_eval, vocab, cfg.loss_chunk,
+                                                  device, amp)}
+        log.write({"step": 0, "eval": evals["student_before"]})
+
+    def checkpoint() -> None:
+        if dist.is_main:
+            state = {"model": model_of(trained).state_dict(), "optimizer": optimizer.state_dict(),
+                     "adapter": adapter.state_dict() if adapter else None,
+                     "cursor": vars(stream.cursor).copy(), "evals": evals}
+            save_checkpoint(out / "checkpoints", step, state, {"config": cfg.to_dict()})
+        dist.barrier()
+
+    bar = tqdm(total=steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not dist.is_main)
+    skipped = 0
+    with PreemptionGuard() as guard:
+        while step < steps:
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            tick = time.time()
+            where = f"epoch {stream.cursor.epoch} batch {stream.cursor.batch}"
+            micro = [to_device(stream.next(), device) for _ in range(cfg.grad_accum)]
+            record = train_step(trained, adapter, micro, vocab, cfg, layer_map, dist, amp, params)
+            if not math.isfinite(record["loss"]):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                message = f"non-finite loss {record['loss']} at step {step + 1} ({where})"
+                if cfg.on_non_finite == "stop" or skipped > MAX_SKIPPED_IN_A_ROW:
+                    raise NonFiniteLoss(message + "; lower --lr or check the labels (kd verify)")
+                tqdm.write(f"skipping: {message}")
+                continue
+            skipped = 0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            record |= {"step": step, "lr": lr,
+                       "tokens_per_second": record["tokens"] / max(time.time() - tick, 1e-9)}
+            log.write(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
+                log.write({"step": step, "eval": evaluate_model(
+                    model_of(trained), labels, plan_eval, vocab, cfg.loss_chunk, device, amp)})
+            if guard.requested:
+                checkpoint()
+                raise Preempted(f"SIGTERM: checkpoint written at step {step}; rerun with --resume")
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                checkpoint()
+    bar.close()
+    checkpoint()
+    evals["student_after"] = evaluate_model(model_of(trained), labels, plan_eval, vocab,
+                                            cfg.loss_chunk, device, amp)
+    log.write({"step": step, "eval": evals["student_after"]})
+    if dist.is_main:
+        export_model(model_of(trained), tokenizer, out / "model")
+        write_report(out, cfg, evals, step, time.time() - start)
+    dist.barrier()
+    return TrainResult(out, step, evals, time.time() - start)
+
+
+def train_step(model: Any, adapter: Any, micro: list[dict[str, Any]], vocab: int,
+               cfg: StudentConfig, layer_map: dict[int, int], dist: DistContext,
+               amp: torch.dtype | None, params: list[torch.nn.Parameter]) -> dict[str, float]:
+    """Forward and backward over the micro-batches of one optimizer step; returns its metrics."""
+    # Normalise by the loss tokens of the whole step on every rank, exactly once:
+    # each rank divides by the global count and DDP's gradient mean is undone.
+    local = sum(int(b["loss_rows"].numel()) for b in micro)
+    hidden_local = sum(int(b["hidden_rows"].numel()) for b in micro) if layer_map else 0
+    n_tokens, hidden_rows = dist.sum_ints(local, hidden_local)
+    sums = {"soft": 0.0, "hard": 0.0, "hidden": 0.0}
+    for i, batch in enumerate(micro):
+        with dist.no_sync(model, last=i == len(micro) - 1), \
+                torch.autocast(dist.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            parts = batch_losses(model, adapter, batch, vocab, cfg, layer_map)
+            hidden_mean = parts.hidden / max(hidden_rows * len(layer_map), 1)
+            loss = combine_losses(parts.soft, parts.hard, n_tokens, cfg.alpha, hidden_mean,
+                                  cfg.hidden_weight) * dist.world_size
+        loss.backward()
+        sums["soft"] += float(parts.soft.detach())
+        sums["hard"] += float(parts.hard.detach())
+        sums["hidden"] += float(parts.hidden.detach())
+    soft, hard, hidden = dist.sum_floats(sums["soft"], sums["hard"], sums["hidden"])
+    hidden_mean = hidden / max(hidden_rows * len(layer_map), 1)
+    total = (cfg.alpha * soft + (1 - cfg.alpha) * hard) / max(n_tokens, 1) + \
+        cfg.hidden_weight * hidden_mean
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip \
+        else float("nan")
+    tokens = dist.sum_ints(sum(int(b["attention_mask"].sum()) for b in micro))[0]
+    return {"loss": total, "soft": soft / max(n_tokens, 1), "hard": hard / max(n_tokens, 1),
+            "hidden": hidden_mean, "grad_norm": grad_norm, "tokens": tokens,
+            "loss_tokens": n_tokens}
+
+
+def model_of(wrapped: Any) -> Any:
+    return getattr(wrapped, "module", wrapped)
+
+
+def load_resume_state(cfg: StudentConfig, out: Path) -> dict[str, Any] | None:
+    if not cfg.resume:
+        return None
+    path = latest_checkpoint(out / "checkpoints")
+    if path is None:
+        raise ConfigError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    return load_checkpoint(path)
+
+
+def export_model(model: Any, tokenizer: Any, path: Path) -> None:
+    """Hugging Face directory: config, safetensors, tokenizer, generation config."""
+    from transformers import GenerationConfig
+
+    model.config.use_cache = True
+    if getattr(model, "generation_config", None) is None:
+        model.generation_config = GenerationConfig.from_model_config(model.config)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
