@@ -13,7 +13,7 @@ PROMPTS        ?= data/prompts/demo.jsonl
 OUT            ?= data/labels/demo
 TOP_K          ?= 20
 N              ?= 1
-MAX_TOKENS     ?= 128
+MAX_TOKENS     ?= 256
 TEMPERATURE    ?= 0.8
 TOP_P          ?= 0.95
 SEED           ?= 0
@@ -22,10 +22,25 @@ MAX_MODEL_LEN  ?= 1024
 SHARD_SIZE     ?= 64
 KD_ARGS        ?=
 
+# Student-stage variables, passed one-to-one to `kd train-student`.
+LABELS         ?= $(OUT)
+STUDENT        ?= from-teacher
+STUDENT_OUT    ?= data/student/demo
+KEEP_LAYERS    ?= 10
+STEPS          ?= 60
+BATCH_TOKENS   ?= 2048
+LR             ?= 2e-4
+KD_LOSS        ?= forward_kl
+ALPHA          ?= 0.5
+KD_TEMPERATURE ?= 1.0
+HIDDEN_WEIGHT  ?= 0.0
+STUDENT_SEED   ?= 0
+STUDENT_ARGS   ?=
+
 BENCH_PROMPTS    ?= 128
 BENCH_MAX_TOKENS ?= 128
 
-.PHONY: setup models teacher-labels demo test verify inspect bench-teacher clean
+.PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -55,15 +70,25 @@ teacher-labels: models
 	  --top-p $(TOP_P) --seed $(SEED) --dtype $(DTYPE) --max-model-len $(MAX_MODEL_LEN) \
 	  --shard-size $(SHARD_SIZE) $(KD_ARGS)
 
+train-student: setup
+	$(KD) train-student --labels $(LABELS) --student $(STUDENT) --out $(STUDENT_OUT) \
+	  --keep-layers $(KEEP_LAYERS) --steps $(STEPS) --batch-tokens $(BATCH_TOKENS) --lr $(LR) \
+	  --kd-loss $(KD_LOSS) --alpha $(ALPHA) --temperature $(KD_TEMPERATURE) \
+	  --hidden-weight $(HIDDEN_WEIGHT) --seed $(STUDENT_SEED) $(STUDENT_ARGS)
+
 verify: setup
 	$(KD) verify $(OUT)
 
 inspect: setup
 	$(KD) inspect $(OUT)
 
+# The whole pipeline on the embedded defaults: labels, verify, inspect, then
+# the student from those labels alone, with its evaluation table.
 demo: teacher-labels
 	$(KD) verify $(OUT)
 	$(KD) inspect $(OUT)
+	$(MAKE) --no-print-directory train-student STUDENT_ARGS="--overwrite $(STUDENT_ARGS)"
+	cat $(STUDENT_OUT)/report.md
 
 test: models
 	$(PY) -m pytest -q tests

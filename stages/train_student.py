@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
         log.truncate_after(step)
     else:
         step = 0
+        log.truncate_after(-1)
         evals = {"teacher": teacher_reference(labels, plan_eval),
                  "student_before": evaluate_model(model, labels, plan_eval, vocab, cfg.loss_chunk,
                                                   device, amp)}
@@ -283,9 +285,15 @@ def model_of(wrapped: Any) -> Any:
 
 
 def load_resume_state(cfg: StudentConfig, out: Path) -> dict[str, Any] | None:
-    if not cfg.resume:
-        return None
+    """The latest checkpoint's state with --resume; refuse to silently restart over one without."""
     path = latest_checkpoint(out / "checkpoints")
+    if not cfg.resume:
+        if path is not None and cfg.overwrite:
+            shutil.rmtree(out / "checkpoints")
+        elif path is not None:
+            raise ConfigError(f"{out} already holds checkpoint {path.name}: pass --resume to "
+                              "continue it, --overwrite to start over, or choose another --out")
+        return None
     if path is None:
         raise ConfigError(f"--resume: no checkpoint under {out / 'checkpoints'}")
     return load_checkpoint(path)

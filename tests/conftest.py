@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -67,3 +71,32 @@ def write_fake_output(out, shards: int = 2, per_shard: int = 3, seed: int = 0,
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = ROOT / "data/models/smollm2-135m-instruct"
+MIXED_PROMPTS = ROOT / "tests/data/prompts_mixed.jsonl"
+
+
+def teacher_args(out: Path, *extra: str) -> list[str]:
+    """The shared real-engine run: float32, n = 2, hidden layers 3 and -1, no truncation filter."""
+    return [sys.executable, "-m", "stages.cli", "teacher-labels", "--teacher", str(TEACHER),
+            "--prompts", str(MIXED_PROMPTS), "--out", str(out), "--max-tokens", "24",
+            "--dtype", "float32", "--n", "2", "--shard-size", "8", "--max-model-len", "512",
+            "--enforce-eager", "--hidden-layers", "3,-1", "--no-drop-truncated", *extra]
+
+
+def run_kd(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def engine_labels(tmp_path_factory) -> Path:
+    """Real teacher labels from the vLLM CPU engine, made once per test session."""
+    pytest.importorskip("vllm")
+    if not (TEACHER / "config.json").is_file():
+        pytest.skip("embedded teacher not converted: run `make models`")
+    out = tmp_path_factory.mktemp("labels") / "out"
+    proc = run_kd(teacher_args(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

@@ -8,14 +8,13 @@ transformers forward pass of the same teacher over the same tokens.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from conftest import TEACHER, run_kd, teacher_args
 from pipeline.confidence import confidence_metrics
 from pipeline.manifest import read_manifest
 from pipeline.sample_index import read_index
@@ -26,32 +25,13 @@ from schemas import shard_name
 pytestmark = pytest.mark.engine
 pytest.importorskip("vllm")
 
-ROOT = Path(__file__).resolve().parents[1]
-TEACHER = ROOT / "data/models/smollm2-135m-instruct"
-PROMPTS = ROOT / "tests/data/prompts_mixed.jsonl"
 # fp16 storage of logprobs around -10 rounds by up to ~4e-3; the bound is 1e-2.
 LOGPROB_TOL = 1e-2
 
 
-def teacher_args(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "stages.cli", "teacher-labels", "--teacher", str(TEACHER),
-            "--prompts", str(PROMPTS), "--out", str(out), "--max-tokens", "24",
-            "--dtype", "float32", "--n", "2", "--shard-size", "8", "--max-model-len", "512",
-            "--enforce-eager", "--hidden-layers", "3,-1", "--no-drop-truncated", *extra]
-
-
-def run_kd(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
 @pytest.fixture(scope="session")
-def labels(tmp_path_factory) -> Path:
-    if not (TEACHER / "config.json").is_file():
-        pytest.skip("embedded teacher not converted: run `make models`")
-    out = tmp_path_factory.mktemp("labels") / "out"
-    proc = run_kd(teacher_args(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def labels(engine_labels) -> Path:
+    return engine_labels
 
 
 @pytest.fixture(scope="session")
