@@ -7,19 +7,22 @@ KD    := .venv/bin/kd
 STAMP := .venv/.installed
 TEACHER_DIR := data/models/smollm2-135m-instruct
 
-# Teacher-stage variables, passed one-to-one to `kd teacher-labels`.
+# Teacher-stage variables, passed one-to-one to `kd teacher-labels`. The
+# defaults are demo-sized so `make demo` ends in ~15 minutes on 2 CPU cores
+# (LIMIT= with no value uses every shipped prompt).
 TEACHER        ?= $(TEACHER_DIR)
 PROMPTS        ?= data/prompts/demo.jsonl
 OUT            ?= data/labels/demo
 TOP_K          ?= 20
 N              ?= 1
-MAX_TOKENS     ?= 256
+MAX_TOKENS     ?= 192
 TEMPERATURE    ?= 0.8
 TOP_P          ?= 0.95
 SEED           ?= 0
 DTYPE          ?= auto
 MAX_MODEL_LEN  ?= 1024
 SHARD_SIZE     ?= 64
+LIMIT          ?= 160
 KD_ARGS        ?=
 
 # Student-stage variables, passed one-to-one to `kd train-student`.
@@ -27,8 +30,8 @@ LABELS         ?= $(OUT)
 STUDENT        ?= from-teacher
 STUDENT_OUT    ?= data/student/demo
 KEEP_LAYERS    ?= 10
-STEPS          ?= 60
-BATCH_TOKENS   ?= 2048
+STEPS          ?= 30
+BATCH_TOKENS   ?= 1024
 LR             ?= 2e-4
 KD_LOSS        ?= forward_kl
 ALPHA          ?= 0.5
@@ -40,7 +43,8 @@ STUDENT_ARGS   ?=
 BENCH_PROMPTS    ?= 128
 BENCH_MAX_TOKENS ?= 128
 
-.PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher clean
+.PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
+	bench-student bench-quality clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -68,7 +72,7 @@ teacher-labels: models
 	$(KD) teacher-labels --teacher $(TEACHER) --prompts $(PROMPTS) --out $(OUT) \
 	  --top-k $(TOP_K) --n $(N) --max-tokens $(MAX_TOKENS) --temperature $(TEMPERATURE) \
 	  --top-p $(TOP_P) --seed $(SEED) --dtype $(DTYPE) --max-model-len $(MAX_MODEL_LEN) \
-	  --shard-size $(SHARD_SIZE) $(KD_ARGS)
+	  --shard-size $(SHARD_SIZE) $(if $(LIMIT),--limit $(LIMIT)) $(KD_ARGS)
 
 train-student: setup
 	$(KD) train-student --labels $(LABELS) --student $(STUDENT) --out $(STUDENT_OUT) \
@@ -96,6 +100,13 @@ test: models
 # Benchmarks write bench/results/*.json with the machine they ran on.
 bench-teacher: models
 	$(PY) -m bench.teacher --prompts $(BENCH_PROMPTS) --max-tokens $(BENCH_MAX_TOKENS)
+
+# Needs the demo labels (make teacher-labels) for the default student.
+bench-student: teacher-labels
+	$(PY) -m bench.student --labels $(OUT)
+
+bench-quality: models
+	$(PY) -m bench.quality --steps $(STEPS) --batch-tokens $(BATCH_TOKENS)
 
 clean:
 	rm -rf data/labels data/models

@@ -47,9 +47,13 @@ def chunk_losses(head_weight: torch.Tensor, states: torch.Tensor, teacher_ids: t
                  teacher_logprobs: torch.Tensor, target_ids: torch.Tensor, vocab: int,
                  cfg: StudentConfig) -> tuple[torch.Tensor, torch.Tensor]:
     logits = (states @ head_weight[:vocab].T).float()
+    hard = hard_label_loss(logits, target_ids) if cfg.alpha < 1 else logits.new_zeros(())
+    # alpha = 0 is plain fine-tuning on the teacher's samples: it pays no soft-label cost.
+    if cfg.alpha == 0:
+        return logits.new_zeros(()), hard
     soft = soft_label_loss(logits, teacher_ids, teacher_logprobs, kind=cfg.kd_loss,
                            temperature=cfg.temperature, tail=cfg.tail, beta=cfg.beta)
-    return soft, hard_label_loss(logits, target_ids)
+    return soft, hard
 
 
 def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cfg: StudentConfig,

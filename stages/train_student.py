@@ -168,7 +168,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     params = list(trained.parameters()) + (list(adapter.parameters()) if adapter else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     resume_state = load_resume_state(cfg, out)
-    cursor = Cursor(**resume_state["cursor"]) if resume_state else Cursor()
+    cursor = resume_cursor(resume_state, dist.world_size) if resume_state else Cursor()
     stream = BatchStream(labels, train_idx, cfg, dist, cursor, with_hidden=bool(layer_map))
     steps = total_steps(cfg, stream.batches_per_epoch())
     plan_eval = eval_plan(labels, eval_idx, cfg.batch_tokens)
@@ -194,7 +194,9 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
         if dist.is_main:
             state = {"model": model_of(trained).state_dict(), "optimizer": optimizer.state_dict(),
                      "adapter": adapter.state_dict() if adapter else None,
-                     "cursor": vars(stream.cursor).copy(), "evals": evals}
+                     "cursor": {"epoch": stream.cursor.epoch,
+                                "global_batch": stream.cursor.batch * dist.world_size},
+                     "evals": evals}
             save_checkpoint(out / "checkpoints", step, state, {"config": cfg.to_dict()})
         dist.barrier()
 
@@ -282,6 +284,22 @@ def train_step(model: Any, adapter: Any, micro: list[dict[str, Any]], vocab: int
 
 def model_of(wrapped: Any) -> Any:
     return getattr(wrapped, "module", wrapped)
+
+
+def resume_cursor(state: dict[str, Any], world_size: int) -> Cursor:
+    """This rank's cursor from the checkpoint's global position, for any compatible rank count.
+
+    Rank r takes batches r, r + w, ... of an epoch, so after c batches per rank
+    the first c * w batches are consumed whatever w was: a run may resume on
+    another number of ranks when that position divides evenly among them
+    (keep ranks x --grad-accum, the global batch, unchanged).
+    """
+    epoch, consumed = state["cursor"]["epoch"], state["cursor"]["global_batch"]
+    if consumed % world_size:
+        raise ConfigError(f"--resume: the checkpoint stopped after {consumed} batches of epoch "
+                          f"{epoch}, which {world_size} ranks cannot split evenly; resume on a "
+                          "rank count that divides it")
+    return Cursor(epoch, consumed // world_size)
 
 
 def load_resume_state(cfg: StudentConfig, out: Path) -> dict[str, Any] | None:

@@ -9,32 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.manifest import Manifest, write_manifest
-from pipeline.sample import Sample
-from pipeline.sample_filter import FilterThresholds, filter_samples
-from pipeline.sample_index import index_table, merge_index, write_index_part
-from pipeline.shard_writer import ShardAttrs, write_shard
-from schemas import shard_name
+from pipeline.manifest import Manifest
+from pipeline.shard_writer import ShardAttrs
+from pipeline.synthetic_output import random_sample as fake_sample  # noqa: F401  (tests use it)
+from pipeline.synthetic_output import write_random_output
 
 VOCAB = 1000
 K = 4
-KEEP_ALL = FilterThresholds(drop_truncated=False, max_repetition=None, min_mean_logprob=None)
-
-
-def fake_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, vocab: int = VOCAB,
-                k: int = K, prompt_len: int | None = None, comp_len: int | None = None,
-                hidden: dict[int, int] | None = None) -> Sample:
-    """A random but schema-valid sample: sorted top-k rows, logprobs <= 0."""
-    p = prompt_len or int(rng.integers(1, 8))
-    c = comp_len or int(rng.integers(1, 10))
-    topk_ids = np.stack([rng.choice(vocab, size=k, replace=False) for _ in range(c)])
-    lps = -np.sort(rng.exponential(2.0, size=(c, k)), axis=1).astype(np.float32)
-    sample = Sample(prompt_id, index, rng.integers(0, vocab, p).tolist(),
-                    topk_ids[:, 0].tolist(), topk_ids, lps, lps[:, 0].copy(),
-                    "stop" if rng.random() < 0.5 else "length")
-    for layer, size in (hidden or {}).items():
-        sample.hidden[layer] = rng.standard_normal((p + c, size)).astype(np.float32)
-    return sample
 
 
 def fake_attrs(vocab: int = VOCAB, k: int = K, hidden_layers=(), hidden_size=0) -> ShardAttrs:
@@ -44,28 +25,8 @@ def fake_attrs(vocab: int = VOCAB, k: int = K, hidden_layers=(), hidden_size=0) 
 
 def write_fake_output(out, shards: int = 2, per_shard: int = 3, seed: int = 0,
                       attrs: ShardAttrs | None = None, prefix: str = "p") -> Manifest:
-    """Write a complete, valid output directory of fake shards and return its manifest."""
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    attrs = attrs or fake_attrs()
-    manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
-                        vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
-                        hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size,
-                        config={"n": 1}, input_records=shards * per_shard,
-                        accepted_prompts=shards * per_shard)
-    sizes = dict.fromkeys(attrs.hidden_layers, attrs.hidden_size)
-    for i in range(shards):
-        samples = [fake_sample(rng, f"{prefix}{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
-                               hidden=sizes) for j in range(per_shard)]
-        outcome = filter_samples(samples, KEEP_ALL)
-        record = write_shard(out / shard_name(i), i, samples, attrs)
-        record.index_sha256 = write_index_part(
-            out, i, index_table(samples, outcome.metrics, outcome.reasons, record.name))
-        record.generated, record.hidden_layers = len(samples), list(attrs.hidden_layers)
-        manifest.shards[i] = record
-    merge_index(out, range(shards))
-    write_manifest(out, manifest)
-    return manifest
+    """A complete, valid output of small random shards (see `pipeline.synthetic_output`)."""
+    return write_random_output(out, attrs or fake_attrs(), shards, per_shard, seed, prefix)
 
 
 @pytest.fixture
@@ -100,3 +61,19 @@ def engine_labels(tmp_path_factory) -> Path:
     proc = run_kd(teacher_args(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory, engine_labels) -> Path:
+    """A 2-layer, 64-wide random student with the teacher's tokenizer: steps take milliseconds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from stages.student_model import narrow_config
+
+    path = tmp_path_factory.mktemp("tiny") / "student"
+    torch.manual_seed(0)
+    config = narrow_config(AutoConfig.from_pretrained(TEACHER), 64, 2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(TEACHER).save_pretrained(path)
+    return path

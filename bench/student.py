@@ -1,0 +1,212 @@
+"""Benchmark the student stage (`make bench-student`) -> bench/results/student.json.
+
+On the embedded teacher's labels and the default student (`from-teacher`,
+10 layers), on the same batches:
+1. offline vs online distillation: a `kd train-student` step (labels from the
+   shards) against the common online recipe, where the teacher, loaded in the
+   same process, runs a forward pass inside every step and the loss is a dense
+   full-vocabulary KL plus CE; time per step and peak memory of each phase;
+2. soft-label overhead: the same step with the KD loss (alpha 0.5) against
+   cross-entropy only (alpha 0), interleaved;
+3. loader headroom: tokens/s the DataLoader delivers alone against tokens/s
+   the training step consumes;
+4. memory against data size: peak RSS of two short `kd train-student` runs (child
+   processes) over a synthetic shard set and one ten times larger.
+
+    python -m bench.student --labels data/labels/demo --steps 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bench.memory import PeakMemory
+from bench.synthetic_labels import write_synthetic_labels
+from pipeline.kd_losses import combine_losses
+from pipeline.label_set import open_label_set
+from pipeline.machine import describe_machine
+from pipeline.student_batches import PlannedBatches, to_device
+from pipeline.token_batches import plan_batches, split_by_prompt
+from schemas.student_config import StudentConfig
+from stages.student_forward import batch_losses
+from stages.student_model import build_student, evenly_spaced_layers, keep_decoder_layers
+
+
+def offline_step(model: Any, opt: Any, batch: dict[str, Any], cfg: StudentConfig, vocab: int) -> None:
+    parts = batch_losses(model, None, batch, vocab, cfg, {})
+    combine_losses(parts.soft, parts.hard, parts.positions, cfg.alpha).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def online_step(teacher: Any, model: Any, opt: Any, batch: dict[str, Any], vocab: int) -> None:
+    """The usual online recipe: teacher forward in the step, dense KL over the vocabulary + CE."""
+    rows = batch["loss_rows"]
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                           ).logits.flatten(0, 1)[rows, :vocab].float()
+    s_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                     ).logits.flatten(0, 1)[rows, :vocab].float()
+    kl = torch.nn.functional.kl_div(s_logits.log_softmax(-1), t_logits.log_softmax(-1),
+                                    log_target=True, reduction="sum")
+    ce = torch.nn.functional.cross_entropy(s_logits, batch["target_ids"], reduction="sum")
+    ((0.5 * kl + 0.5 * ce) / rows.numel()).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seconds_per_step(step: Callable[[dict[str, Any]], None], batches: list[dict[str, Any]],
+                     device: torch.device, warmup: int = 1) -> float:
+    for b in batches[:warmup]:
+        step(b)
+    sync(device)
+    start = time.perf_counter()
+    for b in batches[warmup:]:
+        step(b)
+    sync(device)
+    return (time.perf_counter() - start) / max(len(batches) - warmup, 1)
+
+
+def loader_tokens_per_second(labels: Any, plan: list[np.ndarray], workers: int) -> float:
+    loader = torch.utils.data.DataLoader(PlannedBatches(labels, plan), batch_size=None,
+                                         num_workers=workers)
+    start, tokens = time.perf_counter(), 0
+    for batch in loader:
+        tokens += int(batch["attention_mask"].sum())
+    return tokens / (time.perf_counter() - start)
+
+
+def child_peak_rss_mb(args: list[str]) -> float:
+    """Run `kd train-student` in a child process and return that child's peak RSS."""
+    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "train-student", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"train-student failed: {proc.stderr.read()[-2000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def memory_vs_data(teacher_labels: Any, student_args: list[str], shards: int,
+                   steps: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
+        peaks = {}
+        for scale in (1, 10):
+            labels = write_synthetic_labels(Path(tmp) / f"x{scale}", teacher_labels, shards * scale)
+            peaks[scale] = child_peak_rss_mb([
+                "--labels", str(labels), *student_args, "--out", f"{tmp}/run{scale}", "--steps", str(steps), "--batch-tokens", "1024",
+                "--eval-every", "0", "--eval-fraction", "0.02", "--checkpoint-every", "0"])
+    return {"peak_rss_mb_1x": peaks[1], "peak_rss_mb_10x": peaks[10],
+            "rss_growth_10x_data": peaks[10] / peaks[1] - 1, "shards_1x": shards}
+
+
+def build_models(teacher: str, keep_layers: int, random_weights: bool,
+                 student_only: bool = False) -> Any:
+    """The default student (or, unless `student_only`, the teacher) in float32."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not random_weights:
+        if student_only:
+            return build_student("from-teacher", teacher, keep_layers, 0, 0)[0]
+        return AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(teacher),
+                                             dtype=torch.float32)
+    if student_only:
+        keep_decoder_layers(model, evenly_spaced_layers(model.config.num_hidden_layers,
+                                                        keep_layers))
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", default="data/labels/demo")
+    parser.add_argument("--keep-layers", type=int, default=10)
+    parser.add_argument("--batch-tokens", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
+    parser.add_argument("--out", default="bench/results/student.json")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher directory (default: the labels' teacher)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build teacher and student from the teacher's config alone (same "
+                             "compute and memory as real weights; for machines without them)")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    labels = open_label_set([args.labels])
+    train_idx, _ = split_by_prompt(labels.prompt_hash, 0.1, 0)
+    plan = plan_batches(labels.length, train_idx, args.batch_tokens, 0, 0)
+    batches = [to_device(PlannedBatches(labels, plan[:args.steps + 1])[i], device)
+               for i in range(args.steps + 1)]
+    tokens_per_batch = float(np.mean([int(b["attention_mask"].sum()) for b in batches[1:]]))
+    kd_cfg = StudentConfig(alpha=0.5)
+    ce_cfg = StudentConfig(alpha=0.0)
+    vocab = labels.vocab_size
+    teacher_path = args.teacher or labels.teacher
+    student = build_models(teacher_path, args.keep_layers, args.random_weights, student_only=True)
+    student.to(device).train()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
+
+    with PeakMemory(device) as offline_peak:
+        offline = seconds_per_step(lambda b: offline_step(student, opt, b, kd_cfg, vocab),
+                                   batches, device)
+    kd_times, ce_times = [], []
+    for _ in range(2):   # interleaved: machine noise hits both alike
+        kd_times.append(seconds_per_step(lambda b: offline_step(student, opt, b, kd_cfg, vocab),
+                                         batches, device))
+        ce_times.append(seconds_per_step(lambda b: offline_step(student, opt, b, ce_cfg, vocab),
+                                         batches, device))
+    teacher = build_models(teacher_path, args.keep_layers, args.random_weights).to(device).eval()
+    teacher_mb = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20
+    with PeakMemory(device) as online_peak:
+        online = seconds_per_step(lambda b: online_step(teacher, student, opt, b, vocab),
+                                  batches, device)
+    del teacher
+    loader = loader_tokens_per_second(labels, plan, workers=2)
+    consumed = tokens_per_batch / float(np.median(kd_times))
+    student_args = (["--student", "narrow", "--narrow-hidden-size", str(student.config.hidden_size),
+                     "--teacher", teacher_path] if args.random_weights else
+                    ["--student", "from-teacher", "--teacher", teacher_path])
+    memory = memory_vs_data(args.labels, student_args + ["--keep-layers", str(args.keep_layers)],
+                            shards=8, steps=10)
+    result = {
+        "machine": describe_machine(), "labels": args.labels, "keep_layers": args.keep_layers,
+        "random_weights": args.random_weights,
+        "batch_tokens": args.batch_tokens, "tokens_per_batch": tokens_per_batch,
+        "offline_step_seconds": offline, "online_step_seconds": online,
+        "offline_vs_online_step_time_ratio": offline / online,
+        "offline_peak_memory_mb": offline_peak.mb, "online_peak_memory_mb": online_peak.mb,
+        "peak_memory_saving_mb": online_peak.mb - offline_peak.mb,
+        "teacher_weights_mb": teacher_mb,
+        "kd_step_seconds": float(np.median(kd_times)), "ce_step_seconds": float(np.median(ce_times)),
+        "kd_vs_ce_step_time_ratio": float(np.median(kd_times) / np.median(ce_times)),
+        "loader_tokens_per_second": loader, "train_tokens_per_second": consumed,
+        "loader_headroom_ratio": loader / consumed,
+        **memory,
+        "targets": {"offline_vs_online_step_time_ratio": "<= 0.5",
+                    "peak_memory_saving_mb": ">= teacher_weights_mb",
+                    "kd_vs_ce_step_time_ratio": "<= 1.15", "loader_headroom_ratio": ">= 20",
+                    "rss_growth_10x_data": "<= 0.10"},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
