@@ -27,7 +27,7 @@ DROP_REASONS = ("non_finite", "too_short", "truncated", "repetition", "low_mean_
 
 @dataclass(frozen=True)
 class FilterThresholds:
-    """The keep/drop rules; None switches a rule off. Defaults mirror `TeacherConfig`'s."""
+    """The keep/drop rules; None switches a rule off. These defaults are `TeacherConfig`'s."""
 
     drop_truncated: bool = True
     min_completion_tokens: int = 1

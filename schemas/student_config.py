@@ -100,8 +100,6 @@ class StudentConfig:
     """A non-finite loss: `stop` (naming the step and batch) or `skip` the batch (at most 10 in a row)."""
     verify: bool = True
     """Verify manifests and shard checksums before training (refuse naming the shard on a mismatch)."""
-    fsdp: bool = False
-    """Under torchrun, shard parameters with PyTorch FSDP instead of replicating them with DDP."""
 
     def validate(self) -> "StudentConfig":
         """Check every field and cross-field constraint; return self for chaining."""

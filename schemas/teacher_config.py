@@ -71,19 +71,19 @@ class TeacherConfig:
     """Read only the first N records of the prompt file (smoke runs); part of the output's identity."""
     overwrite: bool = False
     """Delete an existing output directory whose settings differ instead of refusing."""
-    drop_truncated: bool = True
+    drop_truncated: bool = FilterThresholds.drop_truncated
     """Drop completions cut off by --max-tokens (finish reason `length`); --no-drop-truncated keeps them."""
-    min_completion_tokens: int = 1
+    min_completion_tokens: int = FilterThresholds.min_completion_tokens
     """Drop completions shorter than this many tokens."""
-    max_repetition: float | None = 0.5
+    max_repetition: float | None = FilterThresholds.max_repetition
     """Drop samples whose share of repeated 4-grams exceeds this (0..1; 0.5 = a degenerate loop). None: off."""
-    min_mean_logprob: float | None = -4.0
+    min_mean_logprob: float | None = FilterThresholds.min_mean_logprob
     """Drop samples whose mean sampled-token teacher logprob (nats, raw T = 1) is below this. None: off."""
-    min_token_logprob: float | None = None
+    min_token_logprob: float | None = FilterThresholds.min_token_logprob
     """Drop samples with any sampled token whose teacher logprob (nats) is below this. None: off."""
-    max_mean_entropy: float | None = None
+    max_mean_entropy: float | None = FilterThresholds.max_mean_entropy
     """Drop samples whose mean top-k entropy (nats, top-k renormalised) exceeds this. None: off."""
-    max_tail_mass: float | None = None
+    max_tail_mass: float | None = FilterThresholds.max_tail_mass
     """Drop samples whose mean probability outside the top-k exceeds this (0..1). None: off."""
     max_non_finite_rate: float = 0.01
     """Abort when more than this fraction of generated samples had NaN/inf teacher values (checked per shard)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,22 +28,27 @@ def main() -> None:
     """offline-kd: offline two-stage knowledge distillation for LLMs."""
 
 
+def run_stage(run: Any, cfg: Any, *errors: type[Exception]) -> Any:
+    """Run a stage: SIGTERM preemption exits 143, expected failures print one clear line."""
+    from schemas.config_base import ConfigError
+    from stages.preemption import EXIT_PREEMPTED, Preempted
+
+    try:
+        return run(cfg)
+    except Preempted as exc:
+        click.echo(f"preempted: {exc}", err=True)
+        sys.exit(EXIT_PREEMPTED)
+    except (ConfigError, FileNotFoundError, *errors) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command("teacher-labels")
 @options_from(TeacherConfig)
 def teacher_labels(cfg: TeacherConfig) -> None:
     """Generate completions with the teacher under vLLM and store top-k soft labels as HDF5 shards."""
-    from schemas.teacher_config import ConfigError
-    from stages.preemption import EXIT_PREEMPTED, Preempted
     from stages.teacher_labels import NonFiniteError, run_teacher_labels
 
-    try:
-        summary = run_teacher_labels(cfg)
-    except Preempted as exc:
-        click.echo(f"preempted: {exc}", err=True)
-        sys.exit(EXIT_PREEMPTED)
-    except (ConfigError, FileNotFoundError, NonFiniteError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(summary.line())
+    click.echo(run_stage(run_teacher_labels, cfg, NonFiniteError).line())
 
 
 @main.command("train-student")
@@ -50,18 +56,10 @@ def teacher_labels(cfg: TeacherConfig) -> None:
 def train_student(cfg: StudentConfig) -> None:
     """Train a student from teacher shards alone, export it (Hugging Face format) and evaluate it."""
     from pipeline.label_set import LabelSetError
-    from schemas.config_base import ConfigError
-    from stages.preemption import EXIT_PREEMPTED, Preempted
     from stages.student_eval import format_table
     from stages.train_student import NonFiniteLoss, run_train_student
 
-    try:
-        result = run_train_student(cfg)
-    except Preempted as exc:
-        click.echo(f"preempted: {exc}", err=True)
-        sys.exit(EXIT_PREEMPTED)
-    except (ConfigError, LabelSetError, NonFiniteLoss, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = run_stage(run_train_student, cfg, LabelSetError, NonFiniteLoss)
     click.echo(format_table(result.evals))
     click.echo(f"train-student: {result.steps} steps in {result.seconds:.0f} s -> {result.out}/model")
 

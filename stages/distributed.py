@@ -2,7 +2,7 @@
 
 `torchrun --nproc-per-node N -m stages.cli train-student ...` sets RANK,
 WORLD_SIZE and LOCAL_RANK; we then join a process group (NCCL on GPUs, gloo
-on CPU), wrap the model in DDP (or FSDP with --fsdp), and sum token counts
+on CPU), wrap the model in DDP, and sum token counts
 and losses across ranks. Without those variables everything runs in-process.
 
     torchrun --nproc-per-node 2 -m stages.cli train-student --labels data/labels/demo --steps 20
@@ -41,14 +41,10 @@ class DistContext:
             tdist.init_process_group("nccl" if cuda else "gloo")
         return cls(int(os.environ.get("RANK", "0")), world, device)
 
-    def wrap(self, model: Any, fsdp: bool) -> Any:
+    def wrap(self, model: Any) -> Any:
+        """DDP across ranks (every rank holds the whole student); the model itself on one."""
         if self.world_size == 1:
             return model
-        if fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel(model, device_id=self.device if self.device.type == "cuda"
-                                            else None, use_orig_params=True)
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"

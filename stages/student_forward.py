@@ -83,6 +83,25 @@ def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cf
     return LossSums(soft, hard, hidden, int(rows.shape[0]), hidden_rows)
 
 
+class DistillationModule(torch.nn.Module):
+    """Student and hidden-state adapter as one module returning (soft, hard, hidden) sums.
+
+    This is what DDP wraps: the forward pass runs through DDP, so every trained
+    parameter, the adapter's included, has its gradient synchronised.
+    """
+
+    def __init__(self, student: Any, adapter: Any, vocab: int, cfg: StudentConfig,
+                 layer_map: dict[int, int]):
+        super().__init__()
+        self.student, self.adapter = student, adapter
+        self.vocab, self.cfg, self.layer_map = vocab, cfg, layer_map
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts = batch_losses(self.student, self.adapter, batch, self.vocab, self.cfg,
+                             self.layer_map)
+        return parts.soft, parts.hard, parts.hidden
+
+
 @torch.no_grad()
 def batch_eval(model: Any, batch: dict[str, Any], vocab: int, chunk: int, totals: EvalTotals) -> None:
     """Add one batch's per-position KL, top-1 agreement and NLL to `totals`."""

@@ -7,7 +7,7 @@ from `pipeline.kd_losses` via `stages.student_forward`, checkpoints from
 `pipeline.checkpoint`, the report from `stages.student_report`.
 
 Under torchrun every rank reads a disjoint share of each epoch's batches
-(DDP, or FSDP with --fsdp); rank 0 alone writes checkpoints, logs and the
+(DDP); rank 0 alone writes checkpoints, logs and the
 exported model. CPU-sized example (the embedded teacher's labels):
 
     kd train-student --labels data/labels/demo --out data/student/tiny --steps 20 \
@@ -39,7 +39,7 @@ from schemas.student_config import StudentConfig
 from stages.distributed import DistContext
 from stages.preemption import Preempted, PreemptionGuard
 from stages.student_eval import eval_plan, evaluate_model, teacher_reference
-from stages.student_forward import batch_losses
+from stages.student_forward import DistillationModule
 from stages.student_model import build_student, check_tokenizer, check_vocabulary
 from stages.student_report import MetricsLog, write_report
 
@@ -164,8 +164,8 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
-    trained = dist.wrap(model, cfg.fsdp)
-    params = list(trained.parameters()) + (list(adapter.parameters()) if adapter else [])
+    trained = dist.wrap(DistillationModule(model, adapter, vocab, cfg, layer_map))
+    params = list(trained.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     resume_state = load_resume_state(cfg, out)
     cursor = resume_cursor(resume_state, dist.world_size) if resume_state else Cursor()
@@ -175,7 +175,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     amp = autocast_dtype(cfg, device)
     log = MetricsLog(out / "metrics.jsonl", dist.is_main)
     if resume_state:
-        model_of(trained).load_state_dict(resume_state["model"])
+        model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         if adapter is not None:
             adapter.load_state_dict(resume_state["adapter"])
@@ -192,7 +192,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
 
     def checkpoint() -> None:
         if dist.is_main:
-            state = {"model": model_of(trained).state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "adapter": adapter.state_dict() if adapter else None,
                      "cursor": {"epoch": stream.cursor.epoch,
                                 "global_batch": stream.cursor.batch * dist.world_size},
@@ -211,7 +211,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
             tick = time.time()
             where = f"epoch {stream.cursor.epoch} batch {stream.cursor.batch}"
             micro = [to_device(stream.next(), device) for _ in range(cfg.grad_accum)]
-            record = train_step(trained, adapter, micro, vocab, cfg, layer_map, dist, amp, params)
+            record = train_step(trained, micro, cfg, len(layer_map), dist, amp, params)
             if not math.isfinite(record["loss"]):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -231,7 +231,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
             bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
                 log.write({"step": step, "eval": evaluate_model(
-                    model_of(trained), labels, plan_eval, vocab, cfg.loss_chunk, device, amp)})
+                    model, labels, plan_eval, vocab, cfg.loss_chunk, device, amp)})
             if guard.requested:
                 checkpoint()
                 raise Preempted(f"SIGTERM: checkpoint written at step {step}; rerun with --resume")
@@ -239,39 +239,39 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
                 checkpoint()
     bar.close()
     checkpoint()
-    evals["student_after"] = evaluate_model(model_of(trained), labels, plan_eval, vocab,
+    evals["student_after"] = evaluate_model(model, labels, plan_eval, vocab,
                                             cfg.loss_chunk, device, amp)
     log.write({"step": step, "eval": evals["student_after"]})
     if dist.is_main:
-        export_model(model_of(trained), tokenizer, out / "model")
+        export_model(model, tokenizer, out / "model")
         write_report(out, cfg, evals, step, time.time() - start)
     dist.barrier()
     return TrainResult(out, step, evals, time.time() - start)
 
 
-def train_step(model: Any, adapter: Any, micro: list[dict[str, Any]], vocab: int,
-               cfg: StudentConfig, layer_map: dict[int, int], dist: DistContext,
-               amp: torch.dtype | None, params: list[torch.nn.Parameter]) -> dict[str, float]:
+def train_step(model: Any, micro: list[dict[str, Any]], cfg: StudentConfig, hidden_layers: int,
+               dist: DistContext, amp: torch.dtype | None,
+               params: list[torch.nn.Parameter]) -> dict[str, float]:
     """Forward and backward over the micro-batches of one optimizer step; returns its metrics."""
     # Normalise by the loss tokens of the whole step on every rank, exactly once:
     # each rank divides by the global count and DDP's gradient mean is undone.
     local = sum(int(b["loss_rows"].numel()) for b in micro)
-    hidden_local = sum(int(b["hidden_rows"].numel()) for b in micro) if layer_map else 0
+    hidden_local = sum(int(b["hidden_rows"].numel()) for b in micro) if hidden_layers else 0
     n_tokens, hidden_rows = dist.sum_ints(local, hidden_local)
     sums = {"soft": 0.0, "hard": 0.0, "hidden": 0.0}
     for i, batch in enumerate(micro):
-        with dist.no_sync(model, last=i == len(micro) - 1), \
-                torch.autocast(dist.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            parts = batch_losses(model, adapter, batch, vocab, cfg, layer_map)
-            hidden_mean = parts.hidden / max(hidden_rows * len(layer_map), 1)
-            loss = combine_losses(parts.soft, parts.hard, n_tokens, cfg.alpha, hidden_mean,
-                                  cfg.hidden_weight) * dist.world_size
-        loss.backward()
-        sums["soft"] += float(parts.soft.detach())
-        sums["hard"] += float(parts.hard.detach())
-        sums["hidden"] += float(parts.hidden.detach())
+        with dist.no_sync(model, last=i == len(micro) - 1):
+            with torch.autocast(dist.device.type, dtype=amp or torch.float32,
+                                enabled=amp is not None):
+                soft, hard, hidden = model(batch)
+                hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
+                loss = combine_losses(soft, hard, n_tokens, cfg.alpha, hidden_mean,
+                                      cfg.hidden_weight) * dist.world_size
+            loss.backward()
+        for key, value in (("soft", soft), ("hard", hard), ("hidden", hidden)):
+            sums[key] += float(value.detach())
     soft, hard, hidden = dist.sum_floats(sums["soft"], sums["hard"], sums["hidden"])
-    hidden_mean = hidden / max(hidden_rows * len(layer_map), 1)
+    hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
     total = (cfg.alpha * soft + (1 - cfg.alpha) * hard) / max(n_tokens, 1) + \
         cfg.hidden_weight * hidden_mean
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip \
@@ -280,10 +280,6 @@ def train_step(model: Any, adapter: Any, micro: list[dict[str, Any]], vocab: int
     return {"loss": total, "soft": soft / max(n_tokens, 1), "hard": hard / max(n_tokens, 1),
             "hidden": hidden_mean, "grad_norm": grad_norm, "tokens": tokens,
             "loss_tokens": n_tokens}
-
-
-def model_of(wrapped: Any) -> Any:
-    return getattr(wrapped, "module", wrapped)
 
 
 def resume_cursor(state: dict[str, Any], world_size: int) -> Cursor:

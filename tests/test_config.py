@@ -38,3 +38,53 @@ def test_cli_rejects_bad_values_before_loading_anything():
 def test_prompts_per_shard_rounds_up_to_whole_prompts():
     assert TeacherConfig(shard_size=10, n=4).prompts_per_shard == 3
     assert TeacherConfig(shard_size=8, n=4).prompts_per_shard == 2
+
+
+@pytest.mark.parametrize("changes,flag", [
+    ({"steps": None, "epochs": None}, "--steps"),
+    ({"steps": 10, "epochs": 1.0}, "--epochs"),
+    ({"alpha": 1.5}, "--alpha"),
+    ({"kd_loss": "kl"}, "--kd-loss"),
+    ({"tail": "drop"}, "--tail"),
+    ({"temperature": 0.0}, "--temperature"),
+    ({"eval_fraction": 0.0}, "--eval-fraction"),
+    ({"layer_map": "a:b"}, "--layer-map"),
+    ({"resume": True, "overwrite": True}, "--resume"),
+    ({"batch_tokens": 0}, "--batch-tokens"),
+])
+def test_student_config_errors_name_the_flag(changes, flag):
+    from schemas.student_config import StudentConfig
+
+    with pytest.raises(ConfigError, match=flag):
+        StudentConfig(**changes).validate()
+
+
+def test_student_and_eval_configs_map_one_to_one_onto_options():
+    from schemas.student_config import EvalConfig, StudentConfig
+    from stages.cli import eval_model, train_student
+
+    for cls, command in ((StudentConfig, train_student), (EvalConfig, eval_model)):
+        fields = [f.name for f in dataclasses.fields(cls)]
+        assert set(field_docs(cls)) == set(fields)
+        assert sorted(p.name for p in command.params) == sorted(fields)
+
+
+def test_repeatable_labels_and_none_thresholds_reach_the_configs(monkeypatch):
+    import stages.teacher_labels
+    import stages.train_student
+
+    seen = {}
+
+    def stop(cfg):
+        seen["cfg"] = cfg
+        raise ConfigError("stopped before running")
+    monkeypatch.setattr(stages.train_student, "run_train_student", stop)
+    monkeypatch.setattr(stages.teacher_labels, "run_teacher_labels", stop)
+    runner = CliRunner()
+    result = runner.invoke(main, ["train-student", "--labels", "a", "--labels", "b"])
+    assert "stopped before running" in result.output and seen["cfg"].labels == ("a", "b")
+    result = runner.invoke(main, ["teacher-labels", "--max-repetition", "none",
+                                  "--min-mean-logprob", "-2.5"])
+    assert "stopped before running" in result.output
+    assert seen["cfg"].filter_thresholds().max_repetition is None
+    assert seen["cfg"].filter_thresholds().min_mean_logprob == -2.5

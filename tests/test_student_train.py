@@ -128,9 +128,9 @@ print("hidden", r.steps)
 
 
 def test_non_finite_loss_stops_naming_the_step(engine_labels, tiny_student, tmp_path, monkeypatch):
-    import stages.train_student as train
+    import stages.student_forward as forward
 
-    real = train.batch_losses
+    real = forward.batch_losses
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -139,7 +139,7 @@ def test_non_finite_loss_stops_naming_the_step(engine_labels, tiny_student, tmp_
         if calls["n"] == 2:
             parts.soft = parts.soft * float("nan")
         return parts
-    monkeypatch.setattr(train, "batch_losses", poisoned)
+    monkeypatch.setattr(forward, "batch_losses", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"step 2 \(epoch 0 batch 1\)"):
         run_train_student(config(engine_labels, tiny_student, tmp_path / "nan", eval_every=0))
 
