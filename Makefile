@@ -40,7 +40,7 @@ HIDDEN_WEIGHT  ?= 0.0
 STUDENT_SEED   ?= 0
 STUDENT_ARGS   ?=
 
-BENCH_PROMPTS    ?= 128
+BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \

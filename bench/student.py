@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -92,14 +91,32 @@ def loader_tokens_per_second(labels: Any, plan: list[np.ndarray], workers: int) 
     return tokens / (time.perf_counter() - start)
 
 
+def high_water_rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0
+
+
 def child_peak_rss_mb(args: list[str]) -> float:
-    """Run `kd train-student` in a child process and return that child's peak RSS."""
-    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "train-student", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"train-student failed: {proc.stderr.read()[-2000:]}")
-    return usage.ru_maxrss / 1024
+    """Run `kd train-student` in a child process and return its peak RSS.
+
+    Polls the child's own high-water mark (VmHWM): ru_maxrss from wait4 would
+    report this (much larger) benchmark process's peak, which Linux lets a
+    forked child inherit.
+    """
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "train-student", *args],
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, high_water_rss_kb(proc.pid))
+            time.sleep(0.05)
+        if proc.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"train-student failed: {log.read()[-2000:]}")
+    return peak / 1024
 
 
 def memory_vs_data(teacher_labels: Any, student_args: list[str], shards: int,

@@ -114,6 +114,39 @@ def student_logprobs_at(student_logits: Tensor, teacher_ids: Tensor, temperature
     return torch.cat([gathered, log_tail], dim=-1)
 
 
+def fused_head_losses(logits: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor,
+                      target_ids: Tensor, *, kind: str = "forward_kl", tail: str = "bucket",
+                      temperature: float = 1.0, beta: float = 0.5, soft: bool = True
+                      ) -> tuple[Tensor, Tensor]:
+    """(soft sum x T^2, hard sum) from one pass over the (N, V) logits.
+
+    The training step's fast path: one log-sum-exp over the vocabulary serves both
+    the cross-entropy and (at T = 1) the soft loss, and only (N, k) values are
+    gathered, so the soft loss costs little more than cross-entropy alone. The
+    student's tail bucket is log(1 - sum of its top-k probabilities), floored at
+    MIN_TAIL: less precise than `student_logprobs_at` for tails below ~1e-6, whose
+    share of the loss is then below the float32 noise anyway. `soft=False` skips
+    the soft loss (plain fine-tuning).
+    """
+    z = logits.to(_loss_dtype(logits.dtype))
+    lse = torch.logsumexp(z, dim=-1)
+    hard = (lse - z.gather(-1, target_ids.long()[:, None])[:, 0]).sum()
+    if not soft:
+        return z.new_zeros(()), hard
+    if temperature != 1.0:
+        z = z / temperature
+        lse = torch.logsumexp(z, dim=-1)
+    gathered = z.gather(-1, teacher_ids.long()) - lse[:, None]
+    if tail == "renormalize":
+        student = gathered - torch.logsumexp(gathered, dim=-1, keepdim=True)
+    else:
+        inside = torch.logsumexp(gathered, dim=-1, keepdim=True).clamp(max=0)
+        log_tail = torch.log((-torch.expm1(inside)).clamp(min=MIN_TAIL))
+        student = torch.cat([gathered, log_tail], dim=-1)
+    teacher = retemper_teacher(teacher_logprobs.to(student.dtype), temperature, tail)
+    return temperature ** 2 * divergence(teacher, student, kind, beta).sum(), hard
+
+
 def _kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
     """sum_i a_i (log a_i - log b_i) per row, with 0 * log 0 = 0."""
     a = log_a.exp()

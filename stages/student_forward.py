@@ -19,7 +19,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from pipeline.eval_metrics import EvalTotals, position_metrics
-from pipeline.kd_losses import hard_label_loss, hidden_state_loss, soft_label_loss
+from pipeline.kd_losses import fused_head_losses, hidden_state_loss
 from schemas.student_config import StudentConfig
 
 
@@ -47,13 +47,10 @@ def chunk_losses(head_weight: torch.Tensor, states: torch.Tensor, teacher_ids: t
                  teacher_logprobs: torch.Tensor, target_ids: torch.Tensor, vocab: int,
                  cfg: StudentConfig) -> tuple[torch.Tensor, torch.Tensor]:
     logits = (states @ head_weight[:vocab].T).float()
-    hard = hard_label_loss(logits, target_ids) if cfg.alpha < 1 else logits.new_zeros(())
     # alpha = 0 is plain fine-tuning on the teacher's samples: it pays no soft-label cost.
-    if cfg.alpha == 0:
-        return logits.new_zeros(()), hard
-    soft = soft_label_loss(logits, teacher_ids, teacher_logprobs, kind=cfg.kd_loss,
-                           temperature=cfg.temperature, tail=cfg.tail, beta=cfg.beta)
-    return soft, hard
+    return fused_head_losses(logits, teacher_ids, teacher_logprobs, target_ids, kind=cfg.kd_loss,
+                             tail=cfg.tail, temperature=cfg.temperature, beta=cfg.beta,
+                             soft=cfg.alpha > 0)
 
 
 def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cfg: StudentConfig,

@@ -232,7 +232,8 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
             if cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
                 log.write({"step": step, "eval": evaluate_model(
                     model, labels, plan_eval, vocab, cfg.loss_chunk, device, amp)})
-            if guard.requested:
+            # Ranks must agree to stop together, or one would wait at a barrier forever.
+            if dist.sum_ints(int(guard.requested))[0]:
                 checkpoint()
                 raise Preempted(f"SIGTERM: checkpoint written at step {step}; rerun with --resume")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:

@@ -313,3 +313,28 @@ def test_other_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="beta"):
         generalized_jsd(lp, lp, 2.0)
     assert torch.equal(total_variation(lp, lp), torch.zeros(2, dtype=F64))
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "tvd"])
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_fused_head_losses_equal_the_separate_losses(kind, tail, temperature):
+    from pipeline.kd_losses import fused_head_losses
+
+    torch.manual_seed(0)
+    logits = torch.randn(12, 50, dtype=torch.float64, requires_grad=True)
+    ids = torch.argsort(torch.randn(12, 50), dim=-1)[:, :5]
+    lps = torch.log_softmax(torch.randn(12, 50, dtype=torch.float64), -1).gather(1, ids)
+    target = torch.randint(0, 50, (12,))
+    soft, hard = fused_head_losses(logits, ids, lps, target, kind=kind, tail=tail,
+                                   temperature=temperature, beta=0.3)
+    want_soft = soft_label_loss(logits, ids, lps, kind=kind, tail=tail, temperature=temperature,
+                                beta=0.3)
+    assert float(soft.detach()) == pytest.approx(float(want_soft.detach()), rel=1e-9)
+    assert float(hard.detach()) == pytest.approx(float(hard_label_loss(logits, target).detach()),
+                                                 rel=1e-12)
+    g1 = torch.autograd.grad(soft + hard, logits)[0]
+    g2 = torch.autograd.grad(want_soft + hard_label_loss(logits, target), logits)[0]
+    assert torch.allclose(g1, g2, atol=1e-9)
+    none, _ = fused_head_losses(logits, ids, lps, target, soft=False)
+    assert float(none) == 0.0
