@@ -24,12 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def bucket_logprobs(logprobs_at_ids: torch.Tensor) -> torch.Tensor:
-    """(N, k) log-probs of k ids -> (N, k + 1) with a last bucket for the remaining mass."""
-    lse = torch.logsumexp(logprobs_at_ids, dim=-1, keepdim=True).clamp(max=-1e-6)
-    tail = torch.log(-torch.expm1(lse))
-    return torch.cat([logprobs_at_ids, tail], dim=-1)
+from pipeline.kd_losses import forward_kl, retemper_teacher, student_logprobs_at
 
 
 def position_metrics(logits: torch.Tensor, teacher_ids: torch.Tensor,
@@ -37,9 +32,8 @@ def position_metrics(logits: torch.Tensor, teacher_ids: torch.Tensor,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-position (kl, agree, nll) of a model's (N, V) logits against the teacher's labels."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    q = bucket_logprobs(logp.gather(1, teacher_ids))
-    p = bucket_logprobs(teacher_logprobs.float())
-    kl = (p.exp() * (p - q)).sum(-1)
+    kl = forward_kl(retemper_teacher(teacher_logprobs.float(), 1.0, "bucket"),
+                    student_logprobs_at(logits, teacher_ids, 1.0, "bucket"))
     agree = logp.argmax(-1) == teacher_ids[:, 0]
     nll = -logp.gather(1, target_ids[:, None])[:, 0]
     return kl, agree, nll

@@ -84,3 +84,11 @@ def test_filter_keeps_order_and_index_rows_point_at_kept_rows():
         ("g0/0", True, "shard-00003.h5", 0, None), ("cut/0", False, None, None, "truncated"),
         ("g1/0", True, "shard-00003.h5", 1, None), ("nan/0", False, None, None, "non_finite"),
         ("g2/0", True, "shard-00003.h5", 2, None)]
+
+
+def test_run_aborts_once_the_non_finite_rate_passes_its_limit():
+    from stages.teacher_labels import GenerationStats, NonFiniteError, check_non_finite_rate
+
+    check_non_finite_rate(GenerationStats(samples=200, non_finite=2), limit=0.01)
+    with pytest.raises(NonFiniteError, match="3 of 200 .*--max-non-finite-rate 0.01"):
+        check_non_finite_rate(GenerationStats(samples=200, non_finite=3), limit=0.01)
