@@ -106,7 +106,8 @@ bench-student: teacher-labels
 	$(PY) -m bench.student --labels $(OUT)
 
 bench-quality: models
-	$(PY) -m bench.quality --steps $(STEPS) --batch-tokens $(BATCH_TOKENS)
+	$(PY) -m bench.quality --steps $(STEPS) --batch-tokens $(BATCH_TOKENS) \
+	  --max-tokens $(MAX_TOKENS) --limit $(or $(LIMIT),0)
 
 clean:
 	rm -rf data/labels data/models

@@ -34,26 +34,28 @@ def kd(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "stages.cli", *args], check=True)
 
 
-def ensure_labels(labels: Path, prompts: str, max_tokens: int) -> None:
-    if (labels / "index.parquet").is_file():
-        return
+def ensure_labels(labels: Path, prompts: str, max_tokens: int, limit: int | None) -> None:
+    """Labels with the teacher's last hidden state (a rerun reuses them: it generates nothing)."""
+    extra = ["--limit", str(limit)] if limit else []
     kd("teacher-labels", "--prompts", prompts, "--out", str(labels), "--max-tokens",
-       str(max_tokens), "--max-model-len", "1024", "--shard-size", "64", "--hidden-layers", "-1")
+       str(max_tokens), "--max-model-len", "1024", "--shard-size", "64", "--hidden-layers", "-1",
+       *extra)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", default="data/labels/quality")
     parser.add_argument("--prompts", default="data/prompts/demo.jsonl")
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch-tokens", type=int, default=2048)
+    parser.add_argument("--max-tokens", type=int, default=192)
+    parser.add_argument("--limit", type=int, default=160, help="first N prompts (0: all)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-tokens", type=int, default=1024)
     parser.add_argument("--runs-dir", default="data/student/quality")
     parser.add_argument("--out", default="bench/results/quality")
     args = parser.parse_args()
 
     labels = Path(args.labels)
-    ensure_labels(labels, args.prompts, args.max_tokens)
+    ensure_labels(labels, args.prompts, args.max_tokens, args.limit)
     reports = {}
     for name, extra in RUNS.items():
         out = Path(args.runs_dir) / name
