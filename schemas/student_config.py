@@ -98,6 +98,8 @@ class StudentConfig:
     """DataLoader worker processes (0: load in the training process)."""
     on_non_finite: str = "stop"
     """A non-finite loss: `stop` (naming the step and batch) or `skip` the batch (at most 10 in a row)."""
+    fsdp: bool = False
+    """Under torchrun, shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP2) instead of replicating the student (DDP)."""
     verify: bool = True
     """Verify manifests and shard checksums before training (refuse naming the shard on a mismatch)."""
 

@@ -2,7 +2,7 @@
 
 `torchrun --nproc-per-node N -m stages.cli train-student ...` sets RANK,
 WORLD_SIZE and LOCAL_RANK; we then join a process group (NCCL on GPUs, gloo
-on CPU), wrap the model in DDP, and sum token counts
+on CPU), wrap the model in DDP (or FSDP2 with --fsdp), and sum token counts
 and losses across ranks. Without those variables everything runs in-process.
 
     torchrun --nproc-per-node 2 -m stages.cli train-student --labels data/labels/demo --steps 20
@@ -41,10 +41,20 @@ class DistContext:
             tdist.init_process_group("nccl" if cuda else "gloo")
         return cls(int(os.environ.get("RANK", "0")), world, device)
 
-    def wrap(self, model: Any) -> Any:
-        """DDP across ranks (every rank holds the whole student); the model itself on one."""
+    def wrap(self, model: Any, fsdp: bool = False, layers: Any = ()) -> Any:
+        """DDP across ranks, or FSDP2 (each of `layers` its own unit, `model` the root)."""
         if self.world_size == 1:
             return model
+        if fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in layers:
+                fully_shard(layer)
+            root = fully_shard(model)
+            # FSDP2 initialises lazily on the root's first forward; evaluation calls
+            # the decoder before that, so initialise now (no public API for it yet).
+            root._get_fsdp_state()._lazy_init()
+            return root
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"
@@ -70,6 +80,46 @@ class DistContext:
 
     def sum_floats(self, *values: float) -> list[float]:
         return self._sum(values, torch.float64)
+
+    @contextlib.contextmanager
+    def full_params(self, model: Any) -> Iterator[None]:
+        """Root FSDP parameters gathered, for code that calls submodules directly (evaluation)."""
+        sharded = hasattr(model, "unshard") and self.world_size > 1
+        if sharded:
+            model.unshard()
+        try:
+            yield
+        finally:
+            if sharded:
+                model.reshard()
+
+    def full_state(self, model: Any, optimizer: Any, fsdp: bool) -> tuple[dict, dict]:
+        """(model, optimizer) state dicts, whole, on rank 0 (a collective under FSDP)."""
+        if not (fsdp and self.world_size > 1):
+            inner = getattr(model, "module", model)
+            return inner.state_dict(), optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(model, options=options),
+                get_optimizer_state_dict(model, optimizer, options=options))
+
+    def load_full_state(self, model: Any, optimizer: Any, fsdp: bool, model_state: dict,
+                        optimizer_state: dict) -> None:
+        """Inverse of `full_state`: every rank loads (FSDP shards it as it loads)."""
+        if not (fsdp and self.world_size > 1):
+            getattr(model, "module", model).load_state_dict(model_state)
+            optimizer.load_state_dict(optimizer_state)
+            return
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, model_state, options=options)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 
     def barrier(self) -> None:
         if self.world_size > 1:

@@ -164,7 +164,8 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
-    trained = dist.wrap(DistillationModule(model, adapter, vocab, cfg, layer_map))
+    trained = dist.wrap(DistillationModule(model, adapter, vocab, cfg, layer_map), cfg.fsdp,
+                        layers=model.get_decoder().layers)
     params = list(trained.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     resume_state = load_resume_state(cfg, out)
@@ -174,31 +175,32 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     plan_eval = eval_plan(labels, eval_idx, cfg.batch_tokens)
     amp = autocast_dtype(cfg, device)
     log = MetricsLog(out / "metrics.jsonl", dist.is_main)
+    def evaluate() -> dict[str, float]:
+        with dist.full_params(trained):
+            return evaluate_model(model, labels, plan_eval, vocab, cfg.loss_chunk, device, amp)
+
     if resume_state:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if adapter is not None:
-            adapter.load_state_dict(resume_state["adapter"])
+        dist.load_full_state(trained, optimizer, cfg.fsdp, resume_state["module"],
+                             resume_state["optimizer"])
         restore_rng(resume_state["rng"])
         step, evals = resume_state["step"], resume_state["evals"]
         log.truncate_after(step)
     else:
         step = 0
         log.truncate_after(-1)
-        evals = {"teacher": teacher_reference(labels, plan_eval),
-                 "student_before": evaluate_model(model, labels, plan_eval, vocab, cfg.loss_chunk,
-                                                  device, amp)}
+        evals = {"teacher": teacher_reference(labels, plan_eval), "student_before": evaluate()}
         log.write({"step": 0, "eval": evals["student_before"]})
 
-    def checkpoint() -> None:
+    def checkpoint() -> dict[str, Any]:
+        module_state, optimizer_state = dist.full_state(trained, optimizer, cfg.fsdp)
         if dist.is_main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "adapter": adapter.state_dict() if adapter else None,
+            state = {"module": module_state, "optimizer": optimizer_state,
                      "cursor": {"epoch": stream.cursor.epoch,
                                 "global_batch": stream.cursor.batch * dist.world_size},
                      "evals": evals}
             save_checkpoint(out / "checkpoints", step, state, {"config": cfg.to_dict()})
         dist.barrier()
+        return module_state
 
     bar = tqdm(total=steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not dist.is_main)
@@ -230,8 +232,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
-                log.write({"step": step, "eval": evaluate_model(
-                    model, labels, plan_eval, vocab, cfg.loss_chunk, device, amp)})
+                log.write({"step": step, "eval": evaluate()})
             # Ranks must agree to stop together, or one would wait at a barrier forever.
             if dist.sum_ints(int(guard.requested))[0]:
                 checkpoint()
@@ -239,12 +240,12 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint()
     bar.close()
-    checkpoint()
-    evals["student_after"] = evaluate_model(model, labels, plan_eval, vocab,
-                                            cfg.loss_chunk, device, amp)
+    final_state = checkpoint()
+    evals["student_after"] = evaluate()
     log.write({"step": step, "eval": evals["student_after"]})
     if dist.is_main:
-        export_model(model, tokenizer, out / "model")
+        export_model(exportable(model, final_state, cfg.fsdp and dist.world_size > 1), tokenizer,
+                     out / "model")
         write_report(out, cfg, evals, step, time.time() - start)
     dist.barrier()
     return TrainResult(out, step, evals, time.time() - start)
@@ -312,6 +313,20 @@ def load_resume_state(cfg: StudentConfig, out: Path) -> dict[str, Any] | None:
     if path is None:
         raise ConfigError(f"--resume: no checkpoint under {out / 'checkpoints'}")
     return load_checkpoint(path)
+
+
+def exportable(model: Any, module_state: dict[str, Any], sharded: bool) -> Any:
+    """The student as a plain module: under FSDP a fresh copy loaded with the gathered weights."""
+    if not sharded:
+        return model
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    prefix = "student."
+    plain.load_state_dict({k[len(prefix):]: v for k, v in module_state.items()
+                           if k.startswith(prefix)})
+    plain.generation_config = model.generation_config
+    return plain
 
 
 def export_model(model: Any, tokenizer: Any, path: Path) -> None:

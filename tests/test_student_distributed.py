@@ -48,3 +48,18 @@ def test_two_gloo_ranks_match_one_process_and_resume_on_one(engine_labels, tiny_
     assert (tmp_path / "two/model/model.safetensors").is_file()
     kd(*train_args(engine_labels, tiny_student, tmp_path / "two", 2, 4, "--resume"))
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-4)
+
+
+def test_fsdp_two_ranks_match_one_process_and_export_a_plain_model(engine_labels, tiny_student,
+                                                                   tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    kd(*train_args(engine_labels, tiny_student, tmp_path / "one", 2, 2))
+    kd(*train_args(engine_labels, tiny_student, tmp_path / "fsdp", 1, 2, "--fsdp"), ranks=2)
+    np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp_path / "one"), rtol=1e-4)
+    report = json.loads((tmp_path / "fsdp/report.json").read_text())
+    single = json.loads((tmp_path / "one/report.json").read_text())
+    assert report["eval"]["student_after"]["kl"] == pytest.approx(
+        single["eval"]["student_after"]["kl"], rel=1e-4)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp/model")
+    assert model.config.num_hidden_layers == 2
