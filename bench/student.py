@@ -5,9 +5,14 @@ On the embedded teacher's labels and the default student (`from-teacher`,
 1. offline vs online distillation: a `kd train-student` step (labels from the
    shards) against the common online recipe, where the teacher, loaded in the
    same process, runs a forward pass inside every step and the loss is a dense
-   full-vocabulary KL plus CE; time per step and peak memory of each phase;
+   full-vocabulary KL plus CE; time per step (interleaved rounds, medians) and
+   peak memory of each phase. Also timed: online with our own student step, the
+   teacher's top-k taken from its forward pass in the step, which isolates what
+   the teacher's forward pass costs from how the loss is computed;
 2. soft-label overhead: the same step with the KD loss (alpha 0.5) against
-   cross-entropy only (alpha 0), interleaved;
+   cross-entropy only (alpha 0), interleaved; also against the same losses
+   computed by autograd under activation checkpointing per chunk (what
+   `pipeline/fused_head.py` replaced);
 3. loader headroom: tokens/s the DataLoader delivers alone against tokens/s
    the training step consumes;
 4. memory against data size: peak RSS of two short `kd train-student` runs (child
@@ -29,22 +34,42 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from bench.memory import PeakMemory
 from bench.synthetic_labels import write_synthetic_labels
-from pipeline.kd_losses import combine_losses
+from pipeline.kd_losses import fused_head_losses, total_loss, weighted_token_sum
 from pipeline.label_set import open_label_set
 from pipeline.machine import describe_machine
 from pipeline.student_batches import PlannedBatches, to_device
 from pipeline.token_batches import plan_batches, split_by_prompt
 from schemas.student_config import StudentConfig
-from stages.student_forward import batch_losses
+from stages.student_forward import batch_losses, decoder_states
 from stages.student_model import build_student, evenly_spaced_layers, keep_decoder_layers
 
 
 def offline_step(model: Any, opt: Any, batch: dict[str, Any], cfg: StudentConfig, vocab: int) -> None:
     parts = batch_losses(model, None, batch, vocab, cfg, {})
-    combine_losses(parts.soft, parts.hard, parts.positions, cfg.alpha).backward()
+    total_loss(parts.tokens, parts.positions).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def checkpointed_step(model: Any, opt: Any, batch: dict[str, Any], cfg: StudentConfig,
+                      vocab: int) -> None:
+    """The offline step with the head under activation checkpointing instead of the fused head."""
+    flat, _ = decoder_states(model, batch, False)
+    rows, weight = flat[batch["loss_rows"]], model.get_output_embeddings().weight
+
+    def chunk(states: Any, ids: Any, lps: Any, target: Any) -> Any:
+        soft, hard = fused_head_losses((states @ weight[:vocab].T).float(), ids, lps, target,
+                                       kind=cfg.kd_loss, tail=cfg.tail,
+                                       temperature=cfg.temperature, beta=cfg.beta)
+        return weighted_token_sum(soft, hard, cfg.alpha)
+    total = sum(checkpoint(chunk, *(t[i:i + cfg.loss_chunk] for t in (
+        rows, batch["teacher_ids"], batch["teacher_logprobs"], batch["target_ids"])),
+        use_reentrant=False) for i in range(0, rows.shape[0], cfg.loss_chunk))
+    total_loss(total, rows.shape[0]).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -63,6 +88,19 @@ def online_step(teacher: Any, model: Any, opt: Any, batch: dict[str, Any], vocab
     ((0.5 * kl + 0.5 * ce) / rows.numel()).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+
+
+def online_topk_step(teacher: Any, model: Any, opt: Any, batch: dict[str, Any], cfg: StudentConfig,
+                     vocab: int, k: int) -> None:
+    """Online, but with the offline step's loss: the teacher's top-k computed in the step."""
+    with torch.no_grad():
+        states = teacher.get_decoder()(input_ids=batch["input_ids"],
+                                       attention_mask=batch["attention_mask"]).last_hidden_state
+        rows = states.flatten(0, 1)[batch["loss_rows"]]
+        logprobs = (rows @ teacher.get_output_embeddings().weight[:vocab].T).float().log_softmax(-1)
+        top = logprobs.topk(k, dim=-1)
+    offline_step(model, opt, batch | {"teacher_ids": top.indices, "teacher_logprobs": top.values},
+                 cfg, vocab)
 
 
 def sync(device: torch.device) -> None:
@@ -179,20 +217,28 @@ def main() -> None:
     student.to(device).train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
 
+    steps = {"offline": lambda b: offline_step(student, opt, b, kd_cfg, vocab)}
     with PeakMemory(device) as offline_peak:
-        offline = seconds_per_step(lambda b: offline_step(student, opt, b, kd_cfg, vocab),
-                                   batches, device)
-    kd_times, ce_times = [], []
-    for _ in range(2):   # interleaved: machine noise hits both alike
-        kd_times.append(seconds_per_step(lambda b: offline_step(student, opt, b, kd_cfg, vocab),
-                                         batches, device))
+        seconds_per_step(steps["offline"], batches, device)
+    kd_times, ce_times, ckpt_times = [], [], []
+    for _ in range(2):   # interleaved: machine noise hits all alike
+        kd_times.append(seconds_per_step(steps["offline"], batches, device))
         ce_times.append(seconds_per_step(lambda b: offline_step(student, opt, b, ce_cfg, vocab),
                                          batches, device))
+        ckpt_times.append(seconds_per_step(
+            lambda b: checkpointed_step(student, opt, b, kd_cfg, vocab), batches, device))
     teacher = build_models(teacher_path, args.keep_layers, args.random_weights).to(device).eval()
     teacher_mb = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20
+    steps["online"] = lambda b: online_step(teacher, student, opt, b, vocab)
+    steps["online_topk"] = lambda b: online_topk_step(teacher, student, opt, b, kd_cfg, vocab,
+                                                      labels.top_k)
     with PeakMemory(device) as online_peak:
-        online = seconds_per_step(lambda b: online_step(teacher, student, opt, b, vocab),
-                                  batches, device)
+        seconds_per_step(steps["online"], batches, device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(2):   # interleaved, as above
+        for name, step in steps.items():
+            times[name].append(seconds_per_step(step, batches, device))
+    offline, online, online_topk = (float(np.median(times[n])) for n in steps)
     del teacher
     loader = loader_tokens_per_second(labels, plan, workers=2)
     consumed = tokens_per_batch / float(np.median(kd_times))
@@ -207,11 +253,16 @@ def main() -> None:
         "batch_tokens": args.batch_tokens, "tokens_per_batch": tokens_per_batch,
         "offline_step_seconds": offline, "online_step_seconds": online,
         "offline_vs_online_step_time_ratio": offline / online,
+        "online_topk_step_seconds": online_topk,
+        "offline_vs_online_topk_step_time_ratio": offline / online_topk,
         "offline_peak_memory_mb": offline_peak.mb, "online_peak_memory_mb": online_peak.mb,
         "peak_memory_saving_mb": online_peak.mb - offline_peak.mb,
         "teacher_weights_mb": teacher_mb,
         "kd_step_seconds": float(np.median(kd_times)), "ce_step_seconds": float(np.median(ce_times)),
         "kd_vs_ce_step_time_ratio": float(np.median(kd_times) / np.median(ce_times)),
+        "checkpointed_head_step_seconds": float(np.median(ckpt_times)),
+        "fused_vs_checkpointed_head_step_time_ratio": float(np.median(kd_times)
+                                                            / np.median(ckpt_times)),
         "loader_tokens_per_second": loader, "train_tokens_per_second": consumed,
         "loader_headroom_ratio": loader / consumed,
         **memory,

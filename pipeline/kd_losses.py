@@ -6,7 +6,7 @@ the top-k is either dropped (`tail="renormalize"`: both sides renormalised over
 the k ids) or kept as one extra class (`tail="bucket"`: k + 1 classes per side).
 
 Every loss returns a SUM over positions (a 0-dim tensor). The caller divides by
-the number of loss tokens exactly once, in `combine_losses`, so micro-batch and
+the number of loss tokens exactly once, in `total_loss`, so micro-batch and
 gradient-accumulation sizes never weight tokens unevenly. The divergence
 functions (`forward_kl`, ...) return one value per position, shape (N,).
 
@@ -114,29 +114,19 @@ def student_logprobs_at(student_logits: Tensor, teacher_ids: Tensor, temperature
     return torch.cat([gathered, log_tail], dim=-1)
 
 
-def fused_head_losses(logits: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor,
-                      target_ids: Tensor, *, kind: str = "forward_kl", tail: str = "bucket",
-                      temperature: float = 1.0, beta: float = 0.5, soft: bool = True
-                      ) -> tuple[Tensor, Tensor]:
-    """(soft sum x T^2, hard sum) from one pass over the (N, V) logits.
+def soft_loss_from_gathered(teacher_logits: Tensor, lse_t: Tensor, teacher_logprobs: Tensor, *,
+                            kind: str = "forward_kl", tail: str = "bucket",
+                            temperature: float = 1.0, beta: float = 0.5) -> Tensor:
+    """The soft loss (sum x T^2) from the student's logits at the teacher's ids and log-sum-exp.
 
-    The training step's fast path: one log-sum-exp over the vocabulary serves both
-    the cross-entropy and (at T = 1) the soft loss, and only (N, k) values are
-    gathered, so the soft loss costs little more than cross-entropy alone. The
-    student's tail bucket is log(1 - sum of its top-k probabilities), floored at
-    MIN_TAIL: less precise than `student_logprobs_at` for tails below ~1e-6, whose
-    share of the loss is then below the float32 noise anyway. `soft=False` skips
-    the soft loss (plain fine-tuning).
+    teacher_logits: (N, k) raw student logits z at the teacher's ids; lse_t: (N,)
+    logsumexp(z / T). The soft loss depends on the (N, V) logits only through these
+    (N, k + 1) numbers, which is what lets `pipeline.fused_head` form its gradient in
+    closed form. The student's tail bucket is log(1 - sum of its top-k
+    probabilities), floored at MIN_TAIL: less precise than `student_logprobs_at` for
+    tails below ~1e-6, whose share of the loss is then below the float32 noise anyway.
     """
-    z = logits.to(_loss_dtype(logits.dtype))
-    lse = torch.logsumexp(z, dim=-1)
-    hard = (lse - z.gather(-1, target_ids.long()[:, None])[:, 0]).sum()
-    if not soft:
-        return z.new_zeros(()), hard
-    if temperature != 1.0:
-        z = z / temperature
-        lse = torch.logsumexp(z, dim=-1)
-    gathered = z.gather(-1, teacher_ids.long()) - lse[:, None]
+    gathered = teacher_logits / temperature - lse_t[:, None]
     if tail == "renormalize":
         student = gathered - torch.logsumexp(gathered, dim=-1, keepdim=True)
     else:
@@ -144,7 +134,29 @@ def fused_head_losses(logits: Tensor, teacher_ids: Tensor, teacher_logprobs: Ten
         log_tail = torch.log((-torch.expm1(inside)).clamp(min=MIN_TAIL))
         student = torch.cat([gathered, log_tail], dim=-1)
     teacher = retemper_teacher(teacher_logprobs.to(student.dtype), temperature, tail)
-    return temperature ** 2 * divergence(teacher, student, kind, beta).sum(), hard
+    return temperature ** 2 * divergence(teacher, student, kind, beta).sum()
+
+
+def fused_head_losses(logits: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor,
+                      target_ids: Tensor, *, kind: str = "forward_kl", tail: str = "bucket",
+                      temperature: float = 1.0, beta: float = 0.5, soft: bool = True
+                      ) -> tuple[Tensor, Tensor]:
+    """(soft sum x T^2, hard sum) from one pass over the (N, V) logits.
+
+    One log-sum-exp over the vocabulary serves both the cross-entropy and (at
+    T = 1) the soft loss, and only (N, k) values are gathered, so the soft loss
+    costs little more than cross-entropy alone. `soft=False` skips the soft loss
+    (plain fine-tuning). The training step uses `pipeline.fused_head`, which adds
+    the LM head and a closed-form gradient around the same computation.
+    """
+    z = logits.to(_loss_dtype(logits.dtype))
+    lse = torch.logsumexp(z, dim=-1)
+    hard = (lse - z.gather(-1, target_ids.long()[:, None])[:, 0]).sum()
+    if not soft:
+        return z.new_zeros(()), hard
+    lse_t = lse if temperature == 1.0 else torch.logsumexp(z / temperature, dim=-1)
+    return soft_loss_from_gathered(z.gather(-1, teacher_ids.long()), lse_t, teacher_logprobs,
+                                   kind=kind, tail=tail, temperature=temperature, beta=beta), hard
 
 
 def _kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
@@ -319,18 +331,31 @@ def combine_losses(soft_sum: Tensor, hard_sum: Tensor, n_tokens: int | Tensor, a
                    hidden_mean: Tensor | None = None, hidden_weight: float = 0.0) -> Tensor:
     """(alpha * soft_sum + (1 - alpha) * hard_sum) / max(n_tokens, 1) + hidden_weight * hidden_mean.
 
-    alpha = 1 is pure soft-label distillation, alpha = 0 pure cross-entropy. The two
-    sums are divided here, once; `hidden_mean` arrives already averaged over its own
-    rows (every token, prompt included), so it is not divided again. A term whose
-    weight is 0 is skipped, so a non-finite value there cannot poison the total.
+    alpha = 1 is pure soft-label distillation, alpha = 0 pure cross-entropy. A term
+    whose weight is 0 is skipped, so a non-finite value there cannot poison the total.
     """
     if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
         raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
+    return total_loss(weighted_token_sum(soft_sum, hard_sum, alpha), n_tokens, hidden_mean,
+                      hidden_weight)
+
+
+def weighted_token_sum(soft_sum: Tensor, hard_sum: Tensor, alpha: float) -> Tensor:
+    """alpha * soft_sum + (1 - alpha) * hard_sum, skipping a zero-weighted term."""
+    return sum(w * v for w, v in ((alpha, soft_sum), (1 - alpha, hard_sum)) if w)
+
+
+def total_loss(token_sum: Tensor, n_tokens: int | Tensor, hidden_mean: Tensor | None = None,
+               hidden_weight: float = 0.0) -> Tensor:
+    """token_sum / max(n_tokens, 1) + hidden_weight * hidden_mean.
+
+    The token sum is divided here, once; `hidden_mean` arrives already averaged
+    over its own rows (every token, prompt included), so it is not divided again.
+    """
     if not (isinstance(hidden_weight, (int, float)) and hidden_weight >= 0):
         raise ValueError(f"hidden_weight must be >= 0; got {hidden_weight!r}")
     if hidden_weight and hidden_mean is None:
         raise ValueError(f"hidden_mean is None but hidden_weight is {hidden_weight}")
-    token_sum = sum(w * v for w, v in ((alpha, soft_sum), (1 - alpha, hard_sum)) if w)
     tokens = n_tokens.clamp(min=1) if isinstance(n_tokens, Tensor) else max(n_tokens, 1)
     total = token_sum / tokens
     return total + hidden_weight * hidden_mean if hidden_weight else total

@@ -15,11 +15,11 @@
   within `batch_tokens`, and the batch order is shuffled again. A sample longer
   than `batch_tokens` gets a batch of its own and is never truncated (cutting
   it would silently drop the teacher's labels for its tail).
-- `batches_for_rank` (alias `shard_batches_for_rank`): rank r of w takes
-  batches r, r + w, ...; the remainder (< w batches) is dropped so every rank
-  takes the same number of optimizer steps and collectives never hang.
-- `iterate_batches`: batches epoch after epoch from a position (epoch, batch
-  index), so a run resumed from a checkpoint continues exactly where it stopped.
+- `batches_for_rank`: rank r of w takes batches r, r + w, ... of the epoch's
+  whole steps (w x grad_accum batches each); the remainder is dropped, so every
+  rank takes the same number of optimizer steps (collectives never hang), no
+  step straddles two epochs, and every layout of one global batch (2 ranks x 1
+  or 1 rank x 2) takes the very same steps.
 
     >>> import numpy as np
     >>> from pipeline.token_batches import plan_batches
@@ -103,32 +103,10 @@ def cut_sorted(sorted_idx: np.ndarray, lengths: np.ndarray, batch_tokens: int) -
     return batches
 
 
-def batches_for_rank(batches: list[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
-    """This rank's disjoint, equal-count share of the batches (remainder dropped)."""
+def batches_for_rank(batches: list[np.ndarray], rank: int, world_size: int,
+                     grad_accum: int = 1) -> list[np.ndarray]:
+    """This rank's disjoint, equal-count share of an epoch's whole steps (remainder dropped)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    usable = len(batches) - len(batches) % world_size
+    usable = len(batches) - len(batches) % (world_size * grad_accum)
     return batches[rank:usable:world_size]
-
-
-shard_batches_for_rank = batches_for_rank
-
-
-def iterate_batches(plan_for_epoch: Callable[[int], list[np.ndarray]], start_epoch: int = 0,
-                    start_batch: int = 0, epochs: int | None = None
-                    ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (epoch, batch index, batch) from (start_epoch, start_batch) up to `epochs` (or on).
-
-    `plan_for_epoch` must be deterministic (e.g. plan_batches with fixed seed,
-    then batches_for_rank). After training on the batch yielded as (e, i),
-    checkpoint start_epoch=e, start_batch=i + 1: a start_batch at or past the
-    end of the epoch's plan moves on to the next epoch.
-    """
-    epoch, first = start_epoch, start_batch
-    while epochs is None or epoch < epochs:
-        plan = plan_for_epoch(epoch)
-        if not plan:
-            raise ValueError(f"epoch {epoch} has no batches (too few samples for the world size?)")
-        for i in range(first, len(plan)):
-            yield epoch, i, plan[i]
-        epoch, first = epoch + 1, 0

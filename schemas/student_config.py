@@ -24,6 +24,13 @@ HIDDEN_LOSSES = ("mse", "cosine")
 STUDENT_KINDS = ("from-teacher", "narrow")
 DTYPES = ("auto", "float32", "bfloat16")
 NON_FINITE_POLICIES = ("stop", "skip")
+# What a --resume may change: where things are (a run may move machines), how long it
+# runs, how often it reports, and how the same global batch is laid out over ranks.
+# Anything else would silently continue a different run than the checkpoint's.
+RESUME_MAY_CHANGE = frozenset({
+    "labels", "student", "teacher", "out", "steps", "epochs", "eval_every", "checkpoint_every",
+    "resume", "overwrite", "loader_workers", "on_non_finite", "fsdp", "verify", "grad_accum",
+    "loss_chunk", "gradient_checkpointing"})
 
 
 @dataclass
@@ -161,6 +168,14 @@ class StudentConfig:
         data = dataclasses.asdict(self)
         data["labels"] = list(self.labels)
         return data
+
+    def check_resumes(self, saved: dict[str, Any]) -> None:
+        """Refuse a --resume whose settings differ from the checkpoint's `saved` config."""
+        for name, value in self.to_dict().items():
+            if name not in RESUME_MAY_CHANGE and name in saved and saved[name] != value:
+                raise ConfigError(f"--resume: {flag(name)} was {saved[name]!r} when the "
+                                  f"checkpoint was written and is {value!r} now; resume with "
+                                  "the same value, or start over with --overwrite")
 
 
 @dataclass

@@ -93,11 +93,12 @@ class DistContext:
             if sharded:
                 model.reshard()
 
-    def full_state(self, model: Any, optimizer: Any, fsdp: bool) -> tuple[dict, dict]:
-        """(model, optimizer) state dicts, whole, on rank 0 (a collective under FSDP)."""
-        if not (fsdp and self.world_size > 1):
-            inner = getattr(model, "module", model)
-            return inner.state_dict(), optimizer.state_dict()
+    def full_state(self, model: Any, optimizer: Any) -> tuple[dict, dict]:
+        """(model, optimizer) state dicts, whole and keyed by parameter name, on rank 0.
+
+        A collective under FSDP. One format for one process, DDP and FSDP, so a
+        checkpoint written by any of them resumes under any other.
+        """
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              get_model_state_dict,
                                                              get_optimizer_state_dict)
@@ -106,13 +107,9 @@ class DistContext:
         return (get_model_state_dict(model, options=options),
                 get_optimizer_state_dict(model, optimizer, options=options))
 
-    def load_full_state(self, model: Any, optimizer: Any, fsdp: bool, model_state: dict,
+    def load_full_state(self, model: Any, optimizer: Any, model_state: dict,
                         optimizer_state: dict) -> None:
         """Inverse of `full_state`: every rank loads (FSDP shards it as it loads)."""
-        if not (fsdp and self.world_size > 1):
-            getattr(model, "module", model).load_state_dict(model_state)
-            optimizer.load_state_dict(optimizer_state)
-            return
         from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                              set_model_state_dict,
                                                              set_optimizer_state_dict)

@@ -2,10 +2,10 @@
 
 The decoder runs once; its final hidden states are gathered at the loss
 positions only, and the LM head plus the losses run over those rows in chunks
-of `loss_chunk`, each under activation checkpointing, so neither a
-(batch, time, vocabulary) logits tensor nor its gradient is ever held. Padded
-vocabulary rows of the student's head (beyond the labels' vocabulary) are
-sliced off before any softmax.
+of `loss_chunk` through `pipeline.fused_head`, which forms their gradient in
+forward, so neither a (batch, time, vocabulary) logits tensor nor its gradient
+is ever held, and nothing is recomputed. Padded vocabulary rows of the
+student's head (beyond the labels' vocabulary) get no logits and no gradient.
 
     python -m pytest tests/test_student_train.py -k forward
 """
@@ -16,17 +16,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from pipeline.eval_metrics import EvalTotals, position_metrics
-from pipeline.kd_losses import fused_head_losses, hidden_state_loss
+from pipeline.fused_head import HeadLoss, head_losses
+from pipeline.kd_losses import hidden_state_loss
 from schemas.student_config import StudentConfig
 
 
 @dataclass
 class LossSums:
-    """Summed (not averaged) losses of one micro-batch and what they were summed over."""
+    """Summed (not averaged) losses of one micro-batch and what they were summed over.
 
+    `tokens` = alpha * soft + (1 - alpha) * hard is the differentiable token loss;
+    soft and hard are detached, for logging.
+    """
+
+    tokens: torch.Tensor
     soft: torch.Tensor
     hard: torch.Tensor
     hidden: torch.Tensor
@@ -43,30 +48,16 @@ def decoder_states(model: Any, batch: dict[str, Any], need_all: bool) -> tuple[t
     return last.reshape(-1, last.shape[-1]), out.hidden_states
 
 
-def chunk_losses(head_weight: torch.Tensor, states: torch.Tensor, teacher_ids: torch.Tensor,
-                 teacher_logprobs: torch.Tensor, target_ids: torch.Tensor, vocab: int,
-                 cfg: StudentConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = (states @ head_weight[:vocab].T).float()
-    # alpha = 0 is plain fine-tuning on the teacher's samples: it pays no soft-label cost.
-    return fused_head_losses(logits, teacher_ids, teacher_logprobs, target_ids, kind=cfg.kd_loss,
-                             tail=cfg.tail, temperature=cfg.temperature, beta=cfg.beta,
-                             soft=cfg.alpha > 0)
-
-
 def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cfg: StudentConfig,
                  layer_map: dict[int, int]) -> LossSums:
     """Summed soft, hard and hidden losses of one collated micro-batch."""
     need_hidden = cfg.hidden_weight > 0
     flat, all_states = decoder_states(model, batch, need_hidden)
-    rows = flat[batch["loss_rows"]]
-    weight = model.get_output_embeddings().weight
-    soft = hard = flat.new_zeros((), dtype=torch.float32)
-    for start in range(0, rows.shape[0], cfg.loss_chunk):
-        sl = slice(start, start + cfg.loss_chunk)
-        s, h = checkpoint(chunk_losses, weight, rows[sl], batch["teacher_ids"][sl],
-                          batch["teacher_logprobs"][sl], batch["target_ids"][sl], vocab, cfg,
-                          use_reentrant=False)
-        soft, hard = soft + s, hard + h
+    spec = HeadLoss(vocab=vocab, alpha=cfg.alpha, kind=cfg.kd_loss, tail=cfg.tail,
+                    temperature=cfg.temperature, beta=cfg.beta, chunk_size=cfg.loss_chunk)
+    tokens, soft, hard = head_losses(flat[batch["loss_rows"]],
+                                     model.get_output_embeddings().weight, batch["teacher_ids"],
+                                     batch["teacher_logprobs"], batch["target_ids"], spec)
     hidden = flat.new_zeros((), dtype=torch.float32)
     hidden_rows = 0
     if need_hidden:
@@ -77,11 +68,14 @@ def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cf
                                                 batch["teacher_hidden"][t_layer].float(),
                                                 kind=cfg.hidden_loss)
             hidden_rows += int(batch["hidden_rows"].numel())
-    return LossSums(soft, hard, hidden, int(rows.shape[0]), hidden_rows)
+    return LossSums(tokens, soft, hard, hidden, int(batch["loss_rows"].numel()), hidden_rows)
 
 
 class DistillationModule(torch.nn.Module):
-    """Student and hidden-state adapter as one module returning (soft, hard, hidden) sums.
+    """Student and hidden-state adapter as one module returning (tokens, soft, hard, hidden).
+
+    A tuple, not `LossSums`: DDP and FSDP find the output tensors (to hook
+    backward) by walking tuples, lists and dicts.
 
     This is what DDP wraps: the forward pass runs through DDP, so every trained
     parameter, the adapter's included, has its gradient synchronised.
@@ -93,10 +87,10 @@ class DistillationModule(torch.nn.Module):
         self.student, self.adapter = student, adapter
         self.vocab, self.cfg, self.layer_map = vocab, cfg, layer_map
 
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         parts = batch_losses(self.student, self.adapter, batch, self.vocab, self.cfg,
                              self.layer_map)
-        return parts.soft, parts.hard, parts.hidden
+        return parts.tokens, parts.soft, parts.hard, parts.hidden
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from pipeline.kd_losses import HiddenStateAdapter, combine_losses
+from pipeline.kd_losses import HiddenStateAdapter, total_loss
 from pipeline.label_set import LabelSet, open_label_set
 from pipeline.lr_schedule import lr_at
 from pipeline.student_batches import PlannedBatches, to_device
@@ -78,10 +78,16 @@ class BatchStream:
     def epoch_plan(self, epoch: int) -> list[np.ndarray]:
         plan = plan_batches(self.labels.length, self.train_idx, self.cfg.batch_tokens,
                             self.cfg.seed, epoch)
-        return batches_for_rank(plan, self.dist.rank, self.dist.world_size)
+        return batches_for_rank(plan, self.dist.rank, self.dist.world_size, self.cfg.grad_accum)
 
     def batches_per_epoch(self) -> int:
-        return len(self.epoch_plan(0))
+        """Micro-batches per epoch on this rank; refuses a split too small for one step."""
+        count = len(self.epoch_plan(0))
+        if count == 0:
+            raise ConfigError(f"the training split makes fewer micro-batches of --batch-tokens "
+                              f"{self.cfg.batch_tokens} than one step needs ("
+                              f"{self.dist.world_size} ranks x --grad-accum {self.cfg.grad_accum})")
+        return count
 
     def _open(self) -> Iterator[dict[str, Any]]:
         plan = self.epoch_plan(self.cursor.epoch)[self.cursor.batch:]
@@ -168,7 +174,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
                         layers=model.get_decoder().layers)
     params = list(trained.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    resume_state = load_resume_state(cfg, out)
+    resume_state = load_resume_state(cfg, out, dist.world_size)
     cursor = resume_cursor(resume_state, dist.world_size) if resume_state else Cursor()
     stream = BatchStream(labels, train_idx, cfg, dist, cursor, with_hidden=bool(layer_map))
     steps = total_steps(cfg, stream.batches_per_epoch())
@@ -180,7 +186,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
             return evaluate_model(model, labels, plan_eval, vocab, cfg.loss_chunk, device, amp)
 
     if resume_state:
-        dist.load_full_state(trained, optimizer, cfg.fsdp, resume_state["module"],
+        dist.load_full_state(trained, optimizer, resume_state["module"],
                              resume_state["optimizer"])
         restore_rng(resume_state["rng"])
         step, evals = resume_state["step"], resume_state["evals"]
@@ -192,13 +198,14 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
         log.write({"step": 0, "eval": evals["student_before"]})
 
     def checkpoint() -> dict[str, Any]:
-        module_state, optimizer_state = dist.full_state(trained, optimizer, cfg.fsdp)
+        module_state, optimizer_state = dist.full_state(trained, optimizer)
         if dist.is_main:
             state = {"module": module_state, "optimizer": optimizer_state,
                      "cursor": {"epoch": stream.cursor.epoch,
                                 "global_batch": stream.cursor.batch * dist.world_size},
                      "evals": evals}
-            save_checkpoint(out / "checkpoints", step, state, {"config": cfg.to_dict()})
+            save_checkpoint(out / "checkpoints", step, state,
+                            {"config": cfg.to_dict(), "world_size": dist.world_size})
         dist.barrier()
         return module_state
 
@@ -260,22 +267,23 @@ def train_step(model: Any, micro: list[dict[str, Any]], cfg: StudentConfig, hidd
     local = sum(int(b["loss_rows"].numel()) for b in micro)
     hidden_local = sum(int(b["hidden_rows"].numel()) for b in micro) if hidden_layers else 0
     n_tokens, hidden_rows = dist.sum_ints(local, hidden_local)
-    sums = {"soft": 0.0, "hard": 0.0, "hidden": 0.0}
+    sums = {"tokens": 0.0, "soft": 0.0, "hard": 0.0, "hidden": 0.0}
     for i, batch in enumerate(micro):
         with dist.no_sync(model, last=i == len(micro) - 1):
             with torch.autocast(dist.device.type, dtype=amp or torch.float32,
                                 enabled=amp is not None):
-                soft, hard, hidden = model(batch)
+                tokens, soft, hard, hidden = model(batch)
                 hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
-                loss = combine_losses(soft, hard, n_tokens, cfg.alpha, hidden_mean,
-                                      cfg.hidden_weight) * dist.world_size
+                loss = total_loss(tokens, n_tokens, hidden_mean, cfg.hidden_weight) * \
+                    dist.world_size
             loss.backward()
-        for key, value in (("soft", soft), ("hard", hard), ("hidden", hidden)):
+        for key, value in (("tokens", tokens), ("soft", soft), ("hard", hard),
+                           ("hidden", hidden)):
             sums[key] += float(value.detach())
-    soft, hard, hidden = dist.sum_floats(sums["soft"], sums["hard"], sums["hidden"])
+    # The logged loss is the one back-propagated (tokens), so a non-finite value is caught.
+    tokens, soft, hard, hidden = dist.sum_floats(*sums.values())
     hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
-    total = (cfg.alpha * soft + (1 - cfg.alpha) * hard) / max(n_tokens, 1) + \
-        cfg.hidden_weight * hidden_mean
+    total = tokens / max(n_tokens, 1) + cfg.hidden_weight * hidden_mean
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip \
         else float("nan")
     tokens = dist.sum_ints(sum(int(b["attention_mask"].sum()) for b in micro))[0]
@@ -300,8 +308,12 @@ def resume_cursor(state: dict[str, Any], world_size: int) -> Cursor:
     return Cursor(epoch, consumed // world_size)
 
 
-def load_resume_state(cfg: StudentConfig, out: Path) -> dict[str, Any] | None:
-    """The latest checkpoint's state with --resume; refuse to silently restart over one without."""
+def load_resume_state(cfg: StudentConfig, out: Path, world_size: int) -> dict[str, Any] | None:
+    """The latest checkpoint's state with --resume; refuse to silently restart over one without.
+
+    A resume must continue the same run: settings outside RESUME_MAY_CHANGE and
+    the global batch must equal the checkpoint's, or the error names what differs.
+    """
     path = latest_checkpoint(out / "checkpoints")
     if not cfg.resume:
         if path is not None and cfg.overwrite:
@@ -312,6 +324,13 @@ def load_resume_state(cfg: StudentConfig, out: Path) -> dict[str, Any] | None:
         return None
     if path is None:
         raise ConfigError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    meta = json.loads((path / "meta.json").read_text())
+    cfg.check_resumes(meta["config"])
+    saved_batch = meta.get("world_size", 1) * meta["config"]["grad_accum"]
+    if saved_batch != world_size * cfg.grad_accum:
+        raise ConfigError(f"--resume: the checkpoint's global batch was {saved_batch} "
+                          f"micro-batches (ranks x --grad-accum), now {world_size} x "
+                          f"{cfg.grad_accum}; keep ranks x --grad-accum equal")
     return load_checkpoint(path)
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from conftest import fake_attrs, write_fake_output
 from pipeline.label_set import open_label_set
 from pipeline.student_batches import PlannedBatches
-from pipeline.token_batches import (batches_for_rank, iterate_batches, plan_batches, prompt_keys,
+from pipeline.token_batches import (batches_for_rank, plan_batches, prompt_keys,
                                     split_by_prompt)
 
 LAYERS = (0, 2)
@@ -117,21 +117,20 @@ def test_ranks_get_disjoint_equal_shares():
     assert len(seen) == sum(len(b) for b in plan[:len(plan) - dropped])
 
 
-def test_resuming_from_a_position_continues_exactly():
-    lengths = random_lengths(300)
-
-    def plan_for(epoch):
-        return plan_batches(lengths, np.arange(300), 1024, seed=5, epoch=epoch)
-
-    straight = [(e, i, b.tolist()) for e, i, b in iterate_batches(plan_for, epochs=3)]
-    stop = len(plan_for(0)) + 4  # interrupted after a batch of epoch 1
-    e, i, _ = straight[stop]
-    resumed = [(e2, i2, b.tolist()) for e2, i2, b in
-               iterate_batches(plan_for, start_epoch=e, start_batch=i + 1, epochs=3)]
-    assert straight[:stop + 1] + resumed == straight
-    last_e, last_i, _ = straight[len(plan_for(0)) - 1]  # checkpoint at an epoch's last batch
-    nxt = next(iterate_batches(plan_for, last_e, last_i + 1, epochs=3))
-    assert nxt[:2] == (1, 0)
+def test_every_layout_of_a_global_batch_takes_the_same_whole_steps():
+    plan = plan_batches(random_lengths(), np.arange(2000), 2048, 0, 0)[:-2]
+    assert len(plan) % 4 == 2     # a remainder to drop
+    one = batches_for_rank(plan, 0, 1, grad_accum=4)
+    two = [batches_for_rank(plan, r, 2, grad_accum=2) for r in range(2)]
+    four = [batches_for_rank(plan, r, 4) for r in range(4)]
+    assert len(one) == len(plan) - len(plan) % 4
+    steps_one = [[b.tolist() for b in one[i:i + 4]] for i in range(0, len(one), 4)]
+    steps_two = [[b.tolist() for r in range(2) for b in two[r][i:i + 2]]
+                 for i in range(0, len(two[0]), 2)]
+    steps_four = [[four[r][i].tolist() for r in range(4)] for i in range(len(four[0]))]
+    as_sets = [[sorted(map(tuple, step)) for step in steps] for steps in
+               (steps_one, steps_two, steps_four)]
+    assert as_sets[0] == as_sets[1] == as_sets[2]
 
 
 # --- the Dataset -----------------------------------------------------------------------------

@@ -50,12 +50,18 @@ def test_two_gloo_ranks_match_one_process_and_resume_on_one(engine_labels, tiny_
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-4)
 
 
-def test_fsdp_two_ranks_match_one_process_and_export_a_plain_model(engine_labels, tiny_student,
-                                                                   tmp_path):
+def test_fsdp_two_ranks_match_one_process_resume_and_export_a_plain_model(engine_labels,
+                                                                          tiny_student, tmp_path):
+    """FSDP on 2 ranks takes the single process's steps; its gathered checkpoint resumes
+    under FSDP and then on one plain process, along the same trajectory throughout."""
     from transformers import AutoModelForCausalLM
 
-    kd(*train_args(engine_labels, tiny_student, tmp_path / "one", 2, 2))
+    kd(*train_args(engine_labels, tiny_student, tmp_path / "one", 2, 4))
     kd(*train_args(engine_labels, tiny_student, tmp_path / "fsdp", 1, 2, "--fsdp"), ranks=2)
+    np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp_path / "one")[:2], rtol=1e-4)
+    kd(*train_args(engine_labels, tiny_student, tmp_path / "fsdp", 1, 3, "--fsdp", "--resume"),
+       ranks=2)
+    kd(*train_args(engine_labels, tiny_student, tmp_path / "fsdp", 2, 4, "--resume"))
     np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp_path / "one"), rtol=1e-4)
     report = json.loads((tmp_path / "fsdp/report.json").read_text())
     single = json.loads((tmp_path / "one/report.json").read_text())

@@ -80,6 +80,11 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(engine_labels, tiny_s
     monkeypatch.setattr(train.MetricsLog, "write", real_write)
     with pytest.raises(ConfigError, match="--resume"):
         run_train_student(config(engine_labels, tiny_student, tmp_path / "b"))
+    with pytest.raises(ConfigError, match=r"--resume: --lr was 0.001 .* is 0.002 now"):
+        run_train_student(config(engine_labels, tiny_student, tmp_path / "b", resume=True, lr=2e-3))
+    with pytest.raises(ConfigError, match=r"global batch was 1 micro-batches .* now 1 x 2"):
+        run_train_student(config(engine_labels, tiny_student, tmp_path / "b", resume=True,
+                                 grad_accum=2))
     resumed = run_train_student(config(engine_labels, tiny_student, tmp_path / "b", resume=True))
     assert straight.steps == resumed.steps == 4
     np.testing.assert_allclose(train_losses(tmp_path / "b"), train_losses(tmp_path / "a"),
@@ -137,7 +142,7 @@ def test_non_finite_loss_stops_naming_the_step(engine_labels, tiny_student, tmp_
         parts = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
-            parts.soft = parts.soft * float("nan")
+            parts.tokens = parts.tokens * float("nan")
         return parts
     monkeypatch.setattr(forward, "batch_losses", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"step 2 \(epoch 0 batch 1\)"):
