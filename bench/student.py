@@ -48,9 +48,10 @@ from stages.student_forward import batch_losses, decoder_states
 from stages.student_model import build_student, evenly_spaced_layers, keep_decoder_layers
 
 
-def offline_step(model: Any, opt: Any, batch: dict[str, Any], cfg: StudentConfig, vocab: int) -> None:
+def offline_step(model: Any, opt: Any, batch: dict[str, Any], cfg: StudentConfig,
+                 vocab: int) -> None:
     parts = batch_losses(model, None, batch, vocab, cfg, {})
-    total_loss(parts.tokens, parts.positions).backward()
+    total_loss(parts.weighted, parts.positions).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 

@@ -66,7 +66,8 @@ def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, tar
                    spec: HeadLoss) -> tuple[Tensor, Tensor, Tensor]:
     """(soft sum, hard sum, dL/dz) of one chunk's logits z (float32 or wider).
 
-    L = alpha * soft + (1 - alpha) * hard. z is overwritten: it becomes dL/dz, which saves a (chunk, V) buffer.
+    L = alpha * soft + (1 - alpha) * hard. z is overwritten: it becomes dL/dz, which
+    saves a (chunk, V) buffer.
     """
     soft_on = spec.alpha > 0
     lse = torch.logsumexp(z, dim=-1).requires_grad_()

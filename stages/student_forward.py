@@ -27,11 +27,11 @@ from schemas.student_config import StudentConfig
 class LossSums:
     """Summed (not averaged) losses of one micro-batch and what they were summed over.
 
-    `tokens` = alpha * soft + (1 - alpha) * hard is the differentiable token loss;
+    `weighted` = alpha * soft + (1 - alpha) * hard is the differentiable token loss;
     soft and hard are detached, for logging.
     """
 
-    tokens: torch.Tensor
+    weighted: torch.Tensor
     soft: torch.Tensor
     hard: torch.Tensor
     hidden: torch.Tensor
@@ -55,9 +55,9 @@ def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cf
     flat, all_states = decoder_states(model, batch, need_hidden)
     spec = HeadLoss(vocab=vocab, alpha=cfg.alpha, kind=cfg.kd_loss, tail=cfg.tail,
                     temperature=cfg.temperature, beta=cfg.beta, chunk_size=cfg.loss_chunk)
-    tokens, soft, hard = head_losses(flat[batch["loss_rows"]],
-                                     model.get_output_embeddings().weight, batch["teacher_ids"],
-                                     batch["teacher_logprobs"], batch["target_ids"], spec)
+    weighted, soft, hard = head_losses(flat[batch["loss_rows"]],
+                                       model.get_output_embeddings().weight, batch["teacher_ids"],
+                                       batch["teacher_logprobs"], batch["target_ids"], spec)
     hidden = flat.new_zeros((), dtype=torch.float32)
     hidden_rows = 0
     if need_hidden:
@@ -68,11 +68,11 @@ def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cf
                                                 batch["teacher_hidden"][t_layer].float(),
                                                 kind=cfg.hidden_loss)
             hidden_rows += int(batch["hidden_rows"].numel())
-    return LossSums(tokens, soft, hard, hidden, int(batch["loss_rows"].numel()), hidden_rows)
+    return LossSums(weighted, soft, hard, hidden, int(batch["loss_rows"].numel()), hidden_rows)
 
 
 class DistillationModule(torch.nn.Module):
-    """Student and hidden-state adapter as one module returning (tokens, soft, hard, hidden).
+    """Student and hidden-state adapter as one module returning (weighted, soft, hard, hidden).
 
     A tuple, not `LossSums`: DDP and FSDP find the output tensors (to hook
     backward) by walking tuples, lists and dicts.
@@ -90,7 +90,7 @@ class DistillationModule(torch.nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         parts = batch_losses(self.student, self.adapter, batch, self.vocab, self.cfg,
                              self.layer_map)
-        return parts.tokens, parts.soft, parts.hard, parts.hidden
+        return parts.weighted, parts.soft, parts.hard, parts.hidden
 
 
 @torch.no_grad()

@@ -267,23 +267,23 @@ def train_step(model: Any, micro: list[dict[str, Any]], cfg: StudentConfig, hidd
     local = sum(int(b["loss_rows"].numel()) for b in micro)
     hidden_local = sum(int(b["hidden_rows"].numel()) for b in micro) if hidden_layers else 0
     n_tokens, hidden_rows = dist.sum_ints(local, hidden_local)
-    sums = {"tokens": 0.0, "soft": 0.0, "hard": 0.0, "hidden": 0.0}
+    sums = {"weighted": 0.0, "soft": 0.0, "hard": 0.0, "hidden": 0.0}
     for i, batch in enumerate(micro):
         with dist.no_sync(model, last=i == len(micro) - 1):
             with torch.autocast(dist.device.type, dtype=amp or torch.float32,
                                 enabled=amp is not None):
-                tokens, soft, hard, hidden = model(batch)
+                weighted, soft, hard, hidden = model(batch)
                 hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
-                loss = total_loss(tokens, n_tokens, hidden_mean, cfg.hidden_weight) * \
+                loss = total_loss(weighted, n_tokens, hidden_mean, cfg.hidden_weight) * \
                     dist.world_size
             loss.backward()
-        for key, value in (("tokens", tokens), ("soft", soft), ("hard", hard),
+        for key, value in (("weighted", weighted), ("soft", soft), ("hard", hard),
                            ("hidden", hidden)):
             sums[key] += float(value.detach())
-    # The logged loss is the one back-propagated (tokens), so a non-finite value is caught.
-    tokens, soft, hard, hidden = dist.sum_floats(*sums.values())
+    # The logged loss is the one back-propagated (weighted), so a non-finite one is caught.
+    weighted, soft, hard, hidden = dist.sum_floats(*sums.values())
     hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
-    total = tokens / max(n_tokens, 1) + cfg.hidden_weight * hidden_mean
+    total = weighted / max(n_tokens, 1) + cfg.hidden_weight * hidden_mean
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip \
         else float("nan")
     tokens = dist.sum_ints(sum(int(b["attention_mask"].sum()) for b in micro))[0]

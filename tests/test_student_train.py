@@ -142,7 +142,7 @@ def test_non_finite_loss_stops_naming_the_step(engine_labels, tiny_student, tmp_
         parts = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
-            parts.tokens = parts.tokens * float("nan")
+            parts.weighted = parts.weighted * float("nan")
         return parts
     monkeypatch.setattr(forward, "batch_losses", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"step 2 \(epoch 0 batch 1\)"):
