@@ -44,7 +44,7 @@ def test_losses_and_gradients_equal_autograd_over_dense_logits(kind, tail, tempe
     want_total, want_soft, want_hard = reference(states, weight, ids, lps, target, spec)
     assert float(soft) == pytest.approx(float(want_soft.detach()), rel=1e-10, abs=1e-12)
     assert float(hard) == pytest.approx(float(want_hard.detach()), rel=1e-10)
-    assert float(total) == pytest.approx(float(want_total.detach()), rel=1e-10)
+    assert float(total.detach()) == pytest.approx(float(want_total.detach()), rel=1e-10)
     got = torch.autograd.grad(3.0 * total, (states, weight))
     want = torch.autograd.grad(3.0 * want_total, (states, weight))
     for g, w in zip(got, want):
@@ -92,3 +92,21 @@ def test_bad_shapes_are_refused():
         head_losses(states[:, :3], weight, ids, lps, target, HeadLoss(vocab=40))
     with pytest.raises(ValueError, match="fewer than vocab 50"):
         head_losses(states, weight, ids, lps, target, HeadLoss(vocab=50))
+
+
+def test_under_bf16_autocast_matmuls_are_bf16_and_losses_and_gradients_float32():
+    states, weight, ids, lps, target = problem(n=64, d=32, vocab=40, padded=44,
+                                               dtype=torch.float32)
+    spec = HeadLoss(vocab=40, chunk_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, soft, hard = head_losses(states, weight, ids, lps, target, spec)
+    assert total.dtype == soft.dtype == hard.dtype == torch.float32
+    g_states, g_weight = torch.autograd.grad(total, (states, weight))
+    assert g_states.dtype == g_weight.dtype == torch.float32
+    exact = reference(states, weight, ids, lps, target, spec)[0]
+    want_states, want_weight = torch.autograd.grad(exact, (states, weight))
+    fp32 = head_losses(states, weight, ids, lps, target, spec)[0]
+    assert float(total.detach()) != float(fp32.detach())   # the matmuls did run in bf16
+    assert float(total.detach()) == pytest.approx(float(exact.detach()), rel=0.02)
+    for g, w in ((g_states, want_states), (g_weight, want_weight)):
+        assert float((g - w).norm() / w.norm()) < 0.05
