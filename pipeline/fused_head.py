@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pipeline.kd_losses import soft_loss_from_gathered, weighted_token_sum
+from pipeline.kd_losses import check_soft_options, soft_loss_from_gathered, weighted_token_sum
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,14 @@ class HeadLoss:
     """Mixture weight of the generalised JSD."""
     chunk_size: int = 2048
     """Loss positions per (chunk, V) logits buffer."""
+
+    def __post_init__(self) -> None:
+        check_soft_options(self.kind, self.tail, self.temperature, self.beta)
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1]; got {self.alpha!r}")
+        if self.vocab < 1 or self.chunk_size < 1:
+            raise ValueError(f"vocab and chunk_size must be >= 1; got {self.vocab}, "
+                             f"{self.chunk_size}")
 
 
 def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, target_ids: Tensor,

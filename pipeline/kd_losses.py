@@ -57,6 +57,14 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be in [0, 1]; got {beta!r}")
 
 
+def check_soft_options(kind: str, tail: str, temperature: float, beta: float) -> None:
+    """Raise ValueError naming the first invalid soft-loss option."""
+    _check_choice("kind", kind, KINDS)
+    _check_choice("tail", tail, TAILS)
+    _check_temperature(temperature)
+    _check_beta(beta)
+
+
 def _check_chunk_size(chunk_size: int | None) -> None:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
@@ -253,10 +261,7 @@ def soft_label_loss(student_logits: Tensor, teacher_ids: Tensor, teacher_logprob
     chunk_size bounds the (rows, V) log-softmax buffer: the loss is computed and
     recomputed in backward per chunk of rows; the result equals the unchunked one.
     """
-    _check_choice("kind", kind, KINDS)
-    _check_choice("tail", tail, TAILS)
-    _check_temperature(temperature)
-    _check_beta(beta)
+    check_soft_options(kind, tail, temperature, beta)
     _check_chunk_size(chunk_size)
     _check_soft_inputs(student_logits, teacher_ids, teacher_logprobs)
 

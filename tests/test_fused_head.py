@@ -92,6 +92,11 @@ def test_bad_shapes_are_refused():
         head_losses(states[:, :3], weight, ids, lps, target, HeadLoss(vocab=40))
     with pytest.raises(ValueError, match="fewer than vocab 50"):
         head_losses(states, weight, ids, lps, target, HeadLoss(vocab=50))
+    for bad, match in (({"tail": "drop"}, "tail"), ({"kind": "l2"}, "kind"),
+                       ({"temperature": 0.0}, "temperature"), ({"alpha": 1.5}, "alpha"),
+                       ({"chunk_size": 0}, "chunk_size")):
+        with pytest.raises(ValueError, match=match):
+            HeadLoss(vocab=40, **bad)
 
 
 def test_under_bf16_autocast_matmuls_are_bf16_and_losses_and_gradients_float32():
