@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,9 +96,7 @@ def online_topk_step(teacher: Any, model: Any, opt: Any, batch: dict[str, Any], 
                      vocab: int, k: int) -> None:
     """Online, but with the offline step's loss: the teacher's top-k computed in the step."""
     with torch.no_grad():
-        states = teacher.get_decoder()(input_ids=batch["input_ids"],
-                                       attention_mask=batch["attention_mask"]).last_hidden_state
-        rows = states.flatten(0, 1)[batch["loss_rows"]]
+        rows = decoder_states(teacher, batch, False)[0][batch["loss_rows"]]
         logprobs = (rows @ teacher.get_output_embeddings().weight[:vocab].T).float().log_softmax(-1)
         top = logprobs.topk(k, dim=-1)
     offline_step(model, opt, batch | {"teacher_ids": top.indices, "teacher_logprobs": top.values},
@@ -119,6 +118,20 @@ def seconds_per_step(step: Callable[[dict[str, Any]], None], batches: list[dict[
         step(b)
     sync(device)
     return (time.perf_counter() - start) / max(len(batches) - warmup, 1)
+
+
+def interleaved_medians(steps: dict[str, Callable[[dict[str, Any]], None]],
+                        batches: list[dict[str, Any]], device: torch.device,
+                        rounds: int = 2) -> dict[str, float]:
+    """Median seconds per step of each of `steps`, timed in turn, round after round.
+
+    Interleaving makes machine noise hit every variant alike, so their ratios hold.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(seconds_per_step(step, batches, device))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def loader_tokens_per_second(labels: Any, plan: list[np.ndarray], workers: int) -> float:
@@ -218,31 +231,25 @@ def main() -> None:
     student.to(device).train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5)
 
-    steps = {"offline": lambda b: offline_step(student, opt, b, kd_cfg, vocab)}
+    kd_step = partial(offline_step, student, opt, cfg=kd_cfg, vocab=vocab)
     with PeakMemory(device) as offline_peak:
-        seconds_per_step(steps["offline"], batches, device)
-    kd_times, ce_times, ckpt_times = [], [], []
-    for _ in range(2):   # interleaved: machine noise hits all alike
-        kd_times.append(seconds_per_step(steps["offline"], batches, device))
-        ce_times.append(seconds_per_step(lambda b: offline_step(student, opt, b, ce_cfg, vocab),
-                                         batches, device))
-        ckpt_times.append(seconds_per_step(
-            lambda b: checkpointed_step(student, opt, b, kd_cfg, vocab), batches, device))
+        seconds_per_step(kd_step, batches, device)
+    head = interleaved_medians({
+        "kd": kd_step, "ce": partial(offline_step, student, opt, cfg=ce_cfg, vocab=vocab),
+        "checkpointed": partial(checkpointed_step, student, opt, cfg=kd_cfg, vocab=vocab)},
+        batches, device)
     teacher = build_models(teacher_path, args.keep_layers, args.random_weights).to(device).eval()
     teacher_mb = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20
-    steps["online"] = lambda b: online_step(teacher, student, opt, b, vocab)
-    steps["online_topk"] = lambda b: online_topk_step(teacher, student, opt, b, kd_cfg, vocab,
-                                                      labels.top_k)
+    online_recipe = partial(online_step, teacher, student, opt, vocab=vocab)
     with PeakMemory(device) as online_peak:
-        seconds_per_step(steps["online"], batches, device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(2):   # interleaved, as above
-        for name, step in steps.items():
-            times[name].append(seconds_per_step(step, batches, device))
-    offline, online, online_topk = (float(np.median(times[n])) for n in steps)
-    del teacher
+        seconds_per_step(online_recipe, batches, device)
+    timed = interleaved_medians({
+        "offline": kd_step, "online": online_recipe,
+        "online_topk": partial(online_topk_step, teacher, student, opt, cfg=kd_cfg, vocab=vocab,
+                               k=labels.top_k)}, batches, device)
+    del teacher, online_recipe   # frees the teacher before the memory runs
     loader = loader_tokens_per_second(labels, plan, workers=2)
-    consumed = tokens_per_batch / float(np.median(kd_times))
+    consumed = tokens_per_batch / head["kd"]
     student_args = (["--student", "narrow", "--narrow-hidden-size", str(student.config.hidden_size),
                      "--teacher", teacher_path] if args.random_weights else
                     ["--student", "from-teacher", "--teacher", teacher_path])
@@ -252,18 +259,17 @@ def main() -> None:
         "machine": describe_machine(), "labels": args.labels, "keep_layers": args.keep_layers,
         "random_weights": args.random_weights,
         "batch_tokens": args.batch_tokens, "tokens_per_batch": tokens_per_batch,
-        "offline_step_seconds": offline, "online_step_seconds": online,
-        "offline_vs_online_step_time_ratio": offline / online,
-        "online_topk_step_seconds": online_topk,
-        "offline_vs_online_topk_step_time_ratio": offline / online_topk,
+        "offline_step_seconds": timed["offline"], "online_step_seconds": timed["online"],
+        "offline_vs_online_step_time_ratio": timed["offline"] / timed["online"],
+        "online_topk_step_seconds": timed["online_topk"],
+        "offline_vs_online_topk_step_time_ratio": timed["offline"] / timed["online_topk"],
         "offline_peak_memory_mb": offline_peak.mb, "online_peak_memory_mb": online_peak.mb,
         "peak_memory_saving_mb": online_peak.mb - offline_peak.mb,
         "teacher_weights_mb": teacher_mb,
-        "kd_step_seconds": float(np.median(kd_times)), "ce_step_seconds": float(np.median(ce_times)),
-        "kd_vs_ce_step_time_ratio": float(np.median(kd_times) / np.median(ce_times)),
-        "checkpointed_head_step_seconds": float(np.median(ckpt_times)),
-        "fused_vs_checkpointed_head_step_time_ratio": float(np.median(kd_times)
-                                                            / np.median(ckpt_times)),
+        "kd_step_seconds": head["kd"], "ce_step_seconds": head["ce"],
+        "kd_vs_ce_step_time_ratio": head["kd"] / head["ce"],
+        "checkpointed_head_step_seconds": head["checkpointed"],
+        "fused_vs_checkpointed_head_step_time_ratio": head["kd"] / head["checkpointed"],
         "loader_tokens_per_second": loader, "train_tokens_per_second": consumed,
         "loader_headroom_ratio": loader / consumed,
         **memory,

@@ -29,7 +29,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 

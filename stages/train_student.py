@@ -7,7 +7,7 @@ from `pipeline.kd_losses` via `stages.student_forward`, checkpoints from
 `pipeline.checkpoint`, the report from `stages.student_report`.
 
 Under torchrun every rank reads a disjoint share of each epoch's batches
-(DDP); rank 0 alone writes checkpoints, logs and the
+(DDP, or FSDP2 with --fsdp); rank 0 alone writes checkpoints, logs and the
 exported model. CPU-sized example (the embedded teacher's labels):
 
     kd train-student --labels data/labels/demo --out data/student/tiny --steps 20 \
