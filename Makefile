@@ -66,7 +66,7 @@ $(STAMP): pyproject.toml
 
 models: $(TEACHER_DIR)/.converted
 $(TEACHER_DIR)/.converted: | $(STAMP)
-	$(PY) -m stages.embedded_teacher --out $(TEACHER_DIR)
+	$(PY) -m stages.teacher.embedded_model --out $(TEACHER_DIR)
 
 teacher-labels: models
 	$(KD) teacher-labels --teacher $(TEACHER) --prompts $(PROMPTS) --out $(OUT) \
@@ -94,8 +94,9 @@ demo: teacher-labels
 	$(MAKE) --no-print-directory train-student STUDENT_ARGS="--overwrite $(STUDENT_ARGS)"
 	cat $(STUDENT_OUT)/report.md
 
+# The test suite, and the examples in every pipeline/ and schemas/ docstring.
 test: models
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --doctest-modules pipeline schemas
 
 # Benchmarks write bench/results/*.json with the machine they ran on.
 bench-teacher: models

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from pipeline.machine import describe_machine
-from pipeline.png_plot import write_line_chart
-from stages.student_eval import format_table
+from pipeline.student.png_plot import write_line_chart
+from stages.student.evaluate import format_table
 
 RUNS = {
     "ce_only": ["--alpha", "0"],
@@ -31,7 +31,7 @@ RUNS = {
 
 
 def kd(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "stages.cli", *args], check=True)
+    subprocess.run([sys.executable, "-m", "stages.cli.main", *args], check=True)
 
 
 def ensure_labels(labels: Path, prompts: str, max_tokens: int, limit: int | None) -> None:

@@ -12,7 +12,7 @@ On the embedded teacher's labels and the default student (`from-teacher`,
 2. soft-label overhead: the same step with the KD loss (alpha 0.5) against
    cross-entropy only (alpha 0), interleaved; also against the same losses
    computed by autograd under activation checkpointing per chunk (what
-   `pipeline/fused_head.py` replaced);
+   `pipeline/student/fused_head.py` replaced);
 3. loader headroom: tokens/s the DataLoader delivers alone against tokens/s
    the training step consumes;
 4. memory against data size: peak RSS of two short `kd train-student` runs (child
@@ -39,14 +39,14 @@ from torch.utils.checkpoint import checkpoint
 
 from bench.memory import PeakMemory
 from bench.synthetic_labels import write_synthetic_labels
-from pipeline.kd_losses import fused_head_losses, total_loss, weighted_token_sum
-from pipeline.label_set import open_label_set
+from pipeline.student.kd_losses import fused_head_losses, total_loss, weighted_token_sum
+from pipeline.student.label_set import open_label_set
 from pipeline.machine import describe_machine
-from pipeline.student_batches import PlannedBatches, to_device
-from pipeline.token_batches import plan_batches, split_by_prompt
+from pipeline.student.batches import PlannedBatches, to_device
+from pipeline.student.batch_plan import plan_batches, split_by_prompt
 from schemas.student_config import StudentConfig
-from stages.student_forward import batch_losses, decoder_states
-from stages.student_model import build_student, evenly_spaced_layers, keep_decoder_layers
+from stages.student.forward import batch_losses, decoder_states
+from stages.student.model import build_student, evenly_spaced_layers, keep_decoder_layers
 
 
 def offline_step(model: Any, opt: Any, batch: dict[str, Any], cfg: StudentConfig,
@@ -159,7 +159,7 @@ def child_peak_rss_mb(args: list[str]) -> float:
     forked child inherit.
     """
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "train-student", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "stages.cli.main", "train-student", *args],
                                 stdout=log, stderr=subprocess.STDOUT, text=True)
         peak = 0
         while proc.poll() is None:

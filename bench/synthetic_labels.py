@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.manifest import read_manifest
-from pipeline.shard_writer import ShardAttrs
-from pipeline.synthetic_output import write_random_output
+from pipeline.store.manifest import read_manifest
+from pipeline.store.shard_writer import ShardAttrs
+from pipeline.teacher.synthetic_output import write_random_output
 
 
 def write_synthetic_labels(out: str | Path, like: str | Path, shards: int, per_shard: int = 64,

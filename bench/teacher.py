@@ -24,9 +24,9 @@ from typing import Any
 
 from pipeline.machine import describe_machine
 from schemas.teacher_config import TeacherConfig
-from stages.teacher_labels import (EngineSource, render_prompt_tokens, run_teacher_labels,
+from stages.teacher.labels import (EngineSource, render_prompt_tokens, run_teacher_labels,
                                    plan_shards)
-from pipeline.prompts import load_prompts
+from pipeline.teacher.prompts import load_prompts
 
 
 class WarmEngine(EngineSource):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 SCHEMA_DIR = Path(__file__).parent
 SHARD_SCHEMA: dict = json.loads((SCHEMA_DIR / "shard_v1.json").read_text())
 SHARD_SCHEMA_NAME: str = SHARD_SCHEMA["schema"]
@@ -34,3 +36,8 @@ def shard_name(index: int) -> str:
 def hidden_dataset_name(layer: int) -> str:
     """Dataset path of the stored hidden states of absolute layer `layer`."""
     return f"hidden/layer_{layer:02d}"
+
+
+def topk_id_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every token id fits, else uint32 (the dtype of `labels/topk_ids`)."""
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)

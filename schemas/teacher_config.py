@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.sample_filter import FilterThresholds
+from schemas.filter_thresholds import FilterThresholds
 from schemas.config_base import ConfigError, field_docs, flag  # noqa: F401  (re-exported)
 
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
@@ -160,7 +160,7 @@ class TeacherConfig:
         return layers
 
     def filter_thresholds(self) -> FilterThresholds:
-        """The keep/drop rules of `pipeline.sample_filter` from the filter flags."""
+        """The keep/drop rules of `pipeline.teacher.sample_filter` from the filter flags."""
         return FilterThresholds(**{f: getattr(self, f) for f in FilterThresholds.__dataclass_fields__})
 
     def sampling(self) -> dict[str, Any]:

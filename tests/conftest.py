@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.manifest import Manifest
-from pipeline.shard_writer import ShardAttrs
-from pipeline.synthetic_output import random_sample as fake_sample  # noqa: F401  (tests use it)
-from pipeline.synthetic_output import write_random_output
+from pipeline.store.manifest import Manifest
+from pipeline.store.shard_writer import ShardAttrs
+from pipeline.teacher.synthetic_output import random_sample as fake_sample  # noqa: F401  (tests use it)
+from pipeline.teacher.synthetic_output import write_random_output
 
 VOCAB = 1000
 K = 4
+
+
+def flip_byte(path: Path) -> None:
+    """Corrupt a file in its middle without changing its size (only a checksum can tell)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
 
 
 def fake_attrs(vocab: int = VOCAB, k: int = K, hidden_layers=(), hidden_size=0) -> ShardAttrs:
@@ -25,7 +33,7 @@ def fake_attrs(vocab: int = VOCAB, k: int = K, hidden_layers=(), hidden_size=0) 
 
 def write_fake_output(out, shards: int = 2, per_shard: int = 3, seed: int = 0,
                       attrs: ShardAttrs | None = None, prefix: str = "p") -> Manifest:
-    """A complete, valid output of small random shards (see `pipeline.synthetic_output`)."""
+    """A complete, valid output of small random shards (see `pipeline.teacher.synthetic_output`)."""
     return write_random_output(out, attrs or fake_attrs(), shards, per_shard, seed, prefix)
 
 
@@ -41,10 +49,20 @@ MIXED_PROMPTS = ROOT / "tests/data/prompts_mixed.jsonl"
 
 def teacher_args(out: Path, *extra: str) -> list[str]:
     """The shared real-engine run: float32, n = 2, hidden layers 3 and -1, no truncation filter."""
-    return [sys.executable, "-m", "stages.cli", "teacher-labels", "--teacher", str(TEACHER),
+    return [sys.executable, "-m", "stages.cli.main", "teacher-labels", "--teacher", str(TEACHER),
             "--prompts", str(MIXED_PROMPTS), "--out", str(out), "--max-tokens", "24",
             "--dtype", "float32", "--n", "2", "--shard-size", "8", "--max-model-len", "512",
             "--enforce-eager", "--hidden-layers", "3,-1", "--no-drop-truncated", *extra]
+
+
+def require_teacher() -> None:
+    """Skip without the embedded teacher; under CI (where `make test` converts it) fail instead,
+    so that a wrong path can never turn the engine tests into silent skips."""
+    if not (TEACHER / "config.json").is_file():
+        message = f"embedded teacher not converted at {TEACHER}: run `make models`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def run_kd(args: list[str]) -> subprocess.CompletedProcess:
@@ -55,8 +73,7 @@ def run_kd(args: list[str]) -> subprocess.CompletedProcess:
 def engine_labels(tmp_path_factory) -> Path:
     """Real teacher labels from the vLLM CPU engine, made once per test session."""
     pytest.importorskip("vllm")
-    if not (TEACHER / "config.json").is_file():
-        pytest.skip("embedded teacher not converted: run `make models`")
+    require_teacher()
     out = tmp_path_factory.mktemp("labels") / "out"
     proc = run_kd(teacher_args(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -69,7 +86,7 @@ def tiny_student(tmp_path_factory, engine_labels) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from stages.student_model import narrow_config
+    from stages.student.model import narrow_config
 
     path = tmp_path_factory.mktemp("tiny") / "student"
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from schemas.teacher_config import ConfigError, TeacherConfig, field_docs
-from stages.cli import main, teacher_labels
+from stages.cli.main import main, teacher_labels
 
 
 @pytest.mark.parametrize("changes,flag", [
@@ -61,7 +61,7 @@ def test_student_config_errors_name_the_flag(changes, flag):
 
 def test_student_and_eval_configs_map_one_to_one_onto_options():
     from schemas.student_config import EvalConfig, StudentConfig
-    from stages.cli import eval_model, train_student
+    from stages.cli.main import eval_model, train_student
 
     for cls, command in ((StudentConfig, train_student), (EvalConfig, eval_model)):
         fields = [f.name for f in dataclasses.fields(cls)]
@@ -70,16 +70,16 @@ def test_student_and_eval_configs_map_one_to_one_onto_options():
 
 
 def test_repeatable_labels_and_none_thresholds_reach_the_configs(monkeypatch):
-    import stages.teacher_labels
-    import stages.train_student
+    import stages.teacher.labels
+    import stages.student.train
 
     seen = {}
 
     def stop(cfg):
         seen["cfg"] = cfg
         raise ConfigError("stopped before running")
-    monkeypatch.setattr(stages.train_student, "run_train_student", stop)
-    monkeypatch.setattr(stages.teacher_labels, "run_teacher_labels", stop)
+    monkeypatch.setattr(stages.student.train, "run_train_student", stop)
+    monkeypatch.setattr(stages.teacher.labels, "run_teacher_labels", stop)
     runner = CliRunner()
     result = runner.invoke(main, ["train-student", "--labels", "a", "--labels", "b"])
     assert "stopped before running" in result.output and seen["cfg"].labels == ("a", "b")

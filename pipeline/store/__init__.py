@@ -1,0 +1,10 @@
+"""The label store: one output directory of shards, index parts and a manifest.
+
+What lives here: the in-memory `Sample`, the shard writer and its memmap
+reader, the manifest (the commit point), the per-sample index, checksums and
+crash-safe file replacement, stable fingerprints, verification (`kd verify`
+and every reader run the same `verify_outputs`) and the summary `kd inspect`
+prints.
+
+May import: `schemas` only. Both stages use the store; the store uses neither.
+"""

@@ -1,0 +1,64 @@
+"""File checksums and crash-safe file replacement.
+
+Every file the pipeline commits is written under a temporary name in the same
+directory, flushed, fsynced and renamed, then the directory is fsynced: a crash
+leaves either the old file or the new one, never a torn one.
+
+    >>> from pipeline.store.checksum import sha256_file
+    >>> len(sha256_file(__file__))
+    64
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def temp_path_for(path: str | Path) -> Path:
+    """Hidden temporary sibling of `path`, unique per process (readers never list dotfiles)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_file(tmp: str | Path, final: str | Path) -> None:
+    """fsync `tmp`, atomically rename it to `final`, then fsync the directory."""
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(Path(final).parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old or the new content, never a mix."""
+    tmp = temp_path_for(path)
+    tmp.write_text(text)
+    commit_file(tmp, path)
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete temporary files a killed run left behind; return what was removed."""
+    removed = []
+    for p in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

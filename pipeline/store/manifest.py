@@ -1,0 +1,106 @@
+"""The manifest: the commit point of an output directory.
+
+`manifest.json` lists every committed shard with its sha256 and counts, the
+resolved config, the tokenizer fingerprint and the reject counts. A shard
+exists for readers only once the manifest names it; the manifest is rewritten
+atomically after every shard, with `complete` false until the run ends, so a
+killed run loses at most the shards it had in flight.
+
+    >>> from pipeline.store.manifest import Manifest
+    >>> m = Manifest(teacher="t", tokenizer_fingerprint="f", vocab_size=10, top_k=2)
+    >>> m.totals()["samples"]
+    0
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.store.checksum import write_text_atomic
+from pipeline.store.shard_writer import ShardRecord
+from schemas import MANIFEST_NAME, MANIFEST_SCHEMA_NAME, SHARD_SCHEMA_VERSION
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, unreadable, or of another schema."""
+
+
+@dataclass
+class Manifest:
+    """Everything a reader needs to trust and locate the shards of one output."""
+
+    teacher: str
+    tokenizer_fingerprint: str
+    vocab_size: int
+    top_k: int
+    schema: str = MANIFEST_SCHEMA_NAME
+    schema_version: int = SHARD_SCHEMA_VERSION
+    complete: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+    prompts_sha256: str = ""
+    hidden_layers: list[int] = field(default_factory=list)
+    hidden_size: int = 0
+    teacher_num_layers: int = 0
+    """The teacher's decoder layers: hidden-state layer -1 is absolute layer `teacher_num_layers`."""
+    input_records: int = 0
+    accepted_prompts: int = 0
+    rejected_prompts: int = 0
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    shards: dict[int, ShardRecord] = field(default_factory=dict)
+
+    def totals(self) -> dict[str, int]:
+        keys = ("samples", "tokens", "completion_tokens", "bytes", "generated")
+        sums = {k: sum(getattr(r, k) for r in self.shards.values()) for k in keys}
+        return sums | {"shards": len(self.shards), "dropped": sums["generated"] - sums["samples"]}
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        """Dropped samples summed over shards, by reason."""
+        counts: dict[str, int] = {}
+        for rec in self.shards.values():
+            for reason, n in rec.dropped.items():
+                counts[reason] = counts.get(reason, 0) + n
+        return dict(sorted(counts.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["shards"] = [self.shards[i].to_json() | {"index": i} for i in sorted(self.shards)]
+        data["totals"] = self.totals()
+        data["dropped_by_reason"] = self.dropped_by_reason()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Manifest":
+        if data.get("schema") != MANIFEST_SCHEMA_NAME:
+            raise ManifestError(f"schema is {data.get('schema')!r}, expected {MANIFEST_SCHEMA_NAME!r}")
+        if data.get("schema_version") != SHARD_SCHEMA_VERSION:
+            raise ManifestError(
+                f"schema_version {data.get('schema_version')} is not supported "
+                f"(this build reads version {SHARD_SCHEMA_VERSION})")
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["shards"] = {int(s["index"]): ShardRecord.from_json(s) for s in data["shards"]}
+        return cls(**fields)
+
+
+def manifest_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / MANIFEST_NAME
+
+
+def write_manifest(out_dir: str | Path, manifest: Manifest) -> None:
+    """Atomically replace the manifest of `out_dir`."""
+    write_text_atomic(manifest_path(out_dir), json.dumps(manifest.to_json(), indent=1) + "\n")
+
+
+def read_manifest(out_dir: str | Path) -> Manifest:
+    """Load and check the manifest of `out_dir`; raise ManifestError naming the file."""
+    path = manifest_path(out_dir)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no manifest (not an offline-kd output, or never committed)")
+    try:
+        return Manifest.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest: {exc}") from exc
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc

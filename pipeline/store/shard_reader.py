@@ -1,0 +1,115 @@
+"""Read shards: numpy memmaps over the contiguous HDF5 datasets.
+
+Numeric datasets are contiguous and uncompressed (schema v1), so after h5py
+has told us a dataset's byte offset, dtype and shape we map the bytes directly
+with `numpy.memmap` and close the HDF5 file: no h5py handle is held, which is
+what makes readers safe to fork into DataLoader workers. Strings (sample ids,
+finish reasons) are read with h5py on demand.
+
+    python -c "from pipeline.store.shard_reader import ShardReader; \
+r = ShardReader('data/labels/demo/shard-00000.h5'); print(len(r), r.sample(0)['sample_id'])"
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from schemas import SHARD_SCHEMA, hidden_dataset_name
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where a contiguous dataset's bytes lie in the file."""
+
+    offset: int | None
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+class ShardFormatError(ValueError):
+    """A shard does not follow the schema; the message names the shard and the dataset."""
+
+
+def dataset_layouts(path: str | Path) -> tuple[dict[str, Any], dict[str, DatasetLayout]]:
+    """Return (root attributes, layout of every numeric dataset) of a shard file."""
+    layouts: dict[str, DatasetLayout] = {}
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "iuf":
+                if obj.chunks is not None or obj.compression is not None:
+                    raise ShardFormatError(f"{path}: dataset {name} is chunked or compressed")
+                layouts[name] = DatasetLayout(obj.id.get_offset(), obj.dtype, obj.shape)
+        f.visititems(visit)
+    return attrs, layouts
+
+
+def memmap_dataset(path: str | Path, layout: DatasetLayout) -> np.ndarray:
+    """Read-only array over a dataset's bytes; empty datasets have no offset in HDF5."""
+    if layout.offset is None or int(np.prod(layout.shape)) == 0:
+        return np.zeros(layout.shape, dtype=layout.dtype)
+    return np.memmap(path, mode="r", dtype=layout.dtype, offset=layout.offset, shape=layout.shape)
+
+
+class ShardReader:
+    """Random access to the samples of one shard through memmaps."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.attrs, self.layouts = dataset_layouts(self.path)
+        missing = [n for n, spec in SHARD_SCHEMA["datasets"].items()
+                   if n not in self.layouts and "utf8" not in spec["dtype"]]
+        if missing:
+            raise ShardFormatError(f"{self.path}: missing dataset(s) {', '.join(missing)}")
+        self.arrays = {n: memmap_dataset(self.path, lay) for n, lay in self.layouts.items()}
+        self.top_k = int(self.attrs["top_k"])
+        self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
+
+    def __len__(self) -> int:
+        return len(self.arrays["samples/prompt_lengths"])
+
+    def strings(self, name: str) -> list[str]:
+        """A UTF-8 string dataset (`samples/ids`, `samples/finish_reasons`) as Python strings."""
+        with h5py.File(self.path, "r") as f:
+            return [s.decode("utf-8") if isinstance(s, bytes) else s for s in f[name][()]]
+
+    def sample(self, i: int) -> dict[str, Any]:
+        """Sample i as arrays (views into the memmaps, no copy)."""
+        a = self.arrays
+        t0, t1 = a["samples/offsets"][i], a["samples/offsets"][i + 1]
+        l0, l1 = a["labels/offsets"][i], a["labels/offsets"][i + 1]
+        out = {
+            "token_ids": a["samples/token_ids"][t0:t1],
+            "prompt_length": int(a["samples/prompt_lengths"][i]),
+            "topk_ids": a["labels/topk_ids"][l0:l1],
+            "topk_logprobs": a["labels/topk_logprobs"][l0:l1],
+            "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
+        }
+        for layer in self.hidden_layers:
+            out[f"hidden_{layer}"] = a[hidden_dataset_name(layer)][t0:t1]
+        return out
+
+
+def read_samples(reader: ShardReader) -> list["Sample"]:
+    """Every sample of a shard back as in-memory `Sample`s (copies; used to rewrite a shard)."""
+    from pipeline.store.sample import Sample
+
+    ids, reasons = reader.strings("samples/ids"), reader.strings("samples/finish_reasons")
+    samples = []
+    for i, (sid, reason) in enumerate(zip(ids, reasons)):
+        s = reader.sample(i)
+        prompt_id, index = sid.rsplit("/", 1)
+        tokens, p = s["token_ids"].tolist(), s["prompt_length"]
+        sample = Sample(prompt_id, int(index), tokens[:p], tokens[p:], np.array(s["topk_ids"]),
+                        np.array(s["topk_logprobs"], np.float32),
+                        np.array(s["sampled_logprobs"], np.float32), reason)
+        sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
+        samples.append(sample)
+    return samples

@@ -1,0 +1,133 @@
+"""Write one shard file (schema v1) from a list of samples, crash-safely.
+
+All datasets are contiguous and uncompressed, so `numpy.memmap` at
+`dataset.id.get_offset()` reads them without h5py (see `pipeline.store.shard_reader`).
+The file is written under a hidden temporary name, fsynced and renamed; the
+returned `ShardRecord` (name, sha256, counts, bytes) goes into the manifest.
+
+    >>> from pipeline.store.shard_writer import write_shard, ShardAttrs
+    >>> # write_shard("out/shard-00000.h5", samples, ShardAttrs(...))  # see tests/test_shards.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+from pipeline.store.checksum import commit_file, sha256_file, temp_path_for
+from pipeline.store.sample import Sample
+from schemas import topk_id_dtype, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name
+
+
+@dataclass(frozen=True)
+class ShardAttrs:
+    """Root attributes shared by every shard of one output."""
+
+    teacher: str
+    tokenizer_fingerprint: str
+    vocab_size: int
+    top_k: int
+    sampling: dict[str, Any]
+    hidden_layers: tuple[int, ...] = ()
+    hidden_size: int = 0
+
+
+@dataclass
+class ShardRecord:
+    """What the manifest says about one committed shard."""
+
+    name: str
+    sha256: str
+    samples: int
+    tokens: int
+    completion_tokens: int
+    bytes: int
+    generated: int = 0
+    """Samples generated for this shard's prompts, kept (the `samples` above) or dropped."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Dropped samples by reason (see `pipeline.teacher.sample_filter.DROP_REASONS`)."""
+    index_sha256: str = ""
+    """Checksum of this shard's `index/part-NNNNN.parquet`."""
+    hidden_layers: list[int] = field(default_factory=list)
+    """Absolute layers whose hidden states this file holds (filled in after generation)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ShardRecord":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def offsets_of(lengths: Sequence[int]) -> np.ndarray:
+    """(len + 1,) int64 prefix sums: item i spans offsets[i]:offsets[i+1]."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64), out=out[1:])
+    return out
+
+
+def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.ndarray]:
+    """Concatenate samples into the schema's flat arrays, keyed by dataset path."""
+    k = attrs.top_k
+    comp = [s.completion_length for s in samples]
+    arrays: dict[str, np.ndarray] = {
+        "samples/token_ids": np.fromiter(
+            (t for s in samples for t in s.token_ids), dtype=np.uint32),
+        "samples/offsets": offsets_of([len(s.prompt_token_ids) + c for s, c in zip(samples, comp)]),
+        "samples/prompt_lengths": np.asarray([len(s.prompt_token_ids) for s in samples], np.int32),
+        "labels/offsets": offsets_of(comp),
+    }
+    def stack(attr: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        parts = [np.asarray(getattr(s, attr)) for s in samples]
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
+    arrays["labels/topk_ids"] = stack("topk_ids", (0, k), topk_id_dtype(attrs.vocab_size))
+    arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
+    arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
+    for layer in attrs.hidden_layers:
+        parts = [s.hidden[layer] for s in samples]
+        arrays[hidden_dataset_name(layer)] = (
+            np.concatenate(parts).astype(np.float16) if parts
+            else np.zeros((0, attrs.hidden_size), np.float16))
+    return arrays
+
+
+def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
+                attrs: ShardAttrs) -> ShardRecord:
+    """Write `samples` to `path` atomically and return its manifest record."""
+    path = Path(path)
+    arrays = pack_samples(samples, attrs)
+    tmp = temp_path_for(path)
+    text = h5py.string_dtype("utf-8")
+    try:
+        # libver="latest" keeps the superblock small and lets the file be read
+        # by any h5py >= 3; track_order keeps dataset order stable across writes.
+        with h5py.File(tmp, "w", libver="latest", track_order=True) as f:
+            f.attrs["schema"] = SHARD_SCHEMA_NAME
+            f.attrs["schema_version"] = SHARD_SCHEMA_VERSION
+            f.attrs["teacher"] = attrs.teacher
+            f.attrs["tokenizer_fingerprint"] = attrs.tokenizer_fingerprint
+            f.attrs["vocab_size"] = attrs.vocab_size
+            f.attrs["top_k"] = attrs.top_k
+            f.attrs["sampling"] = json.dumps(attrs.sampling, sort_keys=True)
+            f.attrs["shard_index"] = index
+            f.attrs["hidden_layers"] = json.dumps(list(attrs.hidden_layers))
+            f.attrs["hidden_size"] = attrs.hidden_size
+            for name, data in arrays.items():
+                f.create_dataset(name, data=data)
+            f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)
+            f.create_dataset("samples/finish_reasons",
+                             data=[s.finish_reason for s in samples], dtype=text)
+        commit_file(tmp, path)
+    finally:
+        if tmp.exists():
+            os.unlink(tmp)
+    return ShardRecord(
+        name=path.name, sha256=sha256_file(path), samples=len(samples),
+        tokens=int(arrays["samples/offsets"][-1]),
+        completion_tokens=int(arrays["labels/offsets"][-1]), bytes=path.stat().st_size)

@@ -1,0 +1,106 @@
+"""Human-readable summary of an output directory (`kd inspect`).
+
+Counts, bytes per completion token, rejects and drops by reason, each
+confidence metric's distribution (kept against dropped), the teacher; then one
+sample decoded with the teacher's top-k alternatives at a few positions.
+
+    python -m stages.cli.main inspect data/labels/demo --sample 0 --positions 3
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.store.manifest import read_manifest
+from pipeline.store.sample_index import part_name
+from pipeline.store.shard_reader import ShardReader
+
+Decode = Callable[[list[int]], str]
+
+
+def load_decoder(teacher: str) -> Decode:
+    """Decode with the teacher's tokenizer when it can be loaded locally, else show raw ids."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(teacher, local_files_only=True)
+        return lambda ids: tok.decode(ids)
+    except Exception:  # any failure to load just means ids are shown undecoded
+        return lambda ids: " ".join(f"<{i}>" for i in ids)
+
+
+def locate_sample(out_dir: Path, shards: dict[int, Any], index: int) -> tuple[ShardReader, int]:
+    """Shard reader and row of the `index`-th sample of the whole output."""
+    remaining = index
+    for i in sorted(shards):
+        if remaining < shards[i].samples:
+            return ShardReader(out_dir / shards[i].name), remaining
+        remaining -= shards[i].samples
+    raise IndexError(f"sample {index} is out of range: the output holds {index - remaining} samples")
+
+
+METRICS = ("mean_logprob", "min_logprob", "mean_entropy", "mean_tail_mass", "repetition_rate",
+           "completion_tokens")
+
+
+def metric_lines(out_dir: Path, m: Any) -> list[str]:
+    """Kept/dropped counts by reason and each confidence metric's spread over all generated samples."""
+    t = m.totals()
+    drops = ", ".join(f"{k}: {v}" for k, v in m.dropped_by_reason().items()) or "none"
+    lines = [f"filtering    {t['generated']} generated, {t['samples']} kept, {t['dropped']} dropped "
+             f"({drops})"]
+    parts = [out_dir / part_name(i) for i in sorted(m.shards)]
+    if not parts:
+        return lines
+    table = pa.concat_tables([pq.read_table(p) for p in parts if p.is_file()])
+    kept = np.asarray(table["kept"].to_numpy(zero_copy_only=False), dtype=bool)
+    lines.append(f"  {'metric':<18}{'p5':>9}{'p50':>9}{'p95':>9}   {'kept p50':>9}{'dropped p50':>12}")
+    for name in METRICS:
+        v = np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64)
+        q = np.percentile(v, [5, 50, 95])
+        k = f"{np.median(v[kept]):9.3f}" if kept.any() else f"{'-':>9}"
+        d = f"{np.median(v[~kept]):12.3f}" if (~kept).any() else f"{'-':>12}"
+        lines.append(f"  {name:<18}{q[0]:9.3f}{q[1]:9.3f}{q[2]:9.3f}   {k}{d}")
+    return lines
+
+
+def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int = 3,
+                     decode: Decode | None = None) -> str:
+    out_dir = Path(out_dir)
+    m = read_manifest(out_dir)
+    t = m.totals()
+    decode = decode or load_decoder(m.teacher)
+    lines = [
+        f"output       {out_dir} ({'complete' if m.complete else 'INCOMPLETE: resume with the same command'})",
+        f"teacher      {m.teacher}",
+        f"tokenizer    {m.tokenizer_fingerprint[:16]}  vocab {m.vocab_size}  top-k {m.top_k}",
+        f"prompts      {m.input_records} read, {m.accepted_prompts} accepted, {m.rejected_prompts} rejected",
+        f"rejects      {', '.join(f'{k}: {v}' for k, v in m.rejects_by_reason.items()) or 'none'}",
+        f"shards       {t['shards']}  samples {t['samples']}  tokens {t['tokens']}  "
+        f"completion tokens {t['completion_tokens']}",
+        f"disk         {t['bytes'] / 2**20:.1f} MiB, {t['bytes'] / max(t['completion_tokens'], 1):.0f} "
+        "bytes per completion token",
+    ]
+    lines += metric_lines(out_dir, m)
+    if not t["samples"]:
+        return "\n".join(lines)
+    reader, row = locate_sample(out_dir, m.shards, sample_index)
+    s = reader.sample(row)
+    ids = s["token_ids"].tolist()
+    p = s["prompt_length"]
+    sid = reader.strings("samples/ids")[row]
+    lines += ["", f"sample {sid} ({reader.path.name} row {row}, {len(ids) - p} completion tokens)",
+              f"prompt:     {decode(ids[:p])!r}", f"completion: {decode(ids[p:])!r}"]
+    step = max(1, (len(ids) - p) // max(positions, 1))
+    for j in list(range(0, len(ids) - p, step))[:positions]:
+        alts = ", ".join(f"{decode([int(i)])!r} {math.exp(float(lp)):.3f}"
+                         for i, lp in zip(s["topk_ids"][j][:5], s["topk_logprobs"][j][:5]))
+        lines.append(f"  pos {j:4d} sampled {decode([ids[p + j]])!r} "
+                     f"(p={math.exp(float(s['sampled_logprobs'][j])):.3f})  top: {alts}")
+    return "\n".join(lines)

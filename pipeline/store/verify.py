@@ -1,0 +1,326 @@
+"""Verify output directories against schema v1: checksums, schema, invariants, unique ids.
+
+`verify_outputs` is the one verification path: `kd verify DIR...` runs it and
+so does every reader before it trusts data (`pipeline.student.label_set`),
+which keeps what it read (manifests, every shard's ids and lengths) so nothing
+is read twice. Every problem names the file and the broken check; nothing is
+trusted because it exists.
+
+    python -m stages.cli.main verify data/labels/demo
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
+
+from pipeline.store.checksum import sha256_file
+from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
+from pipeline.store.sample_index import INDEX_NAME, part_name, read_index
+from pipeline.store.shard_reader import ShardFormatError, ShardReader
+from schemas import (MANIFEST_NAME, SHARD_SCHEMA, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION,
+                     hidden_dataset_name, shard_name, topk_id_dtype)
+
+# Rows checked per step: bounds memory on multi-GB shards.
+BLOCK_ROWS = 1 << 18
+# float16 rounding of logprobs near 0 can land a hair above 0.
+LOGPROB_MAX = 1e-3
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken check: where (a file of the output, e.g. a shard), which check, what was found."""
+
+    where: str
+    """A path inside the output directory: `shard-00001.h5`, `manifest.json`, `index.parquet`."""
+    check: str
+    detail: str
+    output: str = ""
+    """The output directory `where` is in."""
+
+    def __str__(self) -> str:
+        path = Path(self.output) / self.where if self.output else Path(self.where)
+        return f"{path}: {self.check}: {self.detail}"
+
+
+@dataclass
+class ShardContents:
+    """What verifying a shard read of it, so that readers index it without opening it again."""
+
+    path: Path
+    ids: list[str]
+    lengths: np.ndarray
+    """Tokens (prompt + completion) per sample."""
+    prompt_lengths: np.ndarray
+
+
+@dataclass
+class Verification:
+    """The result of verifying one or several outputs read as one."""
+
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    """Every readable manifest, keyed by its directory as given."""
+    problems: list[Problem] = field(default_factory=list)
+    shards: list[ShardContents] = field(default_factory=list)
+    """Every shard that passed, in the order of the directories, then of shard index."""
+
+
+def blocks(n: int) -> Iterator[slice]:
+    for start in range(0, n, BLOCK_ROWS):
+        yield slice(start, min(n, start + BLOCK_ROWS))
+
+
+def check_offsets(name: str, offsets: np.ndarray, total: int, count: int) -> list[str]:
+    if offsets.shape != (count + 1,):
+        return [f"{name} has shape {offsets.shape}, expected ({count + 1},)"]
+    if offsets[0] != 0 or offsets[-1] != total:
+        return [f"{name} runs {offsets[0]}..{offsets[-1]}, expected 0..{total}"]
+    if np.any(np.diff(offsets) < 0):
+        return [f"{name} decreases at sample {int(np.argmax(np.diff(offsets) < 0))}"]
+    return []
+
+
+def check_attrs(reader: ShardReader, manifest: Manifest, index: int) -> list[str]:
+    a, errors = reader.attrs, []
+    expected = {"schema": SHARD_SCHEMA_NAME, "schema_version": SHARD_SCHEMA_VERSION,
+                "teacher": manifest.teacher, "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
+                "vocab_size": manifest.vocab_size, "top_k": manifest.top_k, "shard_index": index}
+    for key, want in expected.items():
+        if a.get(key) != want:
+            errors.append(f"attribute {key} is {a.get(key)!r}, manifest says {want!r}")
+    for key in SHARD_SCHEMA["root_attributes"]:
+        if key not in a:
+            errors.append(f"root attribute {key} is missing")
+    if reader.hidden_layers != manifest.shards[index].hidden_layers:
+        errors.append(f"hidden layers {reader.hidden_layers}, manifest says "
+                      f"{manifest.shards[index].hidden_layers}")
+    return errors
+
+
+def check_structure(r: ShardReader) -> list[str]:
+    """Shapes and dtypes of every dataset, and the offsets that tie them together."""
+    a, k, errors = r.arrays, r.top_k, []
+    n, tokens = len(r), len(a["samples/token_ids"])
+    comp = len(a["labels/sampled_logprobs"])
+    for name, spec in SHARD_SCHEMA["datasets"].items():
+        if name in a and a[name].dtype.name not in spec["dtype"]:
+            errors.append(f"{name} has dtype {a[name].dtype}, schema allows {spec['dtype']}")
+    want_id_dtype = topk_id_dtype(int(r.attrs["vocab_size"]))
+    if a["labels/topk_ids"].dtype != want_id_dtype:
+        errors.append(f"labels/topk_ids is {a['labels/topk_ids'].dtype}, expected {want_id_dtype}")
+    for name in ("labels/topk_ids", "labels/topk_logprobs"):
+        if a[name].shape != (comp, k):
+            errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {k})")
+    errors += check_offsets("samples/offsets", a["samples/offsets"], tokens, n)
+    errors += check_offsets("labels/offsets", a["labels/offsets"], comp, n)
+    if errors:
+        return errors
+    lengths = np.diff(a["samples/offsets"])
+    prompt = a["samples/prompt_lengths"].astype(np.int64)
+    if np.any(prompt < 1) or np.any(prompt >= lengths):
+        i = int(np.argmax((prompt < 1) | (prompt >= lengths)))
+        errors.append(f"sample {i}: prompt length {prompt[i]} not in [1, sample length {lengths[i]})")
+    elif not np.array_equal(lengths - prompt, np.diff(a["labels/offsets"])):
+        i = int(np.argmax(lengths - prompt != np.diff(a["labels/offsets"])))
+        errors.append(f"sample {i}: label rows differ from its completion length")
+    for layer in r.hidden_layers:
+        h = a.get(hidden_dataset_name(layer))
+        size = int(r.attrs.get("hidden_size", 0))
+        if h is None or h.shape != (tokens, size):
+            errors.append(f"{hidden_dataset_name(layer)}: expected shape ({tokens}, {size})")
+    return errors
+
+
+def check_values(r: ShardReader) -> list[str]:
+    """Finite logprobs, rows sorted descending, every id below the vocabulary size."""
+    a, vocab, errors = r.arrays, int(r.attrs["vocab_size"]), []
+    for sl in blocks(len(a["samples/token_ids"])):
+        if a["samples/token_ids"][sl].max(initial=0) >= vocab:
+            errors.append(f"samples/token_ids has ids >= vocab_size {vocab}")
+            break
+    for sl in blocks(len(a["labels/sampled_logprobs"])):
+        ids, lps = a["labels/topk_ids"][sl], a["labels/topk_logprobs"][sl].astype(np.float32)
+        sampled = a["labels/sampled_logprobs"][sl]
+        if ids.max(initial=0) >= vocab:
+            errors.append(f"labels/topk_ids has ids >= vocab_size {vocab} (rows {sl.start}..)")
+        if not (np.all(np.isfinite(lps)) and np.all(np.isfinite(sampled))):
+            errors.append(f"non-finite logprobs in rows {sl.start}..{sl.stop}")
+        elif lps.max(initial=-1) > LOGPROB_MAX or sampled.max(initial=-1) > LOGPROB_MAX:
+            errors.append(f"positive logprobs in rows {sl.start}..{sl.stop}")
+        if np.any(np.diff(lps, axis=1) > 0):
+            row = sl.start + int(np.argmax(np.any(np.diff(lps, axis=1) > 0, axis=1)))
+            errors.append(f"labels/topk_logprobs row {row} is not sorted descending")
+        if errors:
+            break
+    for layer in r.hidden_layers:
+        h = a[hidden_dataset_name(layer)]
+        for sl in blocks(len(h)):
+            if not np.all(np.isfinite(h[sl])):
+                errors.append(f"{hidden_dataset_name(layer)} has non-finite values")
+                break
+    return errors
+
+
+def verify_shard(path: Path, index: int, manifest: Manifest, checksum: bool = True,
+                 values: bool = True) -> tuple[list[Problem], ShardContents | None]:
+    """All checks of one shard listed in `manifest`; its contents when they pass.
+
+    Without `checksum` and `values` only what is cheap is read (size, attributes,
+    offsets, ids): the content is then trusted to its sha256, checked later.
+    """
+    rec, where = manifest.shards[index], path.name
+    if not path.is_file():
+        return [Problem(where, "present", "file listed in the manifest is missing")], None
+    if path.stat().st_size != rec.bytes:
+        return [Problem(where, "size", f"{path.stat().st_size} bytes, manifest says {rec.bytes} "
+                        "(truncated or rewritten)")], None
+    if checksum and sha256_file(path) != rec.sha256:
+        return [Problem(where, "sha256", "checksum differs from the manifest (corrupt)")], None
+    try:
+        reader = ShardReader(path)
+        ids = reader.strings("samples/ids")
+    except (OSError, ShardFormatError, KeyError) as exc:
+        return [Problem(where, "readable", str(exc))], None
+    errors = check_attrs(reader, manifest, index) + check_structure(reader)
+    if not errors and values:
+        errors = check_values(reader)
+    counts = {"samples": len(reader), "tokens": len(reader.arrays["samples/token_ids"]),
+              "completion_tokens": len(reader.arrays["labels/sampled_logprobs"])}
+    errors += [f"{key} is {got}, manifest says {getattr(rec, key)}"
+               for key, got in counts.items() if got != getattr(rec, key)]
+    if len(ids) != len(reader):
+        errors.append(f"samples/ids holds {len(ids)} ids for {len(reader)} samples")
+    if errors:
+        return [Problem(where, "invariant", e) for e in errors], None
+    lengths = np.diff(np.asarray(reader.arrays["samples/offsets"], np.int64)).astype(np.int32)
+    return [], ShardContents(path, ids, lengths,
+                             np.asarray(reader.arrays["samples/prompt_lengths"], np.int32))
+
+
+def verify_output(out_dir: str | Path, checksum: bool = True, values: bool = True) -> Verification:
+    """Verify every shard of one output directory (sample ids are checked by `verify_outputs`)."""
+    out_dir = Path(out_dir)
+    found = Verification()
+    try:
+        manifest = read_manifest(out_dir)
+    except ManifestError as exc:
+        detail = str(exc).removeprefix(f"{manifest_path(out_dir)}: ")  # the Problem names the file
+        found.problems.append(Problem(MANIFEST_NAME, "manifest", detail, output=str(out_dir)))
+        return found
+    found.manifests[str(out_dir)] = manifest
+    for index, rec in sorted(manifest.shards.items()):
+        if rec.name != shard_name(index):
+            found.problems.append(Problem(rec.name, "name", f"shard {index} should be {shard_name(index)}"))
+            continue
+        problems, contents = verify_shard(out_dir / rec.name, index, manifest, checksum, values)
+        problems += check_index_part(out_dir, index, rec.index_sha256, checksum)
+        found.problems += problems
+        if contents is not None:
+            found.shards.append(contents)
+    if manifest.complete:
+        found.problems += check_complete(out_dir, manifest)
+    found.problems = [replace(p, output=str(out_dir)) for p in found.problems]
+    return found
+
+
+def check_index_part(out_dir: Path, index: int, sha256: str, checksum: bool = True) -> list[Problem]:
+    """The index part of shard `index` is present and, with `checksum`, the manifest's."""
+    part = out_dir / part_name(index)
+    if not part.is_file():
+        return [Problem(part_name(index), "present", "index part listed in the manifest is missing")]
+    if checksum and sha256_file(part) != sha256:
+        return [Problem(part_name(index), "sha256", "checksum differs from the manifest (corrupt)")]
+    return []
+
+
+def check_complete(out_dir: Path, m: Manifest) -> list[Problem]:
+    """A finished run accounts for every accepted prompt's samples and carries its full index."""
+    problems, t = [], m.totals()
+    n = int(m.config.get("n", 1))
+    if t["generated"] != m.accepted_prompts * n:
+        problems.append(Problem("manifest.json", "accounting",
+                                f"{t['generated']} samples generated, expected {m.accepted_prompts} "
+                                f"accepted prompts x n={n}"))
+    if m.input_records != m.accepted_prompts + m.rejected_prompts:
+        problems.append(Problem("manifest.json", "accounting",
+                                f"{m.input_records} records read != {m.accepted_prompts} accepted + "
+                                f"{m.rejected_prompts} rejected"))
+    lagging = [i for i, r in m.shards.items() if r.hidden_layers != m.hidden_layers]
+    if lagging:
+        problems.append(Problem(shard_name(lagging[0]), "hidden states",
+                                f"holds layers {m.shards[lagging[0]].hidden_layers}, the output "
+                                f"promises {m.hidden_layers}"))
+    try:
+        index = read_index(out_dir)
+    except (OSError, ValueError) as exc:
+        return problems + [Problem(INDEX_NAME, "readable", str(exc))]
+    kept = int(pa.compute.sum(index["kept"]).as_py() or 0)
+    if index.num_rows != t["generated"] or kept != t["samples"]:
+        problems.append(Problem(INDEX_NAME, "rows", f"{index.num_rows} rows ({kept} kept); manifest "
+                                f"says {t['generated']} generated ({t['samples']} kept)"))
+    return problems
+
+
+def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
+    """Outputs read together must share teacher, tokenizer, vocabulary, k and hidden layers."""
+    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "hidden_layers",
+              "hidden_size")
+    problems = []
+    (first, ref), *rest = manifests.items()
+    for where, m in rest:
+        for f in fields:
+            if getattr(m, f) != getattr(ref, f):
+                problems.append(Problem(MANIFEST_NAME, "compatible", f"{f} is {getattr(m, f)!r} "
+                                        f"but {first} has {getattr(ref, f)!r}", output=where))
+    return problems
+
+
+def check_unique_ids(shards: Sequence[ShardContents]) -> list[Problem]:
+    """No sample id may be held twice: in one shard, two shards or two outputs (workers own
+    disjoint prompts). One problem per pair of files, naming the first repeated id."""
+    owner: dict[str, Path] = {}
+    repeats: dict[tuple[Path, Path], list[str]] = {}
+    for shard in shards:
+        for sid in shard.ids:
+            if sid in owner:
+                repeats.setdefault((shard.path, owner[sid]), []).append(sid)
+            else:
+                owner[sid] = shard.path
+    return [Problem(path.name, "unique ids", f"{len(ids)} sample id(s) also in {other}, "
+                    f"first {ids[0]!r}", output=str(path.parent))
+            for (path, other), ids in repeats.items()]
+
+
+def verify_outputs(dirs: Sequence[str | Path], checksum: bool = True,
+                   values: bool = True) -> Verification:
+    """Verify several outputs read as one (e.g. one per teacher worker): each, and their union.
+
+    This is `kd verify`, and what every reader runs before it trusts a label set.
+    """
+    union = Verification()
+    for d in dirs:
+        found = verify_output(d, checksum, values)
+        union.manifests |= found.manifests
+        union.problems += found.problems
+        union.shards += found.shards
+    if len(union.manifests) > 1:
+        union.problems += check_compatible(union.manifests)
+    union.problems += check_unique_ids(union.shards)
+    return union
+
+
+def orphan_files(out_dir: str | Path, manifest: Manifest) -> list[str]:
+    """Shard files on disk that the manifest does not list (left by an interrupted run)."""
+    listed = {rec.name for rec in manifest.shards.values()}
+    return sorted(p.name for p in Path(out_dir).glob("shard-*.h5") if p.name not in listed)
+
+
+def describe(problems: list[Problem]) -> str:
+    return "\n".join(str(p) for p in problems)
+
+

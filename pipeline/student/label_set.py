@@ -1,0 +1,115 @@
+"""Open one or many teacher outputs as one training set: verified, consistent, indexed.
+
+`open_label_set` runs `kd verify`'s own checks (`pipeline.store.verify.verify_outputs`)
+on the directories: every manifest readable, every shard sound (naming the
+shard and the broken check), the directories agreeing on teacher, tokenizer,
+vocabulary, k and hidden layers (naming the field, both values and both
+directories), no sample id held twice (naming the id and both files). It then
+refuses an incomplete run and builds a compact per-sample index from what
+verification already read (offsets and ids): shard number, row, total length,
+prompt length and a 64-bit hash of the prompt id. No token or label data is
+read for the index; it costs 24 bytes per sample.
+
+    >>> from pipeline.student.label_set import open_label_set
+    >>> # labels = open_label_set(["data/labels/demo"])
+    >>> # len(labels), labels.top_k, labels.length[:3], labels.shard_paths[0]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.store.fingerprint import stable_hash
+from pipeline.store.verify import ShardContents, Verification, verify_outputs
+
+
+class LabelSetError(ValueError):
+    """The label directories cannot be trained from; the message names the directory or shard."""
+
+
+@dataclass
+class LabelSet:
+    """Where every sample of the union lives, and what the outputs share.
+
+    Sample i is row `row[i]` of shard file `shard_paths[shard[i]]`; it has
+    `length[i]` tokens of which the first `prompt_length[i]` are the prompt,
+    so it has `length[i] - prompt_length[i]` label rows.
+    """
+
+    shard_paths: list[str]
+    teacher: str
+    tokenizer_fingerprint: str
+    vocab_size: int
+    top_k: int
+    hidden_layers: list[int]
+    hidden_size: int
+    teacher_num_layers: int
+    shard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    prompt_length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    prompt_hash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    """`pipeline.store.fingerprint.stable_hash` of each sample's prompt id (what the split keys on)."""
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    @property
+    def completion_tokens(self) -> np.ndarray:
+        return self.length - self.prompt_length
+
+
+def refuse_unusable(dirs: Sequence[str | Path], found: Verification) -> None:
+    """Refuse labels that fail verification, or that no student can train from yet."""
+    if found.problems:
+        listed = "\n".join(f"  {p}" for p in found.problems)
+        named = " ".join(str(d) for d in dirs)
+        raise LabelSetError(f"refusing to train from labels that fail verification "
+                            f"(run kd verify {named}):\n{listed}")
+    for d, m in found.manifests.items():
+        if not m.complete:
+            raise LabelSetError(f"{d}: the teacher run is not complete (manifest complete=false); "
+                                "finish it by rerunning the same kd teacher-labels command")
+        if not m.shards:
+            raise LabelSetError(f"{d}: the manifest lists no shards")
+
+
+def index_shard(shard: ShardContents) -> dict[str, np.ndarray]:
+    """The per-sample index of one verified shard, from what verification read of it."""
+    n = len(shard.ids)
+    prompt_ids = [sid.rsplit("/", 1)[0] for sid in shard.ids]
+    return {"row": np.arange(n, dtype=np.int32), "length": shard.lengths,
+            "prompt_length": shard.prompt_lengths,
+            "prompt_hash": np.fromiter((stable_hash(p) for p in prompt_ids), np.uint64, n)}
+
+
+def open_label_set(dirs: Sequence[str | Path], verify: bool = True) -> LabelSet:
+    """Check and index the union of teacher output directories; raise LabelSetError if unfit.
+
+    `verify=False` skips the sha256 and value scans of every shard, never the
+    cheap checks (manifests, sizes, attributes, offsets, unique ids).
+    """
+    if not dirs:
+        raise LabelSetError("no label directories given")
+    repeated = [d for i, d in enumerate(dirs) if str(d) in map(str, dirs[:i])]
+    if repeated:
+        raise LabelSetError(f"{repeated[0]}: directory given twice")
+    found = verify_outputs(dirs, checksum=verify, values=verify)
+    refuse_unusable(dirs, found)
+    ref = next(iter(found.manifests.values()))
+    labels = LabelSet([], ref.teacher, ref.tokenizer_fingerprint, ref.vocab_size, ref.top_k,
+                      list(ref.hidden_layers), ref.hidden_size, ref.teacher_num_layers)
+    parts: dict[str, list[np.ndarray]] = {}
+    for shard in found.shards:
+        part = index_shard(shard)
+        part["shard"] = np.full(len(part["row"]), len(labels.shard_paths), np.int32)
+        for key, array in part.items():
+            parts.setdefault(key, []).append(array)
+        labels.shard_paths.append(str(shard.path))
+    for key in ("shard", "row", "length", "prompt_length", "prompt_hash"):
+        setattr(labels, key, np.concatenate(parts[key]))
+    return labels

@@ -1,0 +1,72 @@
+"""Random but schema-valid teacher outputs, for tests and benchmarks (never for training).
+
+Samples have random tokens, sorted top-k rows with logprobs <= 0 and, when
+asked, random hidden states; outputs are complete (shards, index parts,
+index.parquet, manifest), so `kd verify` and every reader accept them.
+
+    >>> import tempfile, pathlib
+    >>> from pipeline.store.shard_writer import ShardAttrs
+    >>> from pipeline.teacher.synthetic_output import write_random_output
+    >>> attrs = ShardAttrs("fake", "f" * 64, 1000, 4, {"n": 1})
+    >>> write_random_output(pathlib.Path(tempfile.mkdtemp()), attrs, 2, 3).totals()["samples"]
+    6
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.store.manifest import Manifest, write_manifest
+from pipeline.store.sample import Sample
+from pipeline.teacher.sample_filter import FilterThresholds, filter_samples, index_table
+from pipeline.store.sample_index import merge_index, write_index_part
+from pipeline.store.shard_writer import ShardAttrs, write_shard
+from schemas import shard_name
+
+KEEP_ALL = FilterThresholds(drop_truncated=False, max_repetition=None, min_mean_logprob=None)
+
+
+def random_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, vocab: int = 1000,
+                  k: int = 4, prompt_len: int | None = None, comp_len: int | None = None,
+                  hidden: dict[int, int] | None = None) -> Sample:
+    """A random sample: sorted top-k rows, logprobs <= 0, hidden states of the given sizes."""
+    p = prompt_len or int(rng.integers(1, 8))
+    c = comp_len or int(rng.integers(1, 10))
+    # k distinct ids per row without a per-row permutation of the vocabulary.
+    topk_ids = (rng.integers(0, vocab, (c, 1)) + np.arange(k) * (vocab // k)) % vocab
+    lps = -np.sort(rng.exponential(2.0, size=(c, k)), axis=1).astype(np.float32)
+    sample = Sample(prompt_id, index, rng.integers(0, vocab, p).tolist(),
+                    topk_ids[:, 0].tolist(), topk_ids, lps, lps[:, 0].copy(),
+                    "stop" if rng.random() < 0.5 else "length")
+    for layer, size in (hidden or {}).items():
+        sample.hidden[layer] = rng.standard_normal((p + c, size)).astype(np.float32)
+    return sample
+
+
+def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int, seed: int = 0,
+                        prefix: str = "p", prompt_len: int | None = None,
+                        comp_len: int | None = None) -> Manifest:
+    """Write a complete output directory of random shards and return its manifest."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
+                        vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
+                        hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size,
+                        config={"n": 1}, input_records=shards * per_shard,
+                        accepted_prompts=shards * per_shard)
+    sizes = dict.fromkeys(attrs.hidden_layers, attrs.hidden_size)
+    for i in range(shards):
+        samples = [random_sample(rng, f"{prefix}{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
+                                 prompt_len=prompt_len, comp_len=comp_len, hidden=sizes)
+                   for j in range(per_shard)]
+        outcome = filter_samples(samples, KEEP_ALL)
+        record = write_shard(out / shard_name(i), i, samples, attrs)
+        record.index_sha256 = write_index_part(
+            out, i, index_table(samples, outcome.metrics, outcome.reasons, record.name))
+        record.generated, record.hidden_layers = len(samples), list(attrs.hidden_layers)
+        manifest.shards[i] = record
+    merge_index(out, range(shards))
+    write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,87 @@
+"""Evaluate a model against the teacher's labels on the held-out split (`kd eval`).
+
+Rows: the model's mean KL from the teacher's top-k (+ tail bucket), top-1
+agreement with the teacher and NLL (perplexity) of the teacher's completions;
+the teacher's own row comes from the stored sampled logprobs (KL 0, agreement
+1 by definition), so the teacher is never loaded. The split is the one
+`kd train-student` holds out (same --eval-fraction and --seed).
+
+    kd eval --labels data/labels/demo --model data/student/demo/model
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.student.eval_metrics import EvalTotals
+from pipeline.student.label_set import LabelSet, open_label_set
+from pipeline.student.batches import PlannedBatches, to_device
+from pipeline.student.batch_plan import plan_batches, split_by_prompt
+from schemas.student_config import EvalConfig
+from stages.student.forward import batch_eval
+
+
+def eval_plan(labels: LabelSet, eval_idx: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
+    return plan_batches(labels.length, eval_idx, batch_tokens, seed=0, epoch=0)
+
+
+@torch.no_grad()
+def evaluate_model(model: Any, labels: LabelSet, plan: list[np.ndarray], vocab: int, chunk: int,
+                   device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """KL, top-1 agreement, NLL and perplexity of `model` over the batches of `plan`."""
+    was_training = model.training
+    model.eval()
+    totals = EvalTotals()
+    enabled = autocast_dtype is not None
+    for batch in PlannedBatches(labels, plan):
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=enabled):
+            batch_eval(model, to_device(batch, device), vocab, chunk, totals)
+    model.train(was_training)
+    return totals.means()
+
+
+def teacher_reference(labels: LabelSet, plan: list[np.ndarray]) -> dict[str, float]:
+    """The teacher's own row: NLL of its samples from the stored sampled logprobs."""
+    nll, positions = 0.0, 0
+    for batch in PlannedBatches(labels, plan):
+        nll -= float(batch["teacher_sampled_logprobs"].double().sum())
+        positions += int(batch["teacher_sampled_logprobs"].numel())
+    mean = nll / max(positions, 1)
+    return {"kl": 0.0, "top1_agreement": 1.0, "nll": mean, "perplexity": math.exp(mean),
+            "positions": positions}
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.student.model import check_tokenizer, check_vocabulary
+
+    cfg.validate()
+    labels = open_label_set(cfg.labels)
+    _, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
+    plan = eval_plan(labels, eval_idx, cfg.batch_tokens)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_tokenizer(AutoTokenizer.from_pretrained(cfg.model), labels, cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(device)
+    vocab = check_vocabulary(model, labels.vocab_size)
+    rows = {"teacher": teacher_reference(labels, plan),
+            "model": evaluate_model(model, labels, plan, vocab, cfg.loss_chunk, device)}
+    if cfg.output:
+        Path(cfg.output).write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """Markdown table of evaluation rows."""
+    lines = ["| model | KL to teacher | top-1 agreement | NLL | perplexity |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['kl']:.4f} | {r['top1_agreement']:.4f} | {r['nll']:.4f} | "
+                     f"{r['perplexity']:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""The student's forward pass and losses on one collated batch, without dense teacher tensors.
+
+The decoder runs once; its final hidden states are gathered at the loss
+positions only, and the LM head plus the losses run over those rows in chunks
+of `loss_chunk` through `pipeline.student.fused_head`, which forms their gradient in
+forward, so neither a (batch, time, vocabulary) logits tensor nor its gradient
+is ever held, and nothing is recomputed. Padded vocabulary rows of the
+student's head (beyond the labels' vocabulary) get no logits and no gradient.
+
+    python -m pytest tests/test_student_train.py -k forward
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipeline.student.eval_metrics import EvalTotals, position_metrics
+from pipeline.student.fused_head import HeadLoss, head_losses
+from pipeline.student.kd_losses import hidden_state_loss
+from schemas.student_config import StudentConfig
+
+
+@dataclass
+class LossSums:
+    """Summed (not averaged) losses of one micro-batch and what they were summed over.
+
+    `weighted` = alpha * soft + (1 - alpha) * hard is the differentiable token loss;
+    soft and hard are detached, for logging.
+    """
+
+    weighted: torch.Tensor
+    soft: torch.Tensor
+    hard: torch.Tensor
+    hidden: torch.Tensor
+    positions: int
+    hidden_rows: int
+
+
+def decoder_states(model: Any, batch: dict[str, Any], need_all: bool) -> tuple[torch.Tensor, Any]:
+    """(B*T, d) final hidden states (after the last norm) and, if asked, every layer's."""
+    decoder = model.get_decoder()
+    out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  output_hidden_states=need_all, use_cache=False)
+    last = out.last_hidden_state
+    return last.reshape(-1, last.shape[-1]), out.hidden_states
+
+
+def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cfg: StudentConfig,
+                 layer_map: dict[int, int]) -> LossSums:
+    """Summed soft, hard and hidden losses of one collated micro-batch."""
+    need_hidden = cfg.hidden_weight > 0
+    flat, all_states = decoder_states(model, batch, need_hidden)
+    spec = HeadLoss(vocab=vocab, alpha=cfg.alpha, kind=cfg.kd_loss, tail=cfg.tail,
+                    temperature=cfg.temperature, beta=cfg.beta, chunk_size=cfg.loss_chunk)
+    weighted, soft, hard = head_losses(flat[batch["loss_rows"]],
+                                       model.get_output_embeddings().weight, batch["teacher_ids"],
+                                       batch["teacher_logprobs"], batch["target_ids"], spec)
+    hidden = flat.new_zeros((), dtype=torch.float32)
+    hidden_rows = 0
+    if need_hidden:
+        for s_layer, t_layer in layer_map.items():
+            student = all_states[s_layer].reshape(-1, all_states[s_layer].shape[-1])
+            projected = adapter(s_layer, student[batch["hidden_rows"]])
+            hidden = hidden + hidden_state_loss(projected.float(),
+                                                batch["teacher_hidden"][t_layer].float(),
+                                                kind=cfg.hidden_loss)
+            hidden_rows += int(batch["hidden_rows"].numel())
+    return LossSums(weighted, soft, hard, hidden, int(batch["loss_rows"].numel()), hidden_rows)
+
+
+class DistillationModule(torch.nn.Module):
+    """Student and hidden-state adapter as one module returning (weighted, soft, hard, hidden).
+
+    A tuple, not `LossSums`: DDP and FSDP find the output tensors (to hook
+    backward) by walking tuples, lists and dicts.
+
+    This is what DDP wraps: the forward pass runs through DDP, so every trained
+    parameter, the adapter's included, has its gradient synchronised.
+    """
+
+    def __init__(self, student: Any, adapter: Any, vocab: int, cfg: StudentConfig,
+                 layer_map: dict[int, int]):
+        super().__init__()
+        self.student, self.adapter = student, adapter
+        self.vocab, self.cfg, self.layer_map = vocab, cfg, layer_map
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        parts = batch_losses(self.student, self.adapter, batch, self.vocab, self.cfg,
+                             self.layer_map)
+        return parts.weighted, parts.soft, parts.hard, parts.hidden
+
+
+@torch.no_grad()
+def batch_eval(model: Any, batch: dict[str, Any], vocab: int, chunk: int, totals: EvalTotals) -> None:
+    """Add one batch's per-position KL, top-1 agreement and NLL to `totals`."""
+    flat, _ = decoder_states(model, batch, False)
+    rows = flat[batch["loss_rows"]]
+    weight = model.get_output_embeddings().weight[:vocab]
+    for start in range(0, rows.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        totals.add(*position_metrics(rows[sl] @ weight.T, batch["teacher_ids"][sl],
+                                     batch["teacher_logprobs"][sl], batch["target_ids"][sl]))

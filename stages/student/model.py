@@ -1,0 +1,125 @@
+"""Build the student: any Hugging Face causal LM, or one derived from the teacher.
+
+- a model directory or hub id: loaded as is;
+- `from-teacher`: the teacher with only `keep_layers` evenly spaced decoder
+  layers (first and last included), weights and all. The teacher's weights are
+  read once to build it; the other layers are dropped at once, so the teacher
+  is never resident beside the student;
+- `narrow`: the teacher's architecture with a smaller hidden size and
+  `keep_layers` layers, freshly initialised (its width differs from the
+  teacher's, which is what the hidden-state adapter is for).
+
+    python -c "from stages.student.model import derive_from_teacher; \
+m = derive_from_teacher('data/models/smollm2-135m-instruct', 6); print(m.config.num_hidden_layers)"
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from schemas.config_base import ConfigError
+
+
+def evenly_spaced_layers(total: int, keep: int) -> list[int]:
+    """`keep` layer indices from 0..total-1, evenly spaced, first and last included."""
+    if not 1 <= keep <= total:
+        raise ConfigError(f"--keep-layers must be in 1..{total} (the teacher's layers), got {keep}")
+    if keep == 1:
+        return [total - 1]
+    return sorted({int(round(x)) for x in np.linspace(0, total - 1, keep)})
+
+
+def keep_decoder_layers(model: Any, indices: list[int]) -> Any:
+    """Drop every decoder layer not in `indices`, in place, keeping the config consistent."""
+    decoder = model.get_decoder()
+    decoder.layers = torch.nn.ModuleList([decoder.layers[i] for i in indices])
+    for new_index, layer in enumerate(decoder.layers):
+        # The KV cache is indexed by layer_idx: a kept layer must use its new position.
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = new_index
+    config = model.config
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in indices]
+    config.num_hidden_layers = len(indices)
+    return model
+
+
+def derive_from_teacher(teacher: str, keep_layers: int) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+    indices = evenly_spaced_layers(model.config.num_hidden_layers, keep_layers)
+    return keep_decoder_layers(model, indices)
+
+
+def narrow_config(teacher_config: Any, hidden_size: int, layers: int) -> Any:
+    """The teacher's config scaled to `hidden_size` wide and `layers` deep, same vocabulary."""
+    config = copy.deepcopy(teacher_config)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if hidden_size % head_dim:
+        raise ConfigError(f"--narrow-hidden-size {hidden_size} must be a multiple of the head size "
+                          f"{head_dim}")
+    heads = hidden_size // head_dim
+    groups = max(1, config.num_attention_heads // config.num_key_value_heads)
+    kv_heads = max(1, heads // groups)
+    while heads % kv_heads:
+        kv_heads -= 1
+    ratio = hidden_size / config.hidden_size
+    config.hidden_size, config.num_attention_heads = hidden_size, heads
+    config.num_key_value_heads, config.head_dim = kv_heads, head_dim
+    config.intermediate_size = int(round(config.intermediate_size * ratio / 64)) * 64 or 64
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:layers]
+    return config
+
+
+def build_student(student: str, teacher: str, keep_layers: int, narrow_hidden_size: int,
+                  seed: int) -> tuple[Any, Any]:
+    """(model in float32 on CPU, tokenizer) for any kind of --student."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if student == "from-teacher":
+        return derive_from_teacher(teacher, keep_layers), AutoTokenizer.from_pretrained(teacher)
+    if student == "narrow":
+        torch.manual_seed(seed)
+        config = narrow_config(AutoConfig.from_pretrained(teacher), narrow_hidden_size, keep_layers)
+        return (AutoModelForCausalLM.from_config(config, dtype=torch.float32),
+                AutoTokenizer.from_pretrained(teacher))
+    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(student)
+
+
+def output_vocab_size(model: Any) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def check_vocabulary(model: Any, labels_vocab: int) -> int:
+    """Rows of the student's logits that correspond to real tokens of the labels' vocabulary.
+
+    Students often pad their embedding matrix beyond the tokenizer (to a multiple
+    of 64, say); the padded rows never appear in the teacher's labels and are
+    sliced off before any softmax, so they hold no probability mass.
+    """
+    rows = output_vocab_size(model)
+    if rows < labels_vocab:
+        raise ConfigError(f"the student's output layer has {rows} rows but the labels' vocabulary "
+                          f"has {labels_vocab} tokens: the student cannot predict every teacher id")
+    return labels_vocab
+
+
+def check_tokenizer(tokenizer: Any, labels: Any, source: str) -> None:
+    """The student must read the same token ids the teacher wrote; stop naming both fingerprints."""
+    from pipeline.store.fingerprint import tokenizer_fingerprint
+
+    mine = tokenizer_fingerprint(tokenizer)
+    if mine != labels.tokenizer_fingerprint:
+        raise ConfigError(
+            f"tokenizer mismatch: the student ({source}) has fingerprint {mine[:16]}..., the labels "
+            f"were written with {labels.tokenizer_fingerprint[:16]}... ({labels.teacher}); a student "
+            "must share the teacher's tokenizer to learn from its token-level labels")

@@ -1,0 +1,416 @@
+"""Student stage: train a student from memory-mapped teacher shards alone (`kd train-student`).
+
+No teacher weights are resident and vLLM is never imported: the soft labels,
+sampled tokens and optional hidden states all come from the shards. Wiring
+only: data from `pipeline.student.label_set`/`batch_plan`/`batches`, losses
+from `pipeline.student.kd_losses` via `stages.student.forward`, checkpoints from
+`pipeline.student.checkpoint`, the report from `stages.student.report`.
+
+Under torchrun every rank reads a disjoint share of each epoch's batches
+(DDP, or FSDP2 with --fsdp); rank 0 alone writes checkpoints, logs and the
+exported model. CPU-sized example (the embedded teacher's labels):
+
+    kd train-student --labels data/labels/demo --out data/student/tiny --steps 20 \
+        --keep-layers 6 --batch-tokens 2048 --eval-every 10
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.student.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.student.kd_losses import HiddenStateAdapter, total_loss
+from pipeline.student.label_set import LabelSet, open_label_set
+from pipeline.student.lr_schedule import lr_at
+from pipeline.student.batches import PlannedBatches, to_device
+from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
+from schemas.config_base import ConfigError
+from schemas.student_config import StudentConfig
+from stages.student.distributed import DistContext
+from stages.cli.preemption import Preempted, PreemptionGuard
+from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
+from stages.student.forward import DistillationModule
+from stages.student.model import build_student, check_tokenizer, check_vocabulary
+from stages.student.report import MetricsLog, write_report
+
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+@dataclass
+class Cursor:
+    """Where the data stream is: epoch and batch within this rank's share of that epoch."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    evals: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class BatchStream:
+    """This rank's batches, epoch after epoch, resumable at any cursor."""
+
+    def __init__(self, labels: LabelSet, train_idx: np.ndarray, cfg: StudentConfig,
+                 dist: DistContext, cursor: Cursor, with_hidden: bool):
+        self.labels, self.train_idx, self.cfg, self.dist = labels, train_idx, cfg, dist
+        self.cursor, self.with_hidden = cursor, with_hidden
+        self._iter: Iterator[dict[str, Any]] | None = None
+
+    def epoch_plan(self, epoch: int) -> list[np.ndarray]:
+        plan = plan_batches(self.labels.length, self.train_idx, self.cfg.batch_tokens,
+                            self.cfg.seed, epoch)
+        return batches_for_rank(plan, self.dist.rank, self.dist.world_size, self.cfg.grad_accum)
+
+    def batches_per_epoch(self) -> int:
+        """Micro-batches per epoch on this rank; refuses a split too small for one step."""
+        count = len(self.epoch_plan(0))
+        if count == 0:
+            raise ConfigError(f"the training split makes fewer micro-batches of --batch-tokens "
+                              f"{self.cfg.batch_tokens} than one step needs ("
+                              f"{self.dist.world_size} ranks x --grad-accum {self.cfg.grad_accum})")
+        return count
+
+    def _open(self) -> Iterator[dict[str, Any]]:
+        plan = self.epoch_plan(self.cursor.epoch)[self.cursor.batch:]
+        data = PlannedBatches(self.labels, plan, self.with_hidden)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False,
+                                             num_workers=self.cfg.loader_workers,
+                                             prefetch_factor=4 if self.cfg.loader_workers else None,
+                                             persistent_workers=False)
+        return iter(loader)
+
+    def next(self) -> dict[str, Any]:
+        while True:
+            if self._iter is None:
+                self._iter = self._open()
+            batch = next(self._iter, None)
+            if batch is not None:
+                self.cursor.batch += 1
+                return batch
+            self._iter = None
+            self.cursor = Cursor(self.cursor.epoch + 1, 0)
+
+
+def resolve_layer_map(cfg: StudentConfig, num_layers: int, labels: LabelSet) -> dict[int, int]:
+    """--layer-map in absolute hidden-state indices, checked against what the labels hold."""
+    if cfg.hidden_weight == 0:
+        return {}
+    if not labels.hidden_layers:
+        raise ConfigError("--hidden-weight > 0 needs labels with hidden states "
+                          "(kd teacher-labels --hidden-layers ...)")
+    resolved = {}
+    for s, t in cfg.parsed_layer_map().items():
+        s_abs = s if s >= 0 else num_layers + 1 + s
+        t_abs = t if t >= 0 else labels.teacher_num_layers + 1 + t
+        if not 0 <= s_abs <= num_layers:
+            raise ConfigError(f"--layer-map: student layer {s} is out of range 0..{num_layers}")
+        if t_abs not in labels.hidden_layers:
+            raise ConfigError(f"--layer-map: teacher layer {t} (absolute {t_abs}) is not stored in "
+                              f"the labels, which hold {labels.hidden_layers}")
+        resolved[s_abs] = t_abs
+    return resolved
+
+
+def total_steps(cfg: StudentConfig, per_epoch: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+
+
+def autocast_dtype(cfg: StudentConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda"
+                                   and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class Trainable:
+    """The student and what trains with it, on its device and wrapped for DDP/FSDP."""
+
+    model: Any
+    tokenizer: Any
+    vocab: int
+    """Rows of the output layer that hold real tokens (padded rows are sliced off)."""
+    layer_map: dict[int, int]
+    module: Any
+    """`DistillationModule` (student + adapter), wrapped by `DistContext.wrap`."""
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+
+
+def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext) -> Trainable:
+    """Build or load the student, check it against the labels, place and wrap it."""
+    teacher = cfg.teacher or labels.teacher
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = build_student(cfg.student, teacher, cfg.keep_layers, cfg.narrow_hidden_size,
+                                     cfg.seed)
+    check_tokenizer(tokenizer, labels, cfg.student if not cfg.derived_student else teacher)
+    vocab = check_vocabulary(model, labels.vocab_size)
+    layer_map = resolve_layer_map(cfg, model.config.num_hidden_layers, labels)
+    adapter = (HiddenStateAdapter(list(layer_map), model.config.hidden_size, labels.hidden_size)
+               if layer_map else None)
+    model.to(dist.device)
+    if adapter is not None:
+        adapter.to(dist.device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    module = dist.wrap(DistillationModule(model, adapter, vocab, cfg, layer_map), cfg.fsdp,
+                       layers=model.get_decoder().layers)
+    params = list(module.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return Trainable(model, tokenizer, vocab, layer_map, module, params, optimizer)
+
+
+class TrainingRun:
+    """One run of the training loop: data stream, step counter, evaluations, checkpoints."""
+
+    def __init__(self, cfg: StudentConfig, labels: LabelSet, student: Trainable,
+                 dist: DistContext):
+        self.cfg, self.labels, self.student, self.dist = cfg, labels, student, dist
+        self.out = Path(cfg.out)
+        train_idx, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "student_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        resume_state = load_resume_state(cfg, self.out, dist.world_size)
+        cursor = resume_cursor(resume_state, dist.world_size) if resume_state else Cursor()
+        self.stream = BatchStream(labels, train_idx, cfg, dist, cursor,
+                                  with_hidden=bool(student.layer_map))
+        self.steps = total_steps(cfg, self.stream.batches_per_epoch())
+        self.plan_eval = eval_plan(labels, eval_idx, cfg.batch_tokens)
+        self.amp = autocast_dtype(cfg, dist.device)
+        self.log = MetricsLog(self.out / "metrics.jsonl", dist.is_main)
+        self.step, self.evals = 0, {}
+        self.non_finite = 0  # steps skipped in a row for a non-finite loss (--on-non-finite skip)
+        self.begin(resume_state)
+
+    def begin(self, resume_state: dict[str, Any] | None) -> None:
+        """Restore a checkpoint's weights, optimizer, RNG and evaluations, or evaluate at step 0."""
+        if resume_state:
+            self.dist.load_full_state(self.student.module, self.student.optimizer,
+                                      resume_state["module"], resume_state["optimizer"])
+            restore_rng(resume_state["rng"])
+            self.step, self.evals = resume_state["step"], resume_state["evals"]
+            self.log.truncate_after(self.step)
+            return
+        self.log.truncate_after(-1)
+        self.evals = {"teacher": teacher_reference(self.labels, self.plan_eval),
+                      "student_before": self.evaluate()}
+        self.log.write({"step": 0, "eval": self.evals["student_before"]})
+
+    def evaluate(self) -> dict[str, float]:
+        s = self.student
+        with self.dist.full_params(s.module):
+            return evaluate_model(s.model, self.labels, self.plan_eval, s.vocab, self.cfg.loss_chunk,
+                                  self.dist.device, self.amp)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Write a checkpoint (rank 0); every rank returns the gathered module state."""
+        module_state, optimizer_state = self.dist.full_state(self.student.module,
+                                                             self.student.optimizer)
+        if self.dist.is_main:
+            state = {"module": module_state, "optimizer": optimizer_state,
+                     "cursor": {"epoch": self.stream.cursor.epoch,
+                                "global_batch": self.stream.cursor.batch * self.dist.world_size},
+                     "evals": self.evals}
+            save_checkpoint(self.out / "checkpoints", self.step, state,
+                            {"config": self.cfg.to_dict(), "world_size": self.dist.world_size})
+        self.dist.barrier()
+        return module_state
+
+    def train(self) -> None:
+        """Steps until the total, evaluating and checkpointing on schedule; SIGTERM checkpoints."""
+        cfg = self.cfg
+        bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step",
+                   dynamic_ncols=True, disable=not self.dist.is_main)
+        with PreemptionGuard() as guard:
+            while self.step < self.steps:
+                record = self.optimizer_step()
+                if record is None:
+                    continue
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                tok_s=f"{record['tokens_per_second']:.0f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.steps:
+                    self.log.write({"step": self.step, "eval": self.evaluate()})
+                # Ranks must agree to stop together, or one would wait at a barrier forever.
+                if self.dist.sum_ints(int(guard.requested))[0]:
+                    self.checkpoint()
+                    raise Preempted(f"SIGTERM: checkpoint written at step {self.step}; "
+                                    "rerun with --resume")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+        bar.close()
+
+    def optimizer_step(self) -> dict[str, float] | None:
+        """One optimizer step, logged; None when a non-finite loss made it skip (--on-non-finite)."""
+        cfg, s = self.cfg, self.student
+        lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, self.steps, cfg.min_lr_ratio)
+        for group in s.optimizer.param_groups:
+            group["lr"] = lr
+        tick = time.time()
+        where = f"epoch {self.stream.cursor.epoch} batch {self.stream.cursor.batch}"
+        micro = [to_device(self.stream.next(), self.dist.device) for _ in range(cfg.grad_accum)]
+        record = train_step(s.module, micro, cfg, len(s.layer_map), self.dist, self.amp, s.params)
+        if not math.isfinite(record["loss"]):
+            s.optimizer.zero_grad(set_to_none=True)
+            self.non_finite += 1
+            message = f"non-finite loss {record['loss']} at step {self.step + 1} ({where})"
+            if cfg.on_non_finite == "stop" or self.non_finite > MAX_SKIPPED_IN_A_ROW:
+                raise NonFiniteLoss(message + "; lower --lr or check the labels (kd verify)")
+            tqdm.write(f"skipping: {message}")
+            return None
+        self.non_finite = 0
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        record |= {"step": self.step, "lr": lr,
+                   "tokens_per_second": record["tokens"] / max(time.time() - tick, 1e-9)}
+        self.log.write(record)
+        return record
+
+    def finish(self, seconds: float) -> None:
+        """Final checkpoint and evaluation, then (rank 0) the exported model and the report."""
+        final_state = self.checkpoint()
+        self.evals["student_after"] = self.evaluate()
+        self.log.write({"step": self.step, "eval": self.evals["student_after"]})
+        if self.dist.is_main:
+            sharded = self.cfg.fsdp and self.dist.world_size > 1
+            export_model(exportable(self.student.model, final_state, sharded),
+                         self.student.tokenizer, self.out / "model")
+            write_report(self.out, self.cfg, self.evals, self.step, seconds)
+        self.dist.barrier()
+
+
+def run_train_student(cfg: StudentConfig) -> TrainResult:
+    """Train, checkpoint, evaluate and export; returns what happened."""
+    cfg.validate()
+    dist = DistContext.from_env()
+    start = time.time()
+    labels = open_label_set(cfg.labels, verify=cfg.verify)
+    run = TrainingRun(cfg, labels, build_trainable(cfg, labels, dist), dist)
+    run.train()
+    run.finish(time.time() - start)
+    return TrainResult(run.out, run.step, run.evals, time.time() - start)
+
+
+def train_step(model: Any, micro: list[dict[str, Any]], cfg: StudentConfig, hidden_layers: int,
+               dist: DistContext, amp: torch.dtype | None,
+               params: list[torch.nn.Parameter]) -> dict[str, float]:
+    """Forward and backward over the micro-batches of one optimizer step; returns its metrics."""
+    # Normalise by the loss tokens of the whole step on every rank, exactly once:
+    # each rank divides by the global count and DDP's gradient mean is undone.
+    local = sum(int(b["loss_rows"].numel()) for b in micro)
+    hidden_local = sum(int(b["hidden_rows"].numel()) for b in micro) if hidden_layers else 0
+    n_tokens, hidden_rows = dist.sum_ints(local, hidden_local)
+    sums = {"weighted": 0.0, "soft": 0.0, "hard": 0.0, "hidden": 0.0}
+    for i, batch in enumerate(micro):
+        with dist.no_sync(model, last=i == len(micro) - 1):
+            with torch.autocast(dist.device.type, dtype=amp or torch.float32,
+                                enabled=amp is not None):
+                weighted, soft, hard, hidden = model(batch)
+                hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
+                loss = total_loss(weighted, n_tokens, hidden_mean, cfg.hidden_weight) * \
+                    dist.world_size
+            loss.backward()
+        for key, value in (("weighted", weighted), ("soft", soft), ("hard", hard),
+                           ("hidden", hidden)):
+            sums[key] += float(value.detach())
+    # The logged loss is the one back-propagated (weighted), so a non-finite one is caught.
+    weighted, soft, hard, hidden = dist.sum_floats(*sums.values())
+    hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
+    total = weighted / max(n_tokens, 1) + cfg.hidden_weight * hidden_mean
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip \
+        else float("nan")
+    tokens = dist.sum_ints(sum(int(b["attention_mask"].sum()) for b in micro))[0]
+    return {"loss": total, "soft": soft / max(n_tokens, 1), "hard": hard / max(n_tokens, 1),
+            "hidden": hidden_mean, "grad_norm": grad_norm, "tokens": tokens,
+            "loss_tokens": n_tokens}
+
+
+def resume_cursor(state: dict[str, Any], world_size: int) -> Cursor:
+    """This rank's cursor from the checkpoint's global position, for any compatible rank count.
+
+    Rank r takes batches r, r + w, ... of an epoch, so after c batches per rank
+    the first c * w batches are consumed whatever w was: a run may resume on
+    another number of ranks when that position divides evenly among them
+    (keep ranks x --grad-accum, the global batch, unchanged).
+    """
+    epoch, consumed = state["cursor"]["epoch"], state["cursor"]["global_batch"]
+    if consumed % world_size:
+        raise ConfigError(f"--resume: the checkpoint stopped after {consumed} batches of epoch "
+                          f"{epoch}, which {world_size} ranks cannot split evenly; resume on a "
+                          "rank count that divides it")
+    return Cursor(epoch, consumed // world_size)
+
+
+def load_resume_state(cfg: StudentConfig, out: Path, world_size: int) -> dict[str, Any] | None:
+    """The latest checkpoint's state with --resume; refuse to silently restart over one without.
+
+    A resume must continue the same run: settings outside RESUME_MAY_CHANGE and
+    the global batch must equal the checkpoint's, or the error names what differs.
+    """
+    path = latest_checkpoint(out / "checkpoints")
+    if not cfg.resume:
+        if path is not None and cfg.overwrite:
+            shutil.rmtree(out / "checkpoints")
+        elif path is not None:
+            raise ConfigError(f"{out} already holds checkpoint {path.name}: pass --resume to "
+                              "continue it, --overwrite to start over, or choose another --out")
+        return None
+    if path is None:
+        raise ConfigError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    meta = json.loads((path / "meta.json").read_text())
+    cfg.check_resumes(meta["config"])
+    saved_batch = meta.get("world_size", 1) * meta["config"]["grad_accum"]
+    if saved_batch != world_size * cfg.grad_accum:
+        raise ConfigError(f"--resume: the checkpoint's global batch was {saved_batch} "
+                          f"micro-batches (ranks x --grad-accum), now {world_size} x "
+                          f"{cfg.grad_accum}; keep ranks x --grad-accum equal")
+    return load_checkpoint(path)
+
+
+def exportable(model: Any, module_state: dict[str, Any], sharded: bool) -> Any:
+    """The student as a plain module: under FSDP a fresh copy loaded with the gathered weights."""
+    if not sharded:
+        return model
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    prefix = "student."
+    plain.load_state_dict({k[len(prefix):]: v for k, v in module_state.items()
+                           if k.startswith(prefix)})
+    plain.generation_config = model.generation_config
+    return plain
+
+
+def export_model(model: Any, tokenizer: Any, path: Path) -> None:
+    """Hugging Face directory: config, safetensors, tokenizer, generation config."""
+    from transformers import GenerationConfig
+
+    model.config.use_cache = True
+    if getattr(model, "generation_config", None) is None:
+        model.generation_config = GenerationConfig.from_model_config(model.config)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

@@ -1,0 +1,119 @@
+"""Teacher hidden states for kept samples: a teacher-forced transformers pass after vLLM.
+
+vLLM's own extraction (speculative method `extract_hidden_states`) fails on
+the CPU build, so once generation is done and the vLLM engine has been shut
+down (never both resident), the teacher is loaded with transformers and run
+over each committed shard's samples; the shard is rewritten, atomically, with
+`hidden/layer_NN` datasets added and its manifest record replaced.
+
+Layer numbering is transformers' `output_hidden_states`: 0 is the embedding
+output, i the output of block i, and the last index (-1) is the final hidden
+state *after* the model's last norm, i.e. exactly what the LM head sees.
+
+    kd teacher-labels --prompts data/prompts/demo.jsonl --out data/labels/tiny \
+        --limit 8 --max-tokens 16 --hidden-layers 8,-1 --enforce-eager
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.store.manifest import Manifest, write_manifest
+from pipeline.store.sample import Sample
+from pipeline.store.shard_reader import ShardReader, read_samples
+from pipeline.store.shard_writer import ShardAttrs, write_shard
+from schemas import shard_name
+from schemas.teacher_config import ConfigError, TeacherConfig
+
+
+def resolve_layers(layers: Sequence[int], num_layers: int) -> list[int]:
+    """Absolute indices into the (num_layers + 1) hidden states; -1 is the final one."""
+    resolved = []
+    for layer in layers:
+        absolute = layer if layer >= 0 else num_layers + 1 + layer
+        if not 0 <= absolute <= num_layers:
+            raise ConfigError(f"--hidden-layers: layer {layer} is out of range for a teacher with "
+                              f"{num_layers} layers (valid: 0..{num_layers} or -1..-{num_layers + 1})")
+        resolved.append(absolute)
+    return sorted(set(resolved))
+
+
+def token_batches(samples: Sequence[Sample], budget: int) -> Iterator[list[int]]:
+    """Consecutive sample indices whose padded size stays within `budget` tokens (at least one)."""
+    batch: list[int] = []
+    longest = 0
+    for i, s in enumerate(samples):
+        length = len(s.prompt_token_ids) + s.completion_length
+        if batch and max(longest, length) * (len(batch) + 1) > budget:
+            yield batch
+            batch, longest = [], 0
+        batch.append(i)
+        longest = max(longest, length)
+    if batch:
+        yield batch
+
+
+def load_forward_model(cfg: TeacherConfig) -> tuple[Any, torch.device]:
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # CPU bf16 matmuls are slow and lossy here; GPUs take the configured dtype.
+    dtype = torch.float32 if device.type == "cpu" or cfg.dtype in ("auto", "float32") else \
+        getattr(torch, cfg.dtype)
+    if device.type == "cuda" and cfg.dtype == "auto":
+        dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(cfg.teacher, dtype=dtype).to(device).eval()
+    return model, device
+
+
+@torch.no_grad()
+def capture_hidden(model: Any, device: torch.device, samples: list[Sample], layers: list[int],
+                   budget: int) -> None:
+    """Fill `sample.hidden[layer]` (tokens, hidden) float32 for every sample, in place."""
+    for idx in token_batches(samples, budget):
+        seqs = [samples[i].token_ids for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, :len(seq)] = torch.tensor(seq)
+            mask[row, :len(seq)] = 1
+        # Right padding with a mask: causal attention never lets a real token see a pad.
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                    output_hidden_states=True)
+        for layer in layers:
+            states = out.hidden_states[layer].float().cpu().numpy()
+            for row, i in enumerate(idx):
+                samples[i].hidden[layer] = states[row, :len(seqs[row])]
+
+
+def add_hidden_states(out: Path, cfg: TeacherConfig, manifest: Manifest, attrs: ShardAttrs,
+                      stop_requested: Callable[[], bool]) -> int:
+    """Rewrite every shard lacking the wanted layers; returns how many were rewritten."""
+    layers = list(attrs.hidden_layers)
+    todo = [i for i, rec in sorted(manifest.shards.items()) if rec.hidden_layers != layers]
+    if not todo:
+        return 0
+    model, device = load_forward_model(cfg)
+    done = 0
+    for index in tqdm(todo, desc="hidden states", unit="shard", dynamic_ncols=True):
+        if stop_requested():
+            break
+        path = out / shard_name(index)
+        samples = read_samples(ShardReader(path))
+        capture_hidden(model, device, samples, layers, cfg.hidden_batch_tokens)
+        old = manifest.shards[index]
+        record = write_shard(path, index, samples, attrs)
+        record.generated, record.dropped, record.index_sha256 = \
+            old.generated, old.dropped, old.index_sha256
+        record.hidden_layers = layers
+        manifest.shards[index] = record
+        write_manifest(out, manifest)
+        done += 1
+    del model
+    return done

@@ -1,0 +1,379 @@
+"""Teacher stage: vLLM generates completions and top-k soft labels into HDF5 shards.
+
+Wiring only: prompts come from `pipeline.teacher.prompts`, soft labels from
+`pipeline.teacher.soft_labels`, scheduling from `pipeline.teacher.shard_scheduler`, files from
+`pipeline.store.shard_writer` and `pipeline.store.manifest`. This module (with the CLI) is
+the only place that imports vLLM.
+
+CPU-sized example (the embedded teacher, a few prompts, float32):
+
+    kd teacher-labels --prompts data/prompts/demo.jsonl --out data/labels/tiny \
+        --max-tokens 32 --top-k 20 --dtype float32 --shard-size 8 --limit 16 --enforce-eager
+
+A rerun of the same command reuses every committed shard whose checksum
+verifies and generates only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.teacher.background_writer import BackgroundWriter
+from pipeline.store.checksum import remove_stale_temps, sha256_file, write_text_atomic
+from pipeline.store.fingerprint import tokenizer_fingerprint
+from pipeline.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
+from pipeline.teacher.partition import owner_of
+from pipeline.teacher.prompts import Prompt, PromptBatch, load_prompts, write_rejects
+from pipeline.store.sample import Sample
+from pipeline.teacher.sample_filter import FilterOutcome, filter_samples, index_table
+from pipeline.store.sample_index import INDEX_PARTS_DIR, merge_index, write_index_part
+from pipeline.teacher.seeding import seed_for_prompt
+from pipeline.teacher.shard_scheduler import ShardPlan, run_shards
+from pipeline.store.shard_writer import ShardAttrs, ShardRecord, write_shard
+from pipeline.teacher.soft_labels import split_flat_logprobs
+from pipeline.store.verify import check_index_part, verify_shard
+from schemas import CONFIG_NAME, REJECTS_NAME, shard_name
+from schemas.teacher_config import ConfigError, TeacherConfig
+from stages.cli.preemption import Preempted, PreemptionGuard
+from stages.teacher.hidden import add_hidden_states, resolve_layers
+
+# vLLM's CPU backend sizes its KV cache from this fraction of *system* memory
+# by default and refuses to start when the machine has less free; a fixed
+# size is predictable on a shared 2-core box.
+CPU_KV_CACHE_GIB = 2.0
+
+
+@dataclass
+class RunSummary:
+    """What one `kd teacher-labels` run did."""
+
+    out: Path
+    shards_total: int
+    shards_reused: int
+    shards_written: int
+    generation: "GenerationStats"
+    hidden_seconds: float
+    seconds: float
+    manifest: Manifest
+
+    def line(self) -> str:
+        m, t, g = self.manifest, self.manifest.totals(), self.generation
+        dropped = ", ".join(f"{k} {v}" for k, v in m.dropped_by_reason().items()) or "none"
+        return (f"teacher-labels: {m.accepted_prompts} prompts accepted, {m.rejected_prompts} rejected; "
+                f"{self.shards_written} shard(s) written, {self.shards_reused} reused; "
+                f"{t['samples']} of {t['generated']} samples kept (dropped: {dropped}); "
+                f"{t['completion_tokens']} completion tokens, "
+                f"{t['bytes'] / max(t['completion_tokens'], 1):.0f} B/token; "
+                f"{g.tokens_per_second:.0f} generated tok/s -> {self.out}")
+
+
+@dataclass
+class GenerationStats:
+    """Throughput of the generation loop alone (engine start excluded)."""
+
+    samples: int = 0
+    completion_tokens: int = 0
+    non_finite: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds else 0.0
+
+
+def render_prompt_tokens(tokenizer: Any):
+    """Chat template + tokenization as a pure `messages -> ids` function."""
+    def tokenize(messages: list[dict[str, str]]) -> list[int]:
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True)
+        else:  # base models: plain concatenation, documented in the README
+            text = "\n\n".join(m["content"] for m in messages)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenize
+
+
+def plan_shards(prompts: list[Prompt], cfg: TeacherConfig) -> list[ShardPlan]:
+    """Deterministic shard membership: consecutive runs of whole prompts, in input order."""
+    per = cfg.prompts_per_shard
+    return [ShardPlan(i // per, [(p.id, p.token_ids, seed_for_prompt(cfg.seed, p.id))
+                                 for p in prompts[i:i + per]])
+            for i in range(0, len(prompts), per)]
+
+
+def samples_from_output(prompt_ids: list[int], prompt_id: str, output: Any, k: int) -> list[Sample]:
+    """Convert one vLLM RequestOutput (n completions) into Samples."""
+    samples = []
+    for c in sorted(output.outputs, key=lambda c: c.index):
+        lp = c.logprobs
+        top_ids, top_lps, sampled = split_flat_logprobs(
+            lp.token_ids, lp.logprobs, lp.start_indices, lp.end_indices, c.token_ids, k)
+        samples.append(Sample(prompt_id, c.index, list(prompt_ids), list(c.token_ids),
+                              top_ids, top_lps, sampled, str(c.finish_reason)))
+    return samples
+
+
+class VllmEngine:
+    """Adapter from vLLM's `LLM` to the scheduler's add/step/has_unfinished engine."""
+
+    def __init__(self, llm: Any, cfg: TeacherConfig):
+        from vllm import SamplingParams
+
+        self._llm, self._cfg, self._params = llm, cfg, SamplingParams
+        self._keys: dict[str, str] = {}
+
+    def add(self, key: str, prompt_token_ids: list[int], seed: int) -> None:
+        cfg = self._cfg
+        params = self._params(
+            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+            seed=seed, logprobs=cfg.top_k, detokenize=False, flat_logprobs=True)
+        (rid,) = self._llm.enqueue([{"prompt_token_ids": prompt_token_ids}], params,
+                                   use_tqdm=False)
+        # enqueue() returns the internal id "<counter>-<8 random chars>"; the
+        # outputs carry the external "<counter>" part only.
+        self._keys[rid.split("-", 1)[0]] = key
+
+    def step(self) -> list[tuple[str, Any]]:
+        return [(self._keys.pop(o.request_id), o)
+                for o in self._llm.llm_engine.step() if o.finished]
+
+    def has_unfinished(self) -> bool:
+        return self._llm.llm_engine.has_unfinished_requests()
+
+
+def build_llm(cfg: TeacherConfig) -> Any:
+    import torch
+    from vllm import LLM
+
+    kv_gib = cfg.kv_cache_gib
+    if kv_gib is None and not torch.cuda.is_available():
+        kv_gib = CPU_KV_CACHE_GIB
+    extra = {"kv_cache_memory_bytes": int(kv_gib * 2**30)} if kv_gib else {}
+    dtype = cfg.dtype
+    if dtype == "auto" and not torch.cuda.is_available():
+        # Measured here: bf16 on a CPU without AMX falls back from oneDNN to
+        # plain torch matmuls, ~10x slower than float32 for the 135M teacher.
+        dtype = "float32"
+    return LLM(
+        model=cfg.teacher, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        pipeline_parallel_size=cfg.pipeline_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_logprobs=max(cfg.top_k, 20), logprobs_mode="raw_logprobs",
+        enforce_eager=cfg.enforce_eager,
+        # Per-request seeds crash the CPU build once a prefill is split across
+        # steps ("CPU Generator does not use offset"); whole prefills avoid it.
+        enable_chunked_prefill=False, **extra)
+
+
+def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
+    """Return the manifest to extend: the existing one if its settings match, else a fresh one."""
+    out = Path(cfg.out)
+    try:
+        old = read_manifest(out)
+    except ManifestError:
+        return fresh
+    mismatch = [k for k, v in cfg.identity().items() if old.config.get(k) != v]
+    if old.tokenizer_fingerprint != fresh.tokenizer_fingerprint:
+        mismatch.append("tokenizer")
+    if old.prompts_sha256 != fresh.prompts_sha256:
+        mismatch.append("prompts (file content)")
+    if mismatch and not cfg.overwrite:
+        raise ConfigError(
+            f"{out} was generated with different {', '.join(mismatch)}; pass --overwrite to "
+            "replace it, or choose another --out")
+    if mismatch:
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
+        return fresh
+    fresh.shards = old.shards
+    return fresh
+
+
+def reusable_shards(out: Path, manifest: Manifest) -> set[int]:
+    """Shards of a previous run whose shard and index files pass every check; the rest are redone."""
+    good = set()
+    for index in sorted(manifest.shards):
+        problems = verify_shard(out / shard_name(index), index, manifest)[0]
+        problems += check_index_part(out, index, manifest.shards[index].index_sha256)
+        if problems:
+            tqdm.write(f"regenerating {shard_name(index)}: {problems[0]}")
+        else:
+            good.add(index)
+    return good
+
+
+def teacher_shape(teacher: str) -> tuple[int, int, int]:
+    """(vocab size, layers, hidden size) of the teacher, from its config alone."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(teacher)
+    text = getattr(config, "text_config", None) or config
+    return int(text.vocab_size), int(text.num_hidden_layers), int(text.hidden_size)
+
+
+class EngineSource:
+    """Builds the vLLM engine when generation first needs it and shuts it down right after.
+
+    The benchmark subclasses it to hand one warm engine to several runs.
+    """
+
+    def __init__(self, cfg: TeacherConfig):
+        self.cfg, self.llm = cfg, None
+
+    def get(self) -> Any:
+        if self.llm is None:
+            self.llm = build_llm(self.cfg)
+        return self.llm
+
+    def release(self) -> None:
+        if self.llm is not None:
+            shutdown_llm(self.llm)
+            self.llm = None
+
+
+def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, batch: PromptBatch,
+                   layers: list[int]) -> Manifest:
+    """The manifest this run would start from: teacher, tokenizer, config and prompt accounting."""
+    vocab_size, num_layers, hidden_size = teacher_shape(cfg.teacher)
+    return Manifest(
+        teacher=cfg.teacher, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        vocab_size=vocab_size, top_k=cfg.top_k, config=cfg.to_dict() | cfg.identity(),
+        prompts_sha256=sha256_file(cfg.prompts), input_records=batch.records_read,
+        accepted_prompts=len(batch.accepted), rejected_prompts=len(batch.rejects),
+        rejects_by_reason=batch.rejects_by_reason(), hidden_layers=layers,
+        hidden_size=hidden_size if layers else 0, teacher_num_layers=num_layers)
+
+
+def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -> RunSummary:
+    """Run the teacher stage end to end; returns its summary."""
+    from transformers import AutoTokenizer
+
+    cfg.validate()
+    start = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    remove_stale_temps(out / INDEX_PARTS_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
+    layers = resolve_layers(cfg.parsed_hidden_layers(), teacher_shape(cfg.teacher)[1])
+    batch = load_prompts(cfg.prompts, render_prompt_tokens(tokenizer),
+                         cfg.max_model_len - cfg.max_tokens, cfg.system_prompt, cfg.limit,
+                         owns=lambda rid, line: owner_of(rid, line, cfg.num_workers) == cfg.worker_index)
+    manifest = open_output(cfg, fresh_manifest(cfg, tokenizer, batch, layers))
+    plans = plan_shards(batch.accepted, cfg)
+    keep = reusable_shards(out, manifest)
+    manifest.shards = {i: r for i, r in manifest.shards.items() if i in keep}
+    manifest.complete = False
+    write_rejects(out / REJECTS_NAME, batch.rejects)
+    write_text_atomic(out / CONFIG_NAME, json.dumps(manifest.config, indent=1) + "\n")
+    write_manifest(out, manifest)
+    attrs = ShardAttrs(cfg.teacher, manifest.tokenizer_fingerprint, manifest.vocab_size, cfg.top_k,
+                       cfg.sampling())
+    todo = [p for p in plans if p.index not in keep]
+    with PreemptionGuard() as guard:
+        stats = generate_into(out, cfg, manifest, todo, batch, attrs, guard,
+                              engine or EngineSource(cfg))
+        hidden_start = time.time()
+        if layers and not guard.requested:
+            add_hidden_states(out, cfg, manifest,
+                              replace(attrs, hidden_layers=tuple(layers),
+                                      hidden_size=manifest.hidden_size),
+                              lambda: guard.requested)
+        hidden_seconds = time.time() - hidden_start
+        if guard.requested:
+            raise Preempted(f"SIGTERM: stopped after committing {len(manifest.shards)} of "
+                            f"{len(plans)} shard(s) to {out}; rerun the same command to resume")
+    merge_index(out, sorted(manifest.shards))
+    manifest.complete = True
+    write_manifest(out, manifest)
+    return RunSummary(out, len(plans), len(keep), len(todo), stats, hidden_seconds,
+                      time.time() - start, manifest)
+
+
+def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[ShardPlan],
+                  batch: PromptBatch, attrs: ShardAttrs, guard: PreemptionGuard,
+                  engine: EngineSource) -> GenerationStats:
+    """Generate, filter and commit the shards in `todo` into `manifest`."""
+    stats = GenerationStats()
+    if not todo:
+        return stats
+    prompt_ids = {p.id: p.token_ids for p in batch.accepted}
+    thresholds = cfg.filter_thresholds()
+    llm = engine.get()
+    gen_bar = tqdm(total=sum(len(p.requests) for p in todo) * cfg.n, desc="generate",
+                   unit="sample", dynamic_ncols=True)
+    write_bar = tqdm(total=len(todo), desc="write", unit="shard", dynamic_ncols=True)
+
+    def write(job: tuple[int, FilterOutcome, list[Sample]]) -> tuple[int, ShardRecord]:
+        index, outcome, generated = job
+        record = write_shard(out / shard_name(index), index, outcome.kept, attrs)
+        table = index_table(generated, outcome.metrics, outcome.reasons, record.name)
+        record.index_sha256 = write_index_part(out, index, table)
+        record.generated, record.dropped = len(generated), outcome.dropped_by_reason()
+        return index, record
+
+    def commit(result: tuple[int, ShardRecord]) -> None:
+        index, record = result
+        manifest.shards[index] = record
+        write_manifest(out, manifest)
+        write_bar.update(1)
+
+    started = time.time()
+    try:
+        with BackgroundWriter(write, commit) as writer:
+            for plan, outputs in run_shards(VllmEngine(llm, cfg), todo, cfg.shards_in_flight):
+                generated = [s for pid, _, _ in plan.requests
+                             for s in samples_from_output(prompt_ids[pid], pid, outputs[pid],
+                                                          cfg.top_k)]
+                outcome = filter_samples(generated, thresholds)
+                writer.submit((plan.index, outcome, generated))
+                stats.samples += len(generated)
+                stats.completion_tokens += sum(s.completion_length for s in generated)
+                stats.non_finite += outcome.non_finite
+                gen_bar.update(len(generated))
+                check_non_finite_rate(stats, cfg.max_non_finite_rate)
+                if guard.requested:
+                    break
+        stats.seconds = time.time() - started
+    finally:
+        gen_bar.close()
+        write_bar.close()
+        # Released before the hidden-state pass loads the teacher again:
+        # the two are never resident at once.
+        engine.release()
+    return stats
+
+
+def check_non_finite_rate(stats: GenerationStats, limit: float) -> None:
+    """Abort when too many samples carried NaN/inf: the teacher or its dtype is broken."""
+    if stats.non_finite > limit * stats.samples:
+        raise NonFiniteError(
+            f"{stats.non_finite} of {stats.samples} generated samples had NaN/inf teacher logprobs "
+            f"(limit --max-non-finite-rate {limit}); they were dropped, never written. Check the "
+            "teacher weights and --dtype (float16 overflows on some models)")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many samples had non-finite teacher values."""
+
+
+def shutdown_llm(llm: Any) -> None:
+    """Stop vLLM's engine core process and free its memory before anything else loads."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception as exc:  # shutdown is best effort; the process exit reaps the core
+        print(f"warning: vLLM shutdown: {exc}", file=sys.stderr)
+    del llm
+    import gc
+
+    gc.collect()
+
