@@ -44,7 +44,7 @@ BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
-	bench-student bench-quality clean
+	bench-student bench-startup bench-quality clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -105,6 +105,10 @@ bench-teacher: models
 # Needs the demo labels (make teacher-labels) for the default student.
 bench-student: teacher-labels
 	$(PY) -m bench.student --labels $(OUT)
+
+# Start-up against label-set size (writes ~20 GB of synthetic labels at most, one set at a time).
+bench-startup: teacher-labels
+	$(PY) -m bench.startup --like $(OUT)
 
 bench-quality: models
 	$(PY) -m bench.quality --steps $(STEPS) --batch-tokens $(BATCH_TOKENS) \

@@ -14,6 +14,7 @@ prose version. A change to either is a schema change: bump the version.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_NAME = "offline-kd/manifest"
 REJECTS_NAME = "rejects.jsonl"
 CONFIG_NAME = "teacher_config.json"
+VERIFIED_SHARDS_CACHE = os.environ.get("KD_VERIFY_CACHE", "~/.cache/offline-kd/verified-shards")
+"""Where readers remember shards verified in full (`pipeline.store.verified_shards`);
+the environment variable KD_VERIFY_CACHE moves it (the tests point it at a temporary folder)."""
 
 
 def shard_name(index: int) -> str:

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from schemas import VERIFIED_SHARDS_CACHE
 from schemas.config_base import ConfigError, check_choice, flag
 
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd", "tvd")
@@ -24,13 +25,16 @@ HIDDEN_LOSSES = ("mse", "cosine")
 STUDENT_KINDS = ("from-teacher", "narrow")
 DTYPES = ("auto", "float32", "bfloat16")
 NON_FINITE_POLICIES = ("stop", "skip")
+VERIFY_MODES = ("lazy", "full")
+EVAL_MAX_TOKENS = 4096
+"""Default bound of one evaluation: ~5 s of the demo student on 2 CPU cores (bench/results/startup.json)."""
 # What a --resume may change: where things are (a run may move machines), how long it
 # runs, how often it reports, and how the same global batch is laid out over ranks.
 # Anything else would silently continue a different run than the checkpoint's.
 RESUME_MAY_CHANGE = frozenset({
     "labels", "student", "teacher", "out", "steps", "epochs", "eval_every", "checkpoint_every",
-    "resume", "overwrite", "loader_workers", "on_non_finite", "fsdp", "verify", "grad_accum",
-    "loss_chunk", "gradient_checkpointing"})
+    "resume", "overwrite", "loader_workers", "on_non_finite", "fsdp", "verify", "verify_cache",
+    "grad_accum", "loss_chunk", "gradient_checkpointing"})
 
 
 @dataclass
@@ -85,6 +89,8 @@ class StudentConfig:
     """Student-to-teacher layer pairs, e.g. "4:16,-1:-1" (student layer:teacher layer, hidden-state numbering). Default: student -1 to teacher -1."""
     eval_fraction: float = 0.1
     """Share of prompts held out for evaluation (split by prompt id: no prompt on both sides)."""
+    eval_max_tokens: int = EVAL_MAX_TOKENS
+    """Labelled positions one evaluation reads at most: the same held-out samples every time (a fixed order by prompt hash and --seed), so curves compare; 0: the whole held-out split."""
     eval_every: int = 50
     """Evaluate on the held-out split every N steps (0: only before and after training)."""
     checkpoint_every: int = 100
@@ -107,8 +113,10 @@ class StudentConfig:
     """A non-finite loss: `stop` (naming the step and batch) or `skip` the batch (at most 10 in a row)."""
     fsdp: bool = False
     """Under torchrun, shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP2) instead of replicating the student (DDP)."""
-    verify: bool = True
-    """Verify manifests and shard checksums before training (refuse naming the shard on a mismatch)."""
+    verify: str = "lazy"
+    """`lazy`: check manifests, sizes, attributes, index and ids at start, hash each shard when first read (stops naming it on a mismatch); `full`: hash and scan every shard before training."""
+    verify_cache: str = VERIFIED_SHARDS_CACHE
+    """Directory remembering shards verified in full (keyed by path, size, modification time and the manifest's sha256), so a resume or another student does not hash them again."""
 
     def validate(self) -> "StudentConfig":
         """Check every field and cross-field constraint; return self for chaining."""
@@ -121,7 +129,8 @@ class StudentConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{flag(name)} must be at least 1, got {value}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "loader_workers"):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "loader_workers",
+                     "eval_max_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.epochs is not None and not self.epochs > 0:
@@ -142,6 +151,7 @@ class StudentConfig:
         check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("on_non_finite", self.on_non_finite, NON_FINITE_POLICIES)
+        check_choice("verify", self.verify, VERIFY_MODES)
         self.parsed_layer_map()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
@@ -183,13 +193,21 @@ class EvalConfig:
     """What `kd eval` evaluates, and on which split."""
 
     labels: tuple[str, ...] = ("data/labels/demo",)
-    """Teacher output directories (repeatable); the held-out split of their union is used."""
+    """Teacher output directories (repeatable); the held-out split of their union is used (every sample with --all)."""
     model: str = "data/student/demo/model"
     """Model to evaluate: a Hugging Face directory or id (its tokenizer must match the labels')."""
     eval_fraction: float = 0.1
     """Share of prompts held out, as given to `kd train-student`."""
     seed: int = 0
     """Seed of the split, as given to `kd train-student`."""
+    eval_max_tokens: int = EVAL_MAX_TOKENS
+    """Labelled positions read at most, chosen as `kd train-student` chooses them; 0: the whole held-out split."""
+    all: bool = False
+    """Evaluate every sample of the labels (no split, no bound): for a dedicated evaluation output."""
+    verify: str = "lazy"
+    """`lazy` (cheap checks at start, each shard hashed when first read) or `full` (hash every shard first)."""
+    verify_cache: str = VERIFIED_SHARDS_CACHE
+    """Directory remembering shards verified in full."""
     batch_tokens: int = 4096
     """Token budget of one evaluation batch, padding included."""
     loss_chunk: int = 2048
@@ -198,8 +216,12 @@ class EvalConfig:
     """Also write the rows as JSON to this file."""
 
     def validate(self) -> "EvalConfig":
-        if not 0 < self.eval_fraction < 1:
-            raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
+        if not self.all and not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction} "
+                              "(--all evaluates every sample)")
         if self.batch_tokens < 1 or self.loss_chunk < 1:
             raise ConfigError("--batch-tokens and --loss-chunk must be at least 1")
+        if self.eval_max_tokens < 0:
+            raise ConfigError(f"--eval-max-tokens must be >= 0, got {self.eval_max_tokens}")
+        check_choice("verify", self.verify, VERIFY_MODES)
         return self

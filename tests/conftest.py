@@ -5,15 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+# Before anything of ours is imported: shards verified by the tests are remembered
+# in a folder of this session, never in the user's cache.
+os.environ.setdefault("KD_VERIFY_CACHE", tempfile.mkdtemp(prefix="kd-verify-cache-"))
 
-from pipeline.store.manifest import Manifest
-from pipeline.store.shard_writer import ShardAttrs
-from pipeline.teacher.synthetic_output import random_sample as fake_sample  # noqa: F401  (tests use it)
-from pipeline.teacher.synthetic_output import write_random_output
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from pipeline.store.manifest import Manifest  # noqa: E402
+from pipeline.store.shard_writer import ShardAttrs  # noqa: E402
+from pipeline.teacher.synthetic_output import random_sample as fake_sample  # noqa: E402,F401
+from pipeline.teacher.synthetic_output import write_random_output  # noqa: E402
 
 VOCAB = 1000
 K = 4

@@ -14,10 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.store.checksum import commit_file, sha256_file, temp_path_for
+from pipeline.store.shard_reader import ShardContents
 
 INDEX_NAME = "index.parquet"
 INDEX_PARTS_DIR = "index"
@@ -60,5 +62,34 @@ def merge_index(out: str | Path, shard_indices: Sequence[int]) -> pa.Table:
     return table
 
 
-def read_index(out: str | Path) -> pa.Table:
-    return pq.read_table(Path(out) / INDEX_NAME)
+def read_index(out: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    return pq.read_table(Path(out) / INDEX_NAME, columns=list(columns) if columns else None)
+
+
+CONTENT_COLUMNS = ("sample_id", "kept", "shard", "row", "prompt_tokens", "completion_tokens")
+"""What `kept_contents` reads: enough to index every kept sample without opening its shard."""
+
+
+def kept_contents(index: pa.Table, out: Path, shards: Sequence[tuple[str, int]]
+                  ) -> tuple[list[ShardContents], str | None]:
+    """The kept samples of each (shard name, sample count), in row order, from the index alone.
+
+    Returns the contents and None, or what it had and an error naming the first
+    shard whose rows the index does not list exactly once each.
+    """
+    kept = index.filter(index["kept"]).sort_by([("shard", "ascending"), ("row", "ascending")])
+    names = np.asarray(kept["shard"].to_numpy(zero_copy_only=False), dtype=object)
+    rows = kept["row"].to_numpy()
+    prompt = kept["prompt_tokens"].to_numpy().astype(np.int32)
+    total = prompt + kept["completion_tokens"].to_numpy().astype(np.int32)
+    ids = kept["sample_id"].to_pylist()
+    contents: list[ShardContents] = []
+    for name, count in shards:
+        lo, hi = np.searchsorted(names, name, "left"), np.searchsorted(names, name, "right")
+        if hi - lo != count or not np.array_equal(rows[lo:hi], np.arange(count)):
+            return contents, (f"{name}: the index lists rows {rows[lo:hi][:5].tolist()}... "
+                              f"({hi - lo} kept), the manifest says {count} samples")
+        contents.append(ShardContents(out / name, ids[lo:hi], total[lo:hi], prompt[lo:hi]))
+    if len(names) != sum(count for _, count in shards):
+        return contents, f"{len(names)} kept samples listed, the manifest's shards hold fewer"
+    return contents, None

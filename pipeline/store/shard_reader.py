@@ -32,15 +32,37 @@ class DatasetLayout:
     shape: tuple[int, ...]
 
 
+@dataclass
+class ShardContents:
+    """Which samples a shard holds, and how long they are: what readers index it by."""
+
+    path: Path
+    ids: list[str]
+    lengths: np.ndarray
+    """Tokens (prompt + completion) per sample, int32."""
+    prompt_lengths: np.ndarray
+    """Prompt tokens per sample, int32."""
+
+
 class ShardFormatError(ValueError):
     """A shard does not follow the schema; the message names the shard and the dataset."""
+
+
+def plain_attrs(f: h5py.File) -> dict[str, Any]:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def read_root_attrs(path: str | Path) -> dict[str, Any]:
+    """The root attributes of a shard file alone (a few KB read, no dataset touched)."""
+    with h5py.File(path, "r") as f:
+        return plain_attrs(f)
 
 
 def dataset_layouts(path: str | Path) -> tuple[dict[str, Any], dict[str, DatasetLayout]]:
     """Return (root attributes, layout of every numeric dataset) of a shard file."""
     layouts: dict[str, DatasetLayout] = {}
     with h5py.File(path, "r") as f:
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        attrs = plain_attrs(f)
 
         def visit(name: str, obj: Any) -> None:
             if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "iuf":
@@ -79,6 +101,12 @@ class ShardReader:
         """A UTF-8 string dataset (`samples/ids`, `samples/finish_reasons`) as Python strings."""
         with h5py.File(self.path, "r") as f:
             return [s.decode("utf-8") if isinstance(s, bytes) else s for s in f[name][()]]
+
+    def contents(self) -> ShardContents:
+        """Sample ids and lengths, from the ids and the small offset arrays only."""
+        lengths = np.diff(np.asarray(self.arrays["samples/offsets"], np.int64)).astype(np.int32)
+        return ShardContents(self.path, self.strings("samples/ids"), lengths,
+                             np.asarray(self.arrays["samples/prompt_lengths"], np.int32))
 
     def sample(self, i: int) -> dict[str, Any]:
         """Sample i as arrays (views into the memmaps, no copy)."""

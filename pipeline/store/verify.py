@@ -11,9 +11,10 @@ trusted because it exists.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +22,8 @@ import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 
 from pipeline.store.checksum import sha256_file
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
-from pipeline.store.sample_index import INDEX_NAME, part_name, read_index
-from pipeline.store.shard_reader import ShardFormatError, ShardReader
+from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
+from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
 from schemas import (MANIFEST_NAME, SHARD_SCHEMA, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION,
                      hidden_dataset_name, shard_name, topk_id_dtype)
 
@@ -46,17 +47,6 @@ class Problem:
     def __str__(self) -> str:
         path = Path(self.output) / self.where if self.output else Path(self.where)
         return f"{path}: {self.check}: {self.detail}"
-
-
-@dataclass
-class ShardContents:
-    """What verifying a shard read of it, so that readers index it without opening it again."""
-
-    path: Path
-    ids: list[str]
-    lengths: np.ndarray
-    """Tokens (prompt + completion) per sample."""
-    prompt_lengths: np.ndarray
 
 
 @dataclass
@@ -85,8 +75,9 @@ def check_offsets(name: str, offsets: np.ndarray, total: int, count: int) -> lis
     return []
 
 
-def check_attrs(reader: ShardReader, manifest: Manifest, index: int) -> list[str]:
-    a, errors = reader.attrs, []
+def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
+    """Root attributes against the manifest: the schema, the teacher, k, hidden layers."""
+    errors = []
     expected = {"schema": SHARD_SCHEMA_NAME, "schema_version": SHARD_SCHEMA_VERSION,
                 "teacher": manifest.teacher, "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
                 "vocab_size": manifest.vocab_size, "top_k": manifest.top_k, "shard_index": index}
@@ -96,9 +87,9 @@ def check_attrs(reader: ShardReader, manifest: Manifest, index: int) -> list[str
     for key in SHARD_SCHEMA["root_attributes"]:
         if key not in a:
             errors.append(f"root attribute {key} is missing")
-    if reader.hidden_layers != manifest.shards[index].hidden_layers:
-        errors.append(f"hidden layers {reader.hidden_layers}, manifest says "
-                      f"{manifest.shards[index].hidden_layers}")
+    layers = json.loads(a.get("hidden_layers", "[]"))
+    if layers != manifest.shards[index].hidden_layers:
+        errors.append(f"hidden layers {layers}, manifest says {manifest.shards[index].hidden_layers}")
     return errors
 
 
@@ -166,43 +157,60 @@ def check_values(r: ShardReader) -> list[str]:
     return errors
 
 
-def verify_shard(path: Path, index: int, manifest: Manifest, checksum: bool = True,
-                 values: bool = True) -> tuple[list[Problem], ShardContents | None]:
-    """All checks of one shard listed in `manifest`; its contents when they pass.
-
-    Without `checksum` and `values` only what is cheap is read (size, attributes,
-    offsets, ids): the content is then trusted to its sha256, checked later.
-    """
+def check_header(path: Path, index: int, manifest: Manifest) -> list[Problem]:
+    """What is cheap and decisive about a shard: present, its size, its root attributes."""
     rec, where = manifest.shards[index], path.name
     if not path.is_file():
-        return [Problem(where, "present", "file listed in the manifest is missing")], None
+        return [Problem(where, "present", "file listed in the manifest is missing")]
     if path.stat().st_size != rec.bytes:
         return [Problem(where, "size", f"{path.stat().st_size} bytes, manifest says {rec.bytes} "
-                        "(truncated or rewritten)")], None
+                        "(truncated or rewritten)")]
+    try:
+        attrs = read_root_attrs(path)
+    except OSError as exc:
+        return [Problem(where, "readable", str(exc))]
+    return [Problem(where, "invariant", e) for e in check_attrs(attrs, manifest, index)]
+
+
+def verify_shard(path: Path, index: int, manifest: Manifest, checksum: bool = True,
+                 values: bool = True) -> tuple[list[Problem], ShardContents | None]:
+    """Every check of one shard listed in `manifest`; its contents when they pass.
+
+    Without `checksum` and `values` (a shard already verified in full, see
+    `pipeline.store.verified_shards`) only its header, offsets and ids are read.
+    """
+    rec, where = manifest.shards[index], path.name
+    problems = check_header(path, index, manifest)
+    if problems:
+        return problems, None
     if checksum and sha256_file(path) != rec.sha256:
         return [Problem(where, "sha256", "checksum differs from the manifest (corrupt)")], None
     try:
         reader = ShardReader(path)
-        ids = reader.strings("samples/ids")
+        contents = reader.contents()
     except (OSError, ShardFormatError, KeyError) as exc:
         return [Problem(where, "readable", str(exc))], None
-    errors = check_attrs(reader, manifest, index) + check_structure(reader)
+    errors = check_structure(reader)
     if not errors and values:
         errors = check_values(reader)
     counts = {"samples": len(reader), "tokens": len(reader.arrays["samples/token_ids"]),
               "completion_tokens": len(reader.arrays["labels/sampled_logprobs"])}
     errors += [f"{key} is {got}, manifest says {getattr(rec, key)}"
                for key, got in counts.items() if got != getattr(rec, key)]
-    if len(ids) != len(reader):
-        errors.append(f"samples/ids holds {len(ids)} ids for {len(reader)} samples")
+    if len(contents.ids) != len(reader):
+        errors.append(f"samples/ids holds {len(contents.ids)} ids for {len(reader)} samples")
     if errors:
         return [Problem(where, "invariant", e) for e in errors], None
-    lengths = np.diff(np.asarray(reader.arrays["samples/offsets"], np.int64)).astype(np.int32)
-    return [], ShardContents(path, ids, lengths,
-                             np.asarray(reader.arrays["samples/prompt_lengths"], np.int32))
+    return [], contents
 
 
-def verify_output(out_dir: str | Path, checksum: bool = True, values: bool = True) -> Verification:
+Depth = Literal["full", "no-checksum", "cheap"]
+"""How much of each shard to read: `full` (every byte hashed and every value scanned),
+`no-checksum` (no sha256), `cheap` (no dataset read: size, attributes, and the samples'
+ids and lengths from index.parquet; the content is left to `verify_shard` at first read)."""
+
+
+def verify_output(out_dir: str | Path, depth: Depth = "full") -> Verification:
     """Verify every shard of one output directory (sample ids are checked by `verify_outputs`)."""
     out_dir = Path(out_dir)
     found = Verification()
@@ -217,13 +225,16 @@ def verify_output(out_dir: str | Path, checksum: bool = True, values: bool = Tru
         if rec.name != shard_name(index):
             found.problems.append(Problem(rec.name, "name", f"shard {index} should be {shard_name(index)}"))
             continue
-        problems, contents = verify_shard(out_dir / rec.name, index, manifest, checksum, values)
-        problems += check_index_part(out_dir, index, rec.index_sha256, checksum)
-        found.problems += problems
-        if contents is not None:
-            found.shards.append(contents)
+        if depth == "cheap":
+            found.problems += check_header(out_dir / rec.name, index, manifest)
+        else:
+            problems, contents = verify_shard(out_dir / rec.name, index, manifest,
+                                              checksum=depth == "full")
+            found.problems += problems
+            found.shards += [contents] if contents is not None else []
+        found.problems += check_index_part(out_dir, index, rec.index_sha256, depth == "full")
     if manifest.complete:
-        found.problems += check_complete(out_dir, manifest)
+        found.problems += check_complete(out_dir, manifest, found if depth == "cheap" else None)
     found.problems = [replace(p, output=str(out_dir)) for p in found.problems]
     return found
 
@@ -238,8 +249,13 @@ def check_index_part(out_dir: Path, index: int, sha256: str, checksum: bool = Tr
     return []
 
 
-def check_complete(out_dir: Path, m: Manifest) -> list[Problem]:
-    """A finished run accounts for every accepted prompt's samples and carries its full index."""
+def check_complete(out_dir: Path, m: Manifest, contents_into: Verification | None = None
+                   ) -> list[Problem]:
+    """A finished run accounts for every accepted prompt's samples and carries its full index.
+
+    With `contents_into`, the kept samples' ids and lengths are read from the
+    index in the same pass and added to its shards (the `cheap` depth).
+    """
     problems, t = [], m.totals()
     n = int(m.config.get("n", 1))
     if t["generated"] != m.accepted_prompts * n:
@@ -256,9 +272,14 @@ def check_complete(out_dir: Path, m: Manifest) -> list[Problem]:
                                 f"holds layers {m.shards[lagging[0]].hidden_layers}, the output "
                                 f"promises {m.hidden_layers}"))
     try:
-        index = read_index(out_dir)
+        index = read_index(out_dir, CONTENT_COLUMNS)
     except (OSError, ValueError) as exc:
         return problems + [Problem(INDEX_NAME, "readable", str(exc))]
+    if contents_into is not None:
+        shards = [(m.shards[i].name, m.shards[i].samples) for i in sorted(m.shards)]
+        contents, error = kept_contents(index, out_dir, shards)
+        contents_into.shards += contents
+        problems += [Problem(INDEX_NAME, "rows", error)] if error else []
     kept = int(pa.compute.sum(index["kept"]).as_py() or 0)
     if index.num_rows != t["generated"] or kept != t["samples"]:
         problems.append(Problem(INDEX_NAME, "rows", f"{index.num_rows} rows ({kept} kept); manifest "
@@ -296,15 +317,14 @@ def check_unique_ids(shards: Sequence[ShardContents]) -> list[Problem]:
             for (path, other), ids in repeats.items()]
 
 
-def verify_outputs(dirs: Sequence[str | Path], checksum: bool = True,
-                   values: bool = True) -> Verification:
+def verify_outputs(dirs: Sequence[str | Path], depth: Depth = "full") -> Verification:
     """Verify several outputs read as one (e.g. one per teacher worker): each, and their union.
 
     This is `kd verify`, and what every reader runs before it trusts a label set.
     """
     union = Verification()
     for d in dirs:
-        found = verify_output(d, checksum, values)
+        found = verify_output(d, depth)
         union.manifests |= found.manifests
         union.problems += found.problems
         union.shards += found.shards

@@ -72,6 +72,23 @@ def split_by_prompt(prompt_ids: np.ndarray | Sequence[str], eval_fraction: float
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+def bounded_eval(completion_tokens: np.ndarray, eval_idx: np.ndarray,
+                 prompt_ids: np.ndarray | Sequence[str], max_tokens: int, seed: int) -> np.ndarray:
+    """The held-out samples one evaluation reads, sorted: the first, in a fixed order keyed by
+    prompt hash and seed, whose labelled positions add up to at most `max_tokens` (0: all).
+
+    The order is a seeded hash, so the chosen samples are an unbiased subset of
+    the split, the same at every evaluation, across runs and resumes.
+    """
+    eval_idx = np.asarray(eval_idx, np.int64)
+    if max_tokens == 0:
+        return eval_idx
+    keys = mix64(prompt_keys(prompt_ids)[eval_idx], seed + 1)
+    order = eval_idx[np.lexsort((eval_idx, keys))]
+    fits = np.cumsum(completion_tokens[order].astype(np.int64)) <= max_tokens
+    return np.sort(order[fits])
+
+
 def plan_batches(lengths: np.ndarray, indices: np.ndarray, batch_tokens: int, seed: int,
                  epoch: int, window_batches: int = WINDOW_BATCHES) -> list[np.ndarray]:
     """Batches (int64 arrays of sample indices) covering `indices` exactly once, in train order."""

@@ -20,8 +20,9 @@ collated into tensors; flat indices are b * T + t into the (B, T) grid:
   (`hidden_on="completion"`).
 
 Shard readers are opened lazily in the process that reads (a DataLoader worker
-after fork), never inherited: the dataset holds paths and a small index and
-pickles without them. Each reader holds a few memmaps (one file descriptor
+after fork), never inherited, through `LabelSet.open_shard` (which verifies a
+shard in full at its first read under `--verify lazy`): the dataset holds the
+label set's small index and pickles without readers. Each reader holds a few memmaps (one file descriptor
 each), so at most `max_open_shards` readers stay open per process.
 
     >>> # labels = open_label_set(["data/labels/demo"])
@@ -53,7 +54,7 @@ class PlannedBatches(Dataset):
                  hidden_on: HiddenOn = "all", mask_prompt: bool = True, max_open_shards: int = 64):
         if hidden_on not in ("all", "completion"):
             raise ValueError(f"hidden_on must be 'all' or 'completion', got {hidden_on!r}")
-        self.paths = list(labels.shard_paths)
+        self.labels = labels
         self.shard, self.row = labels.shard, labels.row
         self.plan = list(plan)
         self.hidden_layers = list(labels.hidden_layers) if with_hidden else []
@@ -77,7 +78,7 @@ class PlannedBatches(Dataset):
         else:
             if len(self._readers) >= self.max_open_shards:
                 self._readers.popitem(last=False)
-            self._readers[shard] = ShardReader(self.paths[shard])
+            self._readers[shard] = self.labels.open_shard(shard)
         return self._readers[shard]
 
     def samples(self, i: int) -> list[dict[str, Any]]:

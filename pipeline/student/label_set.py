@@ -6,9 +6,15 @@ shard and the broken check), the directories agreeing on teacher, tokenizer,
 vocabulary, k and hidden layers (naming the field, both values and both
 directories), no sample id held twice (naming the id and both files). It then
 refuses an incomplete run and builds a compact per-sample index from what
-verification already read (offsets and ids): shard number, row, total length,
-prompt length and a 64-bit hash of the prompt id. No token or label data is
-read for the index; it costs 24 bytes per sample.
+verification already read: shard number, row, total length, prompt length and
+a 64-bit hash of the prompt id (24 bytes per sample; no token or label data).
+
+`verify="full"` reads every shard now (sha256, every value, ids and offsets).
+`verify="lazy"` (the student's default) reads no shard content now: sizes and
+root attributes per shard, ids and lengths from each output's index.parquet;
+`LabelSet.open_shard` then verifies each shard in full at its first read in a
+process (`pipeline.student.shard_gate`), remembering it in the verified-shard
+cache, so start-up does not grow with the bytes of the labels.
 
     >>> from pipeline.student.label_set import open_label_set
     >>> # labels = open_label_set(["data/labels/demo"])
@@ -17,6 +23,7 @@ read for the index; it costs 24 bytes per sample.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +31,12 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.store.fingerprint import stable_hash
-from pipeline.store.verify import ShardContents, Verification, verify_outputs
+from pipeline.store.shard_reader import ShardContents, ShardReader
+from pipeline.store.verified_shards import DEFAULT_CACHE, VerifiedShards
+from pipeline.store.verify import Verification, verify_outputs
+from pipeline.student.shard_gate import Expected, ShardSource, open_verified
+
+VERIFY_MODES = ("lazy", "full")
 
 
 class LabelSetError(ValueError):
@@ -54,9 +66,35 @@ class LabelSet:
     prompt_length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     prompt_hash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     """`pipeline.store.fingerprint.stable_hash` of each sample's prompt id (what the split keys on)."""
+    sources: list[ShardSource] = field(default_factory=list)
+    """Per shard: its number and its output's manifest (what `open_shard` verifies it against)."""
+    first_sample: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    """Shard s holds samples first_sample[s]:first_sample[s + 1] of the set."""
+    verify: str = "full"
+    """`full`: every shard was verified before the set opened; `lazy`: `open_shard` verifies it."""
+    verify_cache: str = DEFAULT_CACHE
+    _verified: set[int] = field(default_factory=set, repr=False)
+    _pid: int = -1
 
     def __len__(self) -> int:
         return len(self.shard)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_verified": set(), "_pid": -1}  # verified per process
+
+    def open_shard(self, s: int) -> ShardReader:
+        """A reader of shard s; under `lazy` the shard is verified in full first (once per process)."""
+        if self.verify == "full":
+            return ShardReader(self.shard_paths[s])
+        if self._pid != os.getpid():  # a forked DataLoader worker verifies on its own account
+            self._verified, self._pid = set(), os.getpid()
+        if s in self._verified:
+            return ShardReader(self.shard_paths[s])
+        span = slice(int(self.first_sample[s]), int(self.first_sample[s + 1]))
+        expected = Expected(self.length[span], self.prompt_length[span], self.prompt_hash[span])
+        reader = open_verified(self.sources[s], expected, VerifiedShards(self.verify_cache))
+        self._verified.add(s)
+        return reader
 
     @property
     def completion_tokens(self) -> np.ndarray:
@@ -87,29 +125,39 @@ def index_shard(shard: ShardContents) -> dict[str, np.ndarray]:
             "prompt_hash": np.fromiter((stable_hash(p) for p in prompt_ids), np.uint64, n)}
 
 
-def open_label_set(dirs: Sequence[str | Path], verify: bool = True) -> LabelSet:
+def open_label_set(dirs: Sequence[str | Path], verify: str = "full",
+                   verify_cache: str = DEFAULT_CACHE) -> LabelSet:
     """Check and index the union of teacher output directories; raise LabelSetError if unfit.
 
-    `verify=False` skips the sha256 and value scans of every shard, never the
-    cheap checks (manifests, sizes, attributes, offsets, unique ids).
+    `verify="full"` hashes and scans every shard now; `"lazy"` checks only what
+    is cheap now (manifests, sizes, attributes, ids and lengths from the index,
+    unique ids) and leaves each shard's content to `LabelSet.open_shard`.
     """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
     if not dirs:
         raise LabelSetError("no label directories given")
     repeated = [d for i, d in enumerate(dirs) if str(d) in map(str, dirs[:i])]
     if repeated:
         raise LabelSetError(f"{repeated[0]}: directory given twice")
-    found = verify_outputs(dirs, checksum=verify, values=verify)
+    found = verify_outputs(dirs, "full" if verify == "full" else "cheap")
     refuse_unusable(dirs, found)
     ref = next(iter(found.manifests.values()))
     labels = LabelSet([], ref.teacher, ref.tokenizer_fingerprint, ref.vocab_size, ref.top_k,
-                      list(ref.hidden_layers), ref.hidden_size, ref.teacher_num_layers)
+                      list(ref.hidden_layers), ref.hidden_size, ref.teacher_num_layers,
+                      verify=verify, verify_cache=verify_cache)
+    numbers = {(str(Path(d) / m.shards[i].name)): (m, i)
+               for d, m in found.manifests.items() for i in m.shards}
     parts: dict[str, list[np.ndarray]] = {}
     for shard in found.shards:
         part = index_shard(shard)
         part["shard"] = np.full(len(part["row"]), len(labels.shard_paths), np.int32)
         for key, array in part.items():
             parts.setdefault(key, []).append(array)
+        manifest, index = numbers[str(shard.path)]
+        labels.sources.append(ShardSource(str(shard.path), index, manifest))
         labels.shard_paths.append(str(shard.path))
     for key in ("shard", "row", "length", "prompt_length", "prompt_hash"):
         setattr(labels, key, np.concatenate(parts[key]))
+    labels.first_sample = np.concatenate([[0], np.cumsum([len(p) for p in parts["row"]])])
     return labels

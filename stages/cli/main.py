@@ -56,10 +56,11 @@ def teacher_labels(cfg: TeacherConfig) -> None:
 def train_student(cfg: StudentConfig) -> None:
     """Train a student from teacher shards alone, export it (Hugging Face format) and evaluate it."""
     from pipeline.student.label_set import LabelSetError
+    from pipeline.student.shard_gate import ShardVerificationError
     from stages.student.evaluate import format_table
     from stages.student.train import NonFiniteLoss, run_train_student
 
-    result = run_stage(run_train_student, cfg, LabelSetError, NonFiniteLoss)
+    result = run_stage(run_train_student, cfg, LabelSetError, ShardVerificationError, NonFiniteLoss)
     click.echo(format_table(result.evals))
     click.echo(f"train-student: {result.steps} steps in {result.seconds:.0f} s -> {result.out}/model")
 
@@ -67,14 +68,16 @@ def train_student(cfg: StudentConfig) -> None:
 @main.command("eval")
 @options_from(EvalConfig)
 def eval_model(cfg: EvalConfig) -> None:
-    """Evaluate a model on the labels' held-out split: KL to the teacher, top-1 agreement, NLL."""
+    """Evaluate a model on the labels' held-out split (or --all): KL to the teacher, top-1
+    agreement, NLL, perplexity, and how many labelled positions were read."""
     from pipeline.student.label_set import LabelSetError
+    from pipeline.student.shard_gate import ShardVerificationError
     from schemas.config_base import ConfigError
     from stages.student.evaluate import format_table, run_eval
 
     try:
         click.echo(format_table(run_eval(cfg)))
-    except (ConfigError, LabelSetError, OSError) as exc:
+    except (ConfigError, LabelSetError, ShardVerificationError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -86,7 +89,7 @@ def verify(dirs: tuple[Path, ...], no_checksum: bool) -> None:
     teacher, tokenizer, k and hidden layers, and hold disjoint samples); exit 1 naming each problem."""
     from pipeline.store.verify import describe, orphan_files, verify_outputs
 
-    found = verify_outputs(dirs, checksum=not no_checksum)
+    found = verify_outputs(dirs, "no-checksum" if no_checksum else "full")
     for d, manifest in found.manifests.items():
         t = manifest.totals()
         note = "" if manifest.complete else " (run not complete: resume with the same command)"

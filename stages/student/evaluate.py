@@ -4,7 +4,9 @@ Rows: the model's mean KL from the teacher's top-k (+ tail bucket), top-1
 agreement with the teacher and NLL (perplexity) of the teacher's completions;
 the teacher's own row comes from the stored sampled logprobs (KL 0, agreement
 1 by definition), so the teacher is never loaded. The split is the one
-`kd train-student` holds out (same --eval-fraction and --seed).
+`kd train-student` holds out (same --eval-fraction and --seed), and one
+evaluation reads at most --eval-max-tokens labelled positions of it, the same
+ones `kd train-student` reads (`--all`: every sample of the labels, no bound).
 
     kd eval --labels data/labels/demo --model data/student/demo/model
 """
@@ -22,13 +24,22 @@ import torch
 from pipeline.student.eval_metrics import EvalTotals
 from pipeline.student.label_set import LabelSet, open_label_set
 from pipeline.student.batches import PlannedBatches, to_device
-from pipeline.student.batch_plan import plan_batches, split_by_prompt
+from pipeline.student.batch_plan import bounded_eval, plan_batches, split_by_prompt
+from schemas.config_base import ConfigError
 from schemas.student_config import EvalConfig
 from stages.student.forward import batch_eval
 
 
-def eval_plan(labels: LabelSet, eval_idx: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
-    return plan_batches(labels.length, eval_idx, batch_tokens, seed=0, epoch=0)
+def eval_plan(labels: LabelSet, eval_idx: np.ndarray, batch_tokens: int, max_tokens: int,
+              seed: int) -> list[np.ndarray]:
+    """Batches of the held-out samples one evaluation reads (see `bounded_eval`), every time."""
+    chosen = bounded_eval(labels.completion_tokens, eval_idx, labels.prompt_hash, max_tokens, seed)
+    if len(eval_idx) and not len(chosen):
+        shortest = int(labels.completion_tokens[eval_idx].min())
+        raise ConfigError(f"--eval-max-tokens {max_tokens} is below the labelled positions of the "
+                          f"first held-out sample (the shortest has {shortest}): raise it, or "
+                          "pass 0 to evaluate the whole split")
+    return plan_batches(labels.length, chosen, batch_tokens, seed=0, epoch=0)
 
 
 @torch.no_grad()
@@ -63,9 +74,12 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     from stages.student.model import check_tokenizer, check_vocabulary
 
     cfg.validate()
-    labels = open_label_set(cfg.labels)
-    _, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
-    plan = eval_plan(labels, eval_idx, cfg.batch_tokens)
+    labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
+    if cfg.all:
+        plan = eval_plan(labels, np.arange(len(labels)), cfg.batch_tokens, 0, cfg.seed)
+    else:
+        _, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
+        plan = eval_plan(labels, eval_idx, cfg.batch_tokens, cfg.eval_max_tokens, cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_tokenizer(AutoTokenizer.from_pretrained(cfg.model), labels, cfg.model)
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(device)
@@ -79,9 +93,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """Markdown table of evaluation rows."""
-    lines = ["| model | KL to teacher | top-1 agreement | NLL | perplexity |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | KL to teacher | top-1 agreement | NLL | perplexity | positions |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['kl']:.4f} | {r['top1_agreement']:.4f} | {r['nll']:.4f} | "
-                     f"{r['perplexity']:.2f} |")
+                     f"{r['perplexity']:.2f} | {r.get('positions', 0)} |")
     return "\n".join(lines)

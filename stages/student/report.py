@@ -75,9 +75,12 @@ def write_report(out: Path, cfg: StudentConfig, evals: dict[str, dict[str, float
     (out / "report.md").write_text(
         f"# Student report\n\n{steps} steps in {seconds:.0f} s, labels {', '.join(cfg.labels)}, "
         f"student `{cfg.student}`, loss {cfg.kd_loss} (alpha {cfg.alpha}, T {cfg.temperature}).\n\n"
-        f"Held-out split ({rows['teacher']['positions']} completion tokens):\n\n"
+        f"Held-out evaluation: {rows['teacher']['positions']} labelled positions, the same at "
+        f"every evaluation (--eval-max-tokens {cfg.eval_max_tokens or 'unbounded'}, "
+        f"--eval-fraction {cfg.eval_fraction}):\n\n"
         f"{format_table(rows)}\n\n`curves.png`: top, training loss per step (blue: total, red: "
-        "soft, green: hard); bottom, held-out KL to the teacher.\n")
+        f"soft, green: hard); bottom, held-out KL to the teacher over those "
+        f"{rows['teacher']['positions']} positions.\n")
     write_line_chart(out / "curves.png", [
         {k: ([m["step"] for m in train], [m[k] for m in train]) for k in ("loss", "soft", "hard")},
         {"kl": ([m["step"] for m in evals_logged], [m["eval"]["kl"] for m in evals_logged])},

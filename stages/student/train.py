@@ -32,6 +32,7 @@ from pipeline.student.checkpoint import latest_checkpoint, load_checkpoint, rest
 from pipeline.student.kd_losses import HiddenStateAdapter, total_loss
 from pipeline.student.label_set import LabelSet, open_label_set
 from pipeline.student.lr_schedule import lr_at
+from pipeline.student.shard_gate import ShardVerificationError
 from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
 from schemas.config_base import ConfigError
@@ -102,12 +103,20 @@ class BatchStream:
         while True:
             if self._iter is None:
                 self._iter = self._open()
-            batch = next(self._iter, None)
+            try:
+                batch = next(self._iter, None)
+            except ShardVerificationError as exc:
+                raise ShardVerificationError(last_line(exc)) from None
             if batch is not None:
                 self.cursor.batch += 1
                 return batch
             self._iter = None
             self.cursor = Cursor(self.cursor.epoch + 1, 0)
+
+
+def last_line(exc: Exception) -> str:
+    """The message of an error raised in a DataLoader worker, without the traceback torch adds."""
+    return str(exc).rstrip().splitlines()[-1].split(f"{type(exc).__name__}: ", 1)[-1]
 
 
 def resolve_layer_map(cfg: StudentConfig, num_layers: int, labels: LabelSet) -> dict[int, int]:
@@ -198,7 +207,8 @@ class TrainingRun:
         self.stream = BatchStream(labels, train_idx, cfg, dist, cursor,
                                   with_hidden=bool(student.layer_map))
         self.steps = total_steps(cfg, self.stream.batches_per_epoch())
-        self.plan_eval = eval_plan(labels, eval_idx, cfg.batch_tokens)
+        self.plan_eval = eval_plan(labels, eval_idx, cfg.batch_tokens, cfg.eval_max_tokens,
+                                   cfg.seed)
         self.amp = autocast_dtype(cfg, dist.device)
         self.log = MetricsLog(self.out / "metrics.jsonl", dist.is_main)
         self.step, self.evals = 0, {}
@@ -308,7 +318,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     cfg.validate()
     dist = DistContext.from_env()
     start = time.time()
-    labels = open_label_set(cfg.labels, verify=cfg.verify)
+    labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
     run = TrainingRun(cfg, labels, build_trainable(cfg, labels, dist), dist)
     run.train()
     run.finish(time.time() - start)

@@ -48,7 +48,7 @@ def test_missing_manifest_is_refused_naming_the_dir(tmp_path):
         open_label_set([tmp_path / "empty"])
 
 
-@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("verify", ["full", "lazy"])
 def test_incomplete_run_is_refused_naming_the_dir(tmp_path, verify):
     write_fake_output(tmp_path / "run")
     path = tmp_path / "run" / "manifest.json"
@@ -65,7 +65,7 @@ def test_incomplete_run_is_refused_naming_the_dir(tmp_path, verify):
 ])
 def test_disagreeing_outputs_are_refused_naming_the_field(tmp_path, field, attrs_b, values):
     a, b = two_outputs(tmp_path, attrs_b=attrs_b)
-    for verify in (True, False):
+    for verify in ("full", "lazy"):
         with pytest.raises(LabelSetError) as err:
             open_label_set([a, b], verify=verify)
         message = str(err.value)
@@ -80,7 +80,7 @@ def test_corrupt_shard_is_refused_naming_the_shard_and_check(tmp_path):
         open_label_set([tmp_path / "run"])
 
 
-@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("verify", ["full", "lazy"])
 def test_sample_id_in_two_outputs_is_refused_naming_it(tmp_path, verify):
     a, b = two_outputs(tmp_path, prefix_b="a")  # both hold prompts a0-0, a0-1, ...
     with pytest.raises(LabelSetError) as err:
@@ -92,7 +92,7 @@ def test_sample_id_in_two_outputs_is_refused_naming_it(tmp_path, verify):
 def test_same_dir_twice_is_refused(tmp_path):
     write_fake_output(tmp_path / "run")
     with pytest.raises(LabelSetError, match="given twice"):
-        open_label_set([tmp_path / "run", tmp_path / "run"], verify=False)
+        open_label_set([tmp_path / "run", tmp_path / "run"], verify="lazy")
 
 
 def test_hidden_attributes_are_carried(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TEACHER
+from conftest import ROOT, TEACHER, flip_byte, run_kd
 from pipeline.student.kd_losses import hard_label_loss, soft_label_loss
 from pipeline.student.label_set import open_label_set
 from pipeline.student.batches import PlannedBatches
@@ -214,3 +215,44 @@ def test_exported_student_generates_in_vllm_like_in_transformers(engine_labels, 
     tokens = json.loads(line.split(" ", 1)[1])
     # vLLM stops at EOS; transformers was forced to 8 tokens: compare the common prefix.
     assert tokens and tokens == greedy[:len(tokens)]
+
+
+def test_evaluation_reads_at_most_the_bound_and_always_the_same_positions(engine_labels,
+                                                                          tiny_student, tmp_path):
+    out, bound = tmp_path / "run", 150
+    run_train_student(config(engine_labels, tiny_student, out, steps=2, eval_every=1,
+                             eval_max_tokens=bound))
+    resumed = run_train_student(config(engine_labels, tiny_student, out, steps=4, eval_every=1,
+                                       eval_max_tokens=bound, resume=True))
+    logged = [json.loads(x)["eval"] for x in (out / "metrics.jsonl").read_text().splitlines()
+              if "eval" in json.loads(x)]
+    assert len(logged) == 5  # before, after steps 1, 2, 3 (the resumed run), and after
+    positions = {e["positions"] for e in logged} | {e["positions"] for e in resumed.evals.values()}
+    assert len(positions) == 1 and 0 < next(iter(positions)) <= bound
+    common = dict(labels=(str(engine_labels),), model=str(out / "model"), eval_fraction=0.25,
+                  batch_tokens=256)
+    bounded = run_eval(EvalConfig(**common, eval_max_tokens=bound))
+    assert bounded["model"]["positions"] == next(iter(positions))
+    assert bounded["model"]["kl"] == pytest.approx(resumed.evals["student_after"]["kl"], rel=1e-5)
+    whole = run_eval(EvalConfig(**common, eval_max_tokens=0))["model"]["positions"]
+    every = run_eval(EvalConfig(**common, all=True))["model"]["positions"]
+    assert next(iter(positions)) < whole < every
+    assert every == int(open_label_set([engine_labels]).completion_tokens.sum())
+
+
+def test_a_shard_corrupted_after_start_up_stops_the_run_naming_it(engine_labels, tiny_student,
+                                                                  tmp_path):
+    labels = tmp_path / "labels"
+    shutil.copytree(engine_labels, labels)
+    flip_byte(labels / "shard-00000.h5")
+    args = [sys.executable, "-m", "stages.cli.main", "train-student", "--labels", str(labels),
+            "--student", str(tiny_student), "--out", str(tmp_path / "out"), "--steps", "2",
+            "--batch-tokens", "256", "--eval-fraction", "0.25", "--loader-workers", "2"]
+    lazy = run_kd(args)
+    assert lazy.returncode == 1, lazy.stderr[-2000:]
+    assert f"{labels / 'shard-00000.h5'}: sha256: checksum differs from the manifest" in lazy.stderr
+    assert "stopped before training on it" in lazy.stderr and "Traceback" not in lazy.stderr
+    assert not (tmp_path / "out" / "model").exists()
+    full = run_kd(args + ["--verify", "full", "--overwrite"])
+    assert full.returncode == 1 and "refusing to train from labels that fail verification" in \
+        full.stderr and "shard-00000.h5: sha256" in full.stderr
