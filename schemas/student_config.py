@@ -96,7 +96,7 @@ class StudentConfig:
     checkpoint_every: int = 100
     """Write a resumable checkpoint every N steps (and on SIGTERM, and at the end)."""
     resume: bool = False
-    """Continue from the latest checkpoint in --out as if never interrupted."""
+    """Continue from the latest checkpoint in --out as if never interrupted (from step 0 when there is none yet, so a requeued job can always pass it)."""
     overwrite: bool = False
     """Start over in an --out that already holds checkpoints, deleting them (without it such a run is refused)."""
     seed: int = 0

@@ -2,9 +2,10 @@
 
 What lives here: the in-memory `Sample`, the shard writer and its memmap
 reader, the manifest (the commit point), the per-sample index, checksums and
-crash-safe file replacement, stable fingerprints, verification (`kd verify`
-and every reader run the same `verify_outputs`) and the summary `kd inspect`
-prints.
+crash-safe file replacement with its named fault points, the writer lock of an
+output directory, stable fingerprints, verification (`kd verify` and every
+reader run the same `verify_outputs`), the cache of shards verified in full,
+and the summary `kd inspect` prints.
 
 May import: `schemas` only. Both stages use the store; the store uses neither.
 """

@@ -15,6 +15,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from pipeline.store.fault_points import reach
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -43,9 +45,12 @@ def fsync_path(path: str | Path) -> None:
 
 def commit_file(tmp: str | Path, final: str | Path) -> None:
     """fsync `tmp`, atomically rename it to `final`, then fsync the directory."""
+    reach("written", final)
     fsync_path(tmp)
+    reach("fsynced", final)
     os.replace(tmp, final)
     fsync_path(Path(final).parent)
+    reach("renamed", final)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

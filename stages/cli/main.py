@@ -13,33 +13,73 @@ vLLM is imported only inside the commands that run it, so `kd verify` and
 from __future__ import annotations
 
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from schemas.student_config import EvalConfig, StudentConfig
 from schemas.teacher_config import TeacherConfig
 from stages.cli.config_options import options_from
+from stages.cli.faults import resume_command, student_committed, teacher_committed
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-def main() -> None:
-    """offline-kd: offline two-stage knowledge distillation for LLMs."""
+@click.option("--verbose", is_flag=True, help="Print the traceback of an environment fault too.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """offline-kd: offline two-stage knowledge distillation for LLMs.
+
+    Exit status: 0 done, 1 refused (bad input or settings, named), 2 bad usage,
+    74 the environment failed (disk, permissions, I/O, memory: fix it and run the
+    printed resume command), 75 another run writes the same output, 143 preempted
+    (SIGTERM: run the printed resume command)."""
+    ctx.obj = {"verbose": verbose}
 
 
-def run_stage(run: Any, cfg: Any, *errors: type[Exception]) -> Any:
-    """Run a stage: SIGTERM preemption exits 143, expected failures print one clear line."""
+@dataclass(frozen=True)
+class Stage:
+    """How the CLI runs one stage: its function, what it reports as committed, how it resumes."""
+
+    name: str
+    run: Callable[[Any], Any]
+    committed: Callable[[str], str]
+    resume_add: tuple[str, ...] = ()
+    resume_drop: tuple[str, ...] = ()
+
+
+def run_stage(stage: Stage, cfg: Any, *errors: type[Exception]) -> Any:
+    """Run a stage: expected failures print one line; preemption and environment faults also
+    say what is committed and how to resume, each with its own exit status."""
+    from pipeline.store.output_lock import OutputLocked
     from schemas.config_base import ConfigError
+    from stages.cli.faults import EXIT_ENVIRONMENT, EXIT_LOCKED, environment_error, fault_path
     from stages.cli.preemption import EXIT_PREEMPTED, Preempted
 
+    resume = resume_command(stage.resume_add, stage.resume_drop)
     try:
-        return run(cfg)
+        return stage.run(cfg)
     except Preempted as exc:
-        click.echo(f"preempted: {exc}", err=True)
+        click.echo(f"preempted: {exc}; committed: {stage.committed(cfg.out)}", err=True)
+        click.echo(f"resume with: {resume}", err=True)
         sys.exit(EXIT_PREEMPTED)
-    except (ConfigError, FileNotFoundError, *errors) as exc:
+    except OutputLocked as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_LOCKED)
+    except (ConfigError, *errors) as exc:
         raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        found = environment_error(exc)
+        if found is None:
+            raise
+        fault, cause = found
+        if click.get_current_context().find_root().obj.get("verbose"):
+            traceback.print_exc()
+        click.echo(f"kd {stage.name}: {cause}: {fault_path(fault, cfg.out)}. Committed: "
+                   f"{stage.committed(cfg.out)}. Resume with: {resume}", err=True)
+        sys.exit(EXIT_ENVIRONMENT)
 
 
 @main.command("teacher-labels")
@@ -48,7 +88,8 @@ def teacher_labels(cfg: TeacherConfig) -> None:
     """Generate completions with the teacher under vLLM and store top-k soft labels as HDF5 shards."""
     from stages.teacher.labels import NonFiniteError, run_teacher_labels
 
-    click.echo(run_stage(run_teacher_labels, cfg, NonFiniteError).line())
+    stage = Stage("teacher-labels", run_teacher_labels, teacher_committed)
+    click.echo(run_stage(stage, cfg, NonFiniteError).line())
 
 
 @main.command("train-student")
@@ -60,7 +101,9 @@ def train_student(cfg: StudentConfig) -> None:
     from stages.student.evaluate import format_table
     from stages.student.train import NonFiniteLoss, run_train_student
 
-    result = run_stage(run_train_student, cfg, LabelSetError, ShardVerificationError, NonFiniteLoss)
+    stage = Stage("train-student", run_train_student, student_committed, ("--resume",),
+                  ("--overwrite",))
+    result = run_stage(stage, cfg, LabelSetError, ShardVerificationError, NonFiniteLoss)
     click.echo(format_table(result.evals))
     click.echo(f"train-student: {result.steps} steps in {result.seconds:.0f} s -> {result.out}/model")
 

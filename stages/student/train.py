@@ -16,6 +16,7 @@ exported model. CPU-sized example (the embedded teacher's labels):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -28,7 +29,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.student.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.store.output_lock import OutputLock
+from pipeline.student.checkpoint import (commit_dir, latest_checkpoint, load_checkpoint, restore_rng,
+                                         save_checkpoint)
 from pipeline.student.kd_losses import HiddenStateAdapter, total_loss
 from pipeline.student.label_set import LabelSet, open_label_set
 from pipeline.student.lr_schedule import lr_at
@@ -254,7 +257,8 @@ class TrainingRun:
         cfg = self.cfg
         bar = tqdm(total=self.steps, initial=self.step, desc="train", unit="step",
                    dynamic_ncols=True, disable=not self.dist.is_main)
-        with PreemptionGuard() as guard:
+        # The bar is closed (its line ended) before any error is printed below it.
+        with PreemptionGuard() as guard, contextlib.closing(bar):
             while self.step < self.steps:
                 record = self.optimizer_step()
                 if record is None:
@@ -267,11 +271,9 @@ class TrainingRun:
                 # Ranks must agree to stop together, or one would wait at a barrier forever.
                 if self.dist.sum_ints(int(guard.requested))[0]:
                     self.checkpoint()
-                    raise Preempted(f"SIGTERM: checkpoint written at step {self.step}; "
-                                    "rerun with --resume")
+                    raise Preempted(f"SIGTERM: checkpoint written at step {self.step}")
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
-        bar.close()
 
     def optimizer_step(self) -> dict[str, float] | None:
         """One optimizer step, logged; None when a non-finite loss made it skip (--on-non-finite)."""
@@ -318,10 +320,12 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     cfg.validate()
     dist = DistContext.from_env()
     start = time.time()
-    labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
-    run = TrainingRun(cfg, labels, build_trainable(cfg, labels, dist), dist)
-    run.train()
-    run.finish(time.time() - start)
+    # Rank 0 alone writes --out, so it alone holds the writer lock.
+    with OutputLock(cfg.out) if dist.is_main else contextlib.nullcontext():
+        labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
+        run = TrainingRun(cfg, labels, build_trainable(cfg, labels, dist), dist)
+        run.train()
+        run.finish(time.time() - start)
     return TrainResult(run.out, run.step, run.evals, time.time() - start)
 
 
@@ -389,8 +393,9 @@ def load_resume_state(cfg: StudentConfig, out: Path, world_size: int) -> dict[st
             raise ConfigError(f"{out} already holds checkpoint {path.name}: pass --resume to "
                               "continue it, --overwrite to start over, or choose another --out")
         return None
-    if path is None:
-        raise ConfigError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    if path is None:  # a requeued job may pass --resume before its first checkpoint
+        tqdm.write(f"--resume: no checkpoint under {out / 'checkpoints'} yet: starting at step 0")
+        return None
     meta = json.loads((path / "meta.json").read_text())
     cfg.check_resumes(meta["config"])
     saved_batch = meta.get("world_size", 1) * meta["config"]["grad_accum"]
@@ -416,11 +421,15 @@ def exportable(model: Any, module_state: dict[str, Any], sharded: bool) -> Any:
 
 
 def export_model(model: Any, tokenizer: Any, path: Path) -> None:
-    """Hugging Face directory: config, safetensors, tokenizer, generation config."""
+    """Hugging Face directory (config, safetensors, tokenizer, generation config), committed whole:
+    written beside `path` and renamed into place, so a crash never leaves half a model."""
     from transformers import GenerationConfig
 
     model.config.use_cache = True
     if getattr(model, "generation_config", None) is None:
         model.generation_config = GenerationConfig.from_model_config(model.config)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    commit_dir(tmp, path)

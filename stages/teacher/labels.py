@@ -30,6 +30,7 @@ from pipeline.teacher.background_writer import BackgroundWriter
 from pipeline.store.checksum import remove_stale_temps, sha256_file, write_text_atomic
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
+from pipeline.store.output_lock import LOCK_NAME, OutputLock
 from pipeline.teacher.partition import owner_of
 from pipeline.teacher.prompts import Prompt, PromptBatch, load_prompts, write_rejects
 from pipeline.store.sample import Sample
@@ -191,11 +192,21 @@ def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
             f"{out} was generated with different {', '.join(mismatch)}; pass --overwrite to "
             "replace it, or choose another --out")
     if mismatch:
-        shutil.rmtree(out)
-        out.mkdir(parents=True)
+        clear_output(out)
         return fresh
     fresh.shards = old.shards
     return fresh
+
+
+def clear_output(out: Path) -> None:
+    """Delete an output's contents for --overwrite, keeping the writer lock this run holds."""
+    for entry in out.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def reusable_shards(out: Path, manifest: Manifest) -> set[int]:
@@ -254,13 +265,20 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, batch: PromptBatch,
 
 
 def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -> RunSummary:
-    """Run the teacher stage end to end; returns its summary."""
+    """Run the teacher stage end to end, holding the output's writer lock; returns its summary."""
+    cfg.validate()
+    if not Path(cfg.prompts).is_file():
+        raise ConfigError(f"--prompts {cfg.prompts}: no such file")
+    with OutputLock(cfg.out):
+        return label_output(cfg, engine or EngineSource(cfg))
+
+
+def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
+    """Generate what the output lacks, add hidden states, and complete the manifest."""
     from transformers import AutoTokenizer
 
-    cfg.validate()
     start = time.time()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     remove_stale_temps(out / INDEX_PARTS_DIR)
     tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
@@ -280,8 +298,7 @@ def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -
                        cfg.sampling())
     todo = [p for p in plans if p.index not in keep]
     with PreemptionGuard() as guard:
-        stats = generate_into(out, cfg, manifest, todo, batch, attrs, guard,
-                              engine or EngineSource(cfg))
+        stats = generate_into(out, cfg, manifest, todo, batch, attrs, guard, engine)
         hidden_start = time.time()
         if layers and not guard.requested:
             add_hidden_states(out, cfg, manifest,
@@ -291,7 +308,7 @@ def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -
         hidden_seconds = time.time() - hidden_start
         if guard.requested:
             raise Preempted(f"SIGTERM: stopped after committing {len(manifest.shards)} of "
-                            f"{len(plans)} shard(s) to {out}; rerun the same command to resume")
+                            f"{len(plans)} shard(s) to {out}")
     merge_index(out, sorted(manifest.shards))
     manifest.complete = True
     write_manifest(out, manifest)

@@ -85,6 +85,10 @@ def test_sigkill_damage_sigterm_then_resume_completes_exactly_once(tmp_path):
     assert verify_outputs([out]).problems == []
     text = log.read_text()
     assert f"regenerating {shard_name(0)}" in text and f"regenerating {shard_name(1)}" in text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    assert last.startswith("resume with: kd teacher-labels --teacher "), last
+    # the SIGKILLed first run's lock was taken over, with a warning naming it
+    assert "taking over the writer lock" in text
 
     proc = start_run(out, log)
     assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
