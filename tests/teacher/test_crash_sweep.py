@@ -12,8 +12,10 @@ takes one point (engine marker).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -133,11 +135,17 @@ def test_the_real_engine_killed_after_an_index_part_resumes_identically(tmp_path
     """engine_labels ran this same command uninterrupted: the rerun must reproduce it."""
     from conftest import run_kd, teacher_args as engine_args
 
-    out = tmp_path / "out"
+    out, log = tmp_path / "out", tmp_path / "crash.log"
     env = os.environ | {"KD_CRASH_AT": "renamed:part-00001.parquet"}
-    crashed = subprocess.run(engine_args(out), cwd=ROOT, capture_output=True, text=True,
-                             timeout=900, env=env)
-    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    # Its own session: SIGKILL of the main process orphans vLLM's engine core, which is then
+    # killed with the group (as a scheduler killing the job would).
+    crashed = subprocess.Popen(engine_args(out), cwd=ROOT, stdout=log.open("w"),
+                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        assert crashed.wait(timeout=900) == -9, log.read_text()[-2000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(crashed.pid, signal.SIGKILL)
     # the index part of shard 1 is committed, the manifest does not name shard 1 yet
     assert verify_outputs([out]).problems == [] and len(read_manifest(out).shards) == 1
     assert run_kd(engine_args(out)).returncode == 0
