@@ -8,7 +8,7 @@ STAMP := .venv/.installed
 TEACHER_DIR := data/models/smollm2-135m-instruct
 
 # Teacher-stage variables, passed one-to-one to `kd teacher-labels`. The
-# defaults are demo-sized so `make demo` ends in ~11 minutes on 2 CPU cores
+# defaults are demo-sized so `make demo` ends in ~7 minutes on 2 CPU cores (after set-up)
 # (LIMIT= with no value uses every shipped prompt).
 TEACHER        ?= $(TEACHER_DIR)
 PROMPTS        ?= data/prompts/demo.jsonl

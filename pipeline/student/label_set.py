@@ -24,7 +24,6 @@ cache, so start-up does not grow with the bytes of the labels.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -82,21 +81,6 @@ class LabelSet:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_verified": set(), "_pid": -1}  # verified per process
-
-    def verify_ahead(self, shards: Sequence[int]) -> None:
-        """Under `lazy`, verify these shards on a background thread (the ones evaluation and the
-        first steps read, while the model loads). A failure is not raised there: the shard stays
-        unverified, and the reader that opens it verifies it again and stops naming it."""
-        if self.verify != "lazy":
-            return
-
-        def verify_each() -> None:
-            for s in shards:
-                try:
-                    self.open_shard(int(s))
-                except Exception:  # re-raised by the reader's own open_shard
-                    pass
-        threading.Thread(target=verify_each, name="verify-ahead", daemon=True).start()
 
     def open_shard(self, s: int) -> ShardReader:
         """A reader of shard s; under `lazy` the shard is verified in full first (once per process)."""

@@ -117,18 +117,6 @@ class BatchStream:
             self.cursor = Cursor(self.cursor.epoch + 1, 0)
 
 
-def shards_read_first(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
-                      steps: int = 4) -> list[int]:
-    """The shards the step-0 evaluation and this rank's first steps read, in that order."""
-    train_idx, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
-    plan = eval_plan(labels, eval_idx, cfg.batch_tokens, cfg.eval_max_tokens, cfg.seed)
-    epoch = plan_batches(labels.length, train_idx, cfg.batch_tokens, cfg.seed, 0)
-    plan += batches_for_rank(epoch, dist.rank, dist.world_size, cfg.grad_accum)[
-        :steps * cfg.grad_accum]
-    samples = np.concatenate(plan) if plan else np.zeros(0, np.int64)
-    return list(dict.fromkeys(labels.shard[samples].tolist()))
-
-
 def last_line(exc: Exception) -> str:
     """The message of an error raised in a DataLoader worker, without the traceback torch adds."""
     return str(exc).rstrip().splitlines()[-1].split(f"{type(exc).__name__}: ", 1)[-1]
@@ -335,7 +323,6 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     # Rank 0 alone writes --out, so it alone holds the writer lock.
     with OutputLock(cfg.out) if dist.is_main else contextlib.nullcontext():
         labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
-        labels.verify_ahead(shards_read_first(cfg, labels, dist))
         run = TrainingRun(cfg, labels, build_trainable(cfg, labels, dist), dist)
         run.train()
         run.finish(time.time() - start)

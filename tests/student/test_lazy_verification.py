@@ -174,20 +174,3 @@ def test_bounded_eval_picks_a_fixed_subset_within_the_bound():
     assert set(chosen) <= set(bounded_eval(completion, eval_idx, prompts, 2000, seed=3))
     plan = plan_batches(np.full(400, 10), chosen, 100, seed=0, epoch=0)
     assert sorted(np.concatenate(plan).tolist()) == chosen.tolist()
-
-
-def test_verify_ahead_hashes_on_a_thread_and_leaves_failures_to_the_reader(tmp_path,
-                                                                           count_hashes):
-    write_fake_output(tmp_path / "run", shards=3)
-    flip_byte(tmp_path / "run" / "shard-00002.h5")
-    labels = open_lazy(tmp_path / "run", tmp_path / "cache")
-    labels.verify_ahead([1, 2])
-    for thread in threading.enumerate():
-        if thread.name == "verify-ahead":
-            thread.join(timeout=30)
-    assert sorted(count_hashes) == ["shard-00001.h5", "shard-00002.h5"]
-    count_hashes.clear()
-    PlannedBatches(labels, batches_of_shard(labels, 1))[0]  # verified ahead: not hashed again
-    assert count_hashes == []
-    with pytest.raises(ShardVerificationError, match=r"shard-00002\.h5: sha256"):
-        PlannedBatches(labels, batches_of_shard(labels, 2))[0]
