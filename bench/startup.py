@@ -61,7 +61,7 @@ def template_sample(rng: np.random.Generator, vocab: int, k: int, hidden: int) -
 
 
 def write_label_set(out: Path, like: Manifest, shards: int, hidden: int) -> int:
-    """SAMPLES samples over `shards` shards, every one a copy of one random template; returns bytes."""
+    """SAMPLES samples in `shards` shards, all copies of one random template; returns bytes."""
     layers = (HIDDEN_LAYER,) if hidden else ()
     attrs = ShardAttrs(like.teacher, like.tokenizer_fingerprint, like.vocab_size, like.top_k,
                        {"n": 1}, layers, hidden)
