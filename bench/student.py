@@ -39,11 +39,11 @@ from torch.utils.checkpoint import checkpoint
 
 from bench.memory import PeakMemory
 from bench.synthetic_labels import write_synthetic_labels
+from pipeline.machine import describe_machine
+from pipeline.student.batch_plan import plan_batches, split_by_prompt
+from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.kd_losses import fused_head_losses, total_loss, weighted_token_sum
 from pipeline.student.label_set import open_label_set
-from pipeline.machine import describe_machine
-from pipeline.student.batches import PlannedBatches, to_device
-from pipeline.student.batch_plan import plan_batches, split_by_prompt
 from schemas.student_config import StudentConfig
 from stages.student.forward import batch_losses, decoder_states
 from stages.student.model import build_student, evenly_spaced_layers, keep_decoder_layers

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.student.label_set import LabelSet
 from pipeline.store.shard_reader import ShardReader
+from pipeline.student.label_set import LabelSet
 
 HiddenOn = Literal["all", "completion"]
 

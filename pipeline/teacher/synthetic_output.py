@@ -20,9 +20,9 @@ import numpy as np
 
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
-from pipeline.teacher.sample_filter import FilterThresholds, filter_samples, index_table
 from pipeline.store.sample_index import merge_index, write_index_part
 from pipeline.store.shard_writer import ShardAttrs, write_shard
+from pipeline.teacher.sample_filter import FilterThresholds, filter_samples, index_table
 from schemas import shard_name
 
 KEEP_ALL = FilterThresholds(drop_truncated=False, max_repetition=None, min_mean_logprob=None)

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.student.batch_plan import bounded_eval, plan_batches, split_by_prompt
+from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.eval_metrics import EvalTotals
 from pipeline.student.label_set import LabelSet, open_label_set
-from pipeline.student.batches import PlannedBatches, to_device
-from pipeline.student.batch_plan import bounded_eval, plan_batches, split_by_prompt
 from schemas.config_base import ConfigError
 from schemas.student_config import EvalConfig
 from stages.student.forward import batch_eval

@@ -32,16 +32,16 @@ from tqdm import tqdm
 from pipeline.store.output_lock import OutputLock
 from pipeline.student.checkpoint import (commit_dir, latest_checkpoint, load_checkpoint, restore_rng,
                                          save_checkpoint)
+from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
+from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.kd_losses import HiddenStateAdapter, total_loss
 from pipeline.student.label_set import LabelSet, open_label_set
 from pipeline.student.lr_schedule import lr_at
 from pipeline.student.shard_gate import ShardVerificationError
-from pipeline.student.batches import PlannedBatches, to_device
-from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
 from schemas.config_base import ConfigError
 from schemas.student_config import StudentConfig
-from stages.student.distributed import DistContext
 from stages.cli.preemption import Preempted, PreemptionGuard
+from stages.student.distributed import DistContext
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
 from stages.student.forward import DistillationModule
 from stages.student.model import build_student, check_tokenizer, check_vocabulary

@@ -26,21 +26,21 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.teacher.background_writer import BackgroundWriter
 from pipeline.store.checksum import remove_stale_temps, sha256_file, write_text_atomic
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from pipeline.store.output_lock import LOCK_NAME, OutputLock
+from pipeline.store.sample import Sample
+from pipeline.store.sample_index import INDEX_PARTS_DIR, merge_index, write_index_part
+from pipeline.store.shard_writer import ShardAttrs, ShardRecord, write_shard
+from pipeline.store.verify import check_index_part, verify_shard
+from pipeline.teacher.background_writer import BackgroundWriter
 from pipeline.teacher.partition import owner_of
 from pipeline.teacher.prompts import Prompt, PromptBatch, load_prompts, write_rejects
-from pipeline.store.sample import Sample
 from pipeline.teacher.sample_filter import FilterOutcome, filter_samples, index_table
-from pipeline.store.sample_index import INDEX_PARTS_DIR, merge_index, write_index_part
 from pipeline.teacher.seeding import seed_for_prompt
 from pipeline.teacher.shard_scheduler import ShardPlan, run_shards
-from pipeline.store.shard_writer import ShardAttrs, ShardRecord, write_shard
 from pipeline.teacher.soft_labels import split_flat_logprobs
-from pipeline.store.verify import check_index_part, verify_shard
 from schemas import CONFIG_NAME, REJECTS_NAME, shard_name
 from schemas.teacher_config import ConfigError, TeacherConfig
 from stages.cli.preemption import Preempted, PreemptionGuard

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import fake_attrs, flip_byte, write_fake_output
-from pipeline.student.label_set import LabelSetError, open_label_set
 from pipeline.store.fingerprint import stable_hash
+from pipeline.student.label_set import LabelSetError, open_label_set
 
 
 def two_outputs(tmp_path, attrs_b=None, prefix_b="b", **kw):

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import fake_attrs, write_fake_output
-from pipeline.student.label_set import open_label_set
 from pipeline.student.batches import PlannedBatches
+from pipeline.student.label_set import open_label_set
 from pipeline.student.batch_plan import (batches_for_rank, plan_batches, prompt_keys,
                                     split_by_prompt)
 

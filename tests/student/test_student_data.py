@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import fake_attrs, flip_byte, write_fake_output
-from pipeline.student.label_set import LabelSetError, open_label_set
-from pipeline.student.batches import PlannedBatches
 from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
+from pipeline.student.batches import PlannedBatches
+from pipeline.student.label_set import LabelSetError, open_label_set
 
 
 def test_label_set_indexes_the_union_of_outputs(tmp_path):

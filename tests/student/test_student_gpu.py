@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import fake_attrs, write_fake_output
-from pipeline.student.label_set import open_label_set
 from pipeline.student.batches import PlannedBatches, to_device
+from pipeline.student.label_set import open_label_set
 from schemas.student_config import StudentConfig
 from stages.student.forward import batch_losses
 

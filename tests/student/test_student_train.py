@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from conftest import ROOT, TEACHER, flip_byte, run_kd
+from pipeline.student.batch_plan import plan_batches
+from pipeline.student.batches import PlannedBatches
 from pipeline.student.kd_losses import hard_label_loss, soft_label_loss
 from pipeline.student.label_set import open_label_set
-from pipeline.student.batches import PlannedBatches
-from pipeline.student.batch_plan import plan_batches
 from schemas.config_base import ConfigError
 from schemas.student_config import EvalConfig, StudentConfig
 from stages.cli.preemption import Preempted

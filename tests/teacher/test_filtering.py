@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.teacher.confidence import ConfidenceMetrics, confidence_metrics, repetition_rate
 from pipeline.store.sample import Sample
+from pipeline.teacher.confidence import ConfidenceMetrics, confidence_metrics, repetition_rate
 from pipeline.teacher.sample_filter import (DROP_REASONS, FilterThresholds, drop_reason, filter_samples,
                                             index_table)
 

@@ -15,11 +15,11 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import TEACHER, run_kd, teacher_args
-from pipeline.teacher.confidence import confidence_metrics
 from pipeline.store.manifest import read_manifest
 from pipeline.store.sample_index import read_index
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.verify import verify_outputs
+from pipeline.teacher.confidence import confidence_metrics
 from schemas import shard_name
 
 pytestmark = pytest.mark.engine
