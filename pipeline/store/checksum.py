@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from pipeline.store.fault_points import reach
@@ -43,13 +44,23 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def commit_file(tmp: str | Path, final: str | Path) -> None:
-    """fsync `tmp`, atomically rename it to `final`, then fsync the directory."""
+def commit_path(tmp: str | Path, final: str | Path) -> None:
+    """fsync `tmp` (a file, or every file of a directory), atomically rename it to `final`,
+    then fsync the parent directory, passing the fault points `written`, `fsynced`, `renamed`.
+
+    A directory replaces `final` whole: os.replace cannot replace a non-empty
+    directory, so an existing one is removed first (a crash between the two
+    leaves `final` missing, never torn).
+    """
+    tmp, final = Path(tmp), Path(final)
     reach("written", final)
-    fsync_path(tmp)
+    for f in [tmp] if tmp.is_file() else [p for p in tmp.rglob("*") if p.is_file()]:
+        fsync_path(f)
     reach("fsynced", final)
+    if tmp.is_dir():
+        shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    fsync_path(Path(final).parent)
+    fsync_path(final.parent)
     reach("renamed", final)
 
 
@@ -57,7 +68,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace `path` with `text` so that readers see the old or the new content, never a mix."""
     tmp = temp_path_for(path)
     tmp.write_text(text)
-    commit_file(tmp, path)
+    commit_path(tmp, path)
 
 
 def remove_stale_temps(directory: str | Path) -> list[Path]:

@@ -20,6 +20,8 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
+
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """sha256 over the sorted (token, id) vocabulary and the special tokens with their ids."""
@@ -27,6 +29,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     specials = sorted(set(getattr(tokenizer, "all_special_tokens", []) or []))
     payload = {"vocab": vocab, "special_tokens": [[t, tokenizer.get_vocab().get(t)] for t in specials]}
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def prompt_hashes(sample_ids: list[str]) -> np.ndarray:
+    """uint64 `stable_hash` of the prompt id of each "<prompt id>/<index>" sample id."""
+    return np.fromiter((stable_hash(sid.rsplit("/", 1)[0]) for sid in sample_ids), np.uint64,
+                       len(sample_ids))
 
 
 def stable_hash(text: str) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store.checksum import commit_file, sha256_file, temp_path_for
+from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
 from pipeline.store.shard_reader import ShardContents
 
 INDEX_NAME = "index.parquet"
@@ -45,7 +45,7 @@ def write_table_atomic(table: pa.Table, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     pq.write_table(table, tmp)
-    commit_file(tmp, path)
+    commit_path(tmp, path)
     return sha256_file(path)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from pipeline.store.checksum import commit_file, sha256_file, temp_path_for
+from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
 from pipeline.store.sample import Sample
 from schemas import topk_id_dtype, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name
 
@@ -123,7 +123,7 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)
             f.create_dataset("samples/finish_reasons",
                              data=[s.finish_reason for s in samples], dtype=text)
-        commit_file(tmp, path)
+        commit_path(tmp, path)
     finally:
         if tmp.exists():
             os.unlink(tmp)

@@ -13,7 +13,6 @@ saving leaves the previous checkpoint as the latest; the oldest are pruned.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -22,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.store.checksum import fsync_path
-from pipeline.store.fault_points import reach
+from pipeline.store.checksum import commit_path
 
 PREFIX = "step-"
 
@@ -59,23 +57,10 @@ def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], meta: di
     tmp.mkdir()
     torch.save(state | {"rng": rng_state(), "step": step}, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps(meta | {"step": step}, indent=1) + "\n")
-    commit_dir(tmp, final)
+    commit_path(tmp, final)
     for old in sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    """fsync every file of `tmp`, replace `final` with it, fsync the parent (fault points as files)."""
-    reach("written", final)
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            fsync_path(f)
-    reach("fsynced", final)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_path(final.parent)
-    reach("renamed", final)
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

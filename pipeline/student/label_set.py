@@ -30,13 +30,12 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.store.fingerprint import stable_hash
+from pipeline.store.fingerprint import prompt_hashes
 from pipeline.store.shard_reader import ShardContents, ShardReader
 from pipeline.store.verified_shards import DEFAULT_CACHE, VerifiedShards
 from pipeline.store.verify import Verification, verify_outputs
 from pipeline.student.shard_gate import Expected, ShardSource, open_verified
-
-VERIFY_MODES = ("lazy", "full")
+from schemas.student_config import VERIFY_MODES
 
 
 class LabelSetError(ValueError):
@@ -118,11 +117,8 @@ def refuse_unusable(dirs: Sequence[str | Path], found: Verification) -> None:
 
 def index_shard(shard: ShardContents) -> dict[str, np.ndarray]:
     """The per-sample index of one verified shard, from what verification read of it."""
-    n = len(shard.ids)
-    prompt_ids = [sid.rsplit("/", 1)[0] for sid in shard.ids]
-    return {"row": np.arange(n, dtype=np.int32), "length": shard.lengths,
-            "prompt_length": shard.prompt_lengths,
-            "prompt_hash": np.fromiter((stable_hash(p) for p in prompt_ids), np.uint64, n)}
+    return {"row": np.arange(len(shard.ids), dtype=np.int32), "length": shard.lengths,
+            "prompt_length": shard.prompt_lengths, "prompt_hash": prompt_hashes(shard.ids)}
 
 
 def open_label_set(dirs: Sequence[str | Path], verify: str = "full",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store.fingerprint import stable_hash
+from pipeline.store.fingerprint import prompt_hashes
 from pipeline.store.manifest import Manifest
 from pipeline.store.shard_reader import ShardContents, ShardReader
 from pipeline.store.verified_shards import VerifiedShards
@@ -59,8 +59,7 @@ def mismatch(contents: ShardContents, expected: Expected) -> str | None:
         if not np.array_equal(got, want):
             row = int(np.argmax(got != want))
             return f"sample {row}: {name} {int(got[row])}, the index said {int(want[row])}"
-    hashes = np.fromiter((stable_hash(sid.rsplit("/", 1)[0]) for sid in contents.ids), np.uint64,
-                         len(contents.ids))
+    hashes = prompt_hashes(contents.ids)
     if not np.array_equal(hashes, expected.prompt_hashes):
         row = int(np.argmax(hashes != expected.prompt_hashes))
         return f"sample {row}: id {contents.ids[row]!r} is not the one the index listed"

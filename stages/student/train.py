@@ -30,8 +30,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.store.output_lock import OutputLock
-from pipeline.student.checkpoint import (commit_dir, latest_checkpoint, load_checkpoint, restore_rng,
-                                         save_checkpoint)
+from pipeline.store.checksum import commit_path
+from pipeline.student.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
 from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.kd_losses import HiddenStateAdapter, total_loss
@@ -432,4 +432,4 @@ def export_model(model: Any, tokenizer: Any, path: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    commit_dir(tmp, path)
+    commit_path(tmp, path)
