@@ -1,14 +1,16 @@
 """The on-disk contract of offline-kd, versioned, and the typed stage configs.
 
-`shard_v1.json` is the machine-readable description of a shard file that the
-writer, the reader and `kd verify` all load from here; `shard_v1.md` is the
-prose version. A change to either is a schema change: bump the version.
+`shard_v2.json` is the machine-readable description of a shard file that the
+writer, the reader and `kd verify` all load from here; `shard_v2.md` is the
+prose version. A change to either is a schema change: bump the version. Older
+versions stay readable: `SHARD_SCHEMAS` holds every version this build reads
+(v1: labels on one contiguous completion suffix; v2 adds `labels/positions`).
 
-    >>> from schemas import SHARD_SCHEMA, shard_name
+    >>> from schemas import SHARD_SCHEMA, SHARD_SCHEMAS, shard_name
     >>> shard_name(3)
     'shard-00003.h5'
-    >>> SHARD_SCHEMA["schema_version"]
-    1
+    >>> SHARD_SCHEMA["schema_version"], sorted(SHARD_SCHEMAS)
+    (2, [1, 2])
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from pathlib import Path
 import numpy as np
 
 SCHEMA_DIR = Path(__file__).parent
-SHARD_SCHEMA: dict = json.loads((SCHEMA_DIR / "shard_v1.json").read_text())
+SHARD_SCHEMAS: dict[int, dict] = {
+    v: json.loads((SCHEMA_DIR / f"shard_v{v}.json").read_text()) for v in (1, 2)}
+"""Every shard schema this build reads, by version; it writes the newest."""
+SHARD_SCHEMA: dict = SHARD_SCHEMAS[max(SHARD_SCHEMAS)]
 SHARD_SCHEMA_NAME: str = SHARD_SCHEMA["schema"]
 SHARD_SCHEMA_VERSION: int = SHARD_SCHEMA["schema_version"]
 MANIFEST_NAME = "manifest.json"

@@ -8,6 +8,10 @@
 from __future__ import annotations
 
 
+AUTO = "auto"
+"""The default of a field whose value depends on another flag (resolved by the config)."""
+
+
 class ConfigError(ValueError):
     """A config value, or a combination of values, is invalid; names the flag."""
 

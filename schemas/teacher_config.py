@@ -9,6 +9,8 @@ and embedded in the manifest, so the data always says how it was made.
     >>> cfg = TeacherConfig(prompts="data/prompts/demo.jsonl", out="data/labels/demo", top_k=5)
     >>> cfg.validate().top_k
     5
+    >>> TeacherConfig(mode="score").validate().filter_thresholds().min_mean_logprob is None
+    True
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.filter_thresholds import FilterThresholds
-from schemas.config_base import ConfigError, field_docs, flag  # noqa: F401  (re-exported)
+from schemas.config_base import AUTO, ConfigError, check_choice, field_docs, flag  # noqa: F401
 
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MODES = ("generate", "score")
 
 
 @dataclass
@@ -30,7 +33,9 @@ class TeacherConfig:
     """Everything that decides what `kd teacher-labels` generates and writes."""
 
     prompts: str = "data/prompts/demo.jsonl"
-    """Prompt file: JSONL or Parquet; each record has `id` and `prompt` (text) or `messages` (chat list)."""
+    """Input file, JSONL or Parquet, an `id` per record. generate: `prompt` (text) or `messages` (chat list); score: `text`, `messages` (a chat) or `prompt` + `completion`."""
+    mode: str = "generate"
+    """generate: the teacher writes completions for the prompts and labels them; score: the teacher labels the given text, teacher-forced."""
     out: str = "data/labels/demo"
     """Output directory for shards, manifest.json, rejects.jsonl and the resolved config."""
     teacher: str = DEFAULT_TEACHER
@@ -75,10 +80,12 @@ class TeacherConfig:
     """Drop completions cut off by --max-tokens (finish reason `length`); --no-drop-truncated keeps them."""
     min_completion_tokens: int = FilterThresholds.min_completion_tokens
     """Drop completions shorter than this many tokens."""
-    max_repetition: float | None = FilterThresholds.max_repetition
-    """Drop samples whose share of repeated 4-grams exceeds this (0..1; 0.5 = a degenerate loop). None: off."""
-    min_mean_logprob: float | None = FilterThresholds.min_mean_logprob
-    """Drop samples whose mean sampled-token teacher logprob (nats, raw T = 1) is below this. None: off."""
+    max_repetition: float | None = AUTO
+    """Drop samples whose share of repeated 4-grams exceeds this (0..1; 0.5 = a degenerate loop). None: off; auto: 0.5 in generate mode, off in score mode."""
+    min_mean_logprob: float | None = AUTO
+    """Drop samples whose mean labelled-token teacher logprob (nats, raw T = 1) is below this (score: text the teacher finds implausible). None: off; auto: -4.0 in generate mode, off in score mode."""
+    max_mean_logprob: float | None = FilterThresholds.max_mean_logprob
+    """Drop samples whose mean labelled-token teacher logprob (nats) is above this (score: boilerplate the teacher finds trivially predictable). None: off."""
     min_token_logprob: float | None = FilterThresholds.min_token_logprob
     """Drop samples with any sampled token whose teacher logprob (nats) is below this. None: off."""
     max_mean_entropy: float | None = FilterThresholds.max_mean_entropy
@@ -95,6 +102,10 @@ class TeacherConfig:
     """Independent teacher workers splitting the prompts by a hash of their id (one per machine or GPU group)."""
     worker_index: int = 0
     """Which worker this run is, 0 .. --num-workers - 1; each writes its own output directory."""
+    window_overlap: int = 256
+    """score: a document longer than --max-model-len - 1 tokens is cut into windows, each repeating this many tokens of the previous one as unlabelled context (at least 1), so every token is labelled once."""
+    logprobs_memory_gib: float = 2.0
+    """score: memory one engine step's (tokens, vocabulary) prompt-logprob tensors may take; bounds the tokens per step (README: Score mode)."""
 
     def validate(self) -> "TeacherConfig":
         """Check every field and cross-field constraint; return self for chaining."""
@@ -104,7 +115,10 @@ class TeacherConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        if self.max_tokens >= self.max_model_len:
+        check_choice("mode", self.mode, MODES)
+        if self.mode == "score":
+            self.validate_score()
+        elif self.max_tokens >= self.max_model_len:
             raise ConfigError(
                 f"--max-tokens ({self.max_tokens}) must be smaller than --max-model-len "
                 f"({self.max_model_len}): no room would be left for the prompt")
@@ -130,8 +144,13 @@ class TeacherConfig:
             raise ConfigError(f"--max-non-finite-rate must be in [0, 1], got {self.max_non_finite_rate}")
         for name in ("max_repetition", "max_tail_mass"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value <= 1:
+            if value not in (None, AUTO) and not 0 <= value <= 1:
                 raise ConfigError(f"{flag(name)} must be in [0, 1], got {value}")
+        t = self.filter_thresholds()
+        if None not in (t.min_mean_logprob, t.max_mean_logprob) \
+                and t.min_mean_logprob >= t.max_mean_logprob:
+            raise ConfigError(f"--min-mean-logprob ({t.min_mean_logprob}) must be below "
+                              f"--max-mean-logprob ({t.max_mean_logprob}): every sample would be dropped")
         if self.min_completion_tokens < 0:
             raise ConfigError(f"--min-completion-tokens must be >= 0, got {self.min_completion_tokens}")
         self.parsed_hidden_layers()
@@ -140,6 +159,24 @@ class TeacherConfig:
         if not self.out:
             raise ConfigError("--out is required")
         return self
+
+    def validate_score(self) -> None:
+        """The checks only `--mode score` needs."""
+        if self.n != 1:
+            raise ConfigError(f"--n {self.n}: --mode score labels the given text once; "
+                              "--n applies to --mode generate")
+        if not 1 <= self.window_overlap < self.max_model_len - 1:
+            raise ConfigError(
+                f"--window-overlap must be in 1..{self.max_model_len - 2} (below --max-model-len "
+                f"{self.max_model_len} - 1, the longest window), got {self.window_overlap}")
+        if not (math.isfinite(self.logprobs_memory_gib) and self.logprobs_memory_gib > 0):
+            raise ConfigError(f"--logprobs-memory-gib must be positive, got {self.logprobs_memory_gib}")
+
+    @property
+    def window_tokens(self) -> int:
+        """score: the longest window; one position stays free for the token the engine
+        must generate (max_tokens = 1, discarded)."""
+        return self.max_model_len - 1
 
     @property
     def prompts_per_shard(self) -> int:
@@ -160,13 +197,22 @@ class TeacherConfig:
         return layers
 
     def filter_thresholds(self) -> FilterThresholds:
-        """The keep/drop rules of `pipeline.teacher.sample_filter` from the filter flags."""
-        return FilterThresholds(**{f: getattr(self, f) for f in FilterThresholds.__dataclass_fields__})
+        """The keep/drop rules of `pipeline.teacher.sample_filter` from the filter flags,
+        `auto` ones resolved for the mode."""
+        defaults = FilterThresholds.for_mode(self.mode)
+        return FilterThresholds(**{
+            f: getattr(defaults, f) if getattr(self, f) == AUTO else getattr(self, f)
+            for f in FilterThresholds.__dataclass_fields__})
 
     def sampling(self) -> dict[str, Any]:
-        """The settings that decide which completions are drawn (stored in every shard)."""
-        return {"n": self.n, "max_tokens": self.max_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "seed": self.seed, "system_prompt": self.system_prompt}
+        """How the samples are made (stored in every shard): the sampling settings of the
+        completions, or the windowing of the scored text."""
+        if self.mode == "score":
+            return {"mode": "score", "window_overlap": self.window_overlap,
+                    "system_prompt": self.system_prompt}
+        return {"mode": "generate", "n": self.n, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                "system_prompt": self.system_prompt}
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match for a rerun to extend or reuse an existing output."""

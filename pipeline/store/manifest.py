@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.store.checksum import write_text_atomic
 from pipeline.store.shard_writer import ShardRecord
-from schemas import MANIFEST_NAME, MANIFEST_SCHEMA_NAME, SHARD_SCHEMA_VERSION
+from schemas import MANIFEST_NAME, MANIFEST_SCHEMA_NAME, SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
 
 class ManifestError(ValueError):
@@ -38,6 +38,9 @@ class Manifest:
     top_k: int
     schema: str = MANIFEST_SCHEMA_NAME
     schema_version: int = SHARD_SCHEMA_VERSION
+    """The schema of this output's shards (one version per output: a run never mixes them)."""
+    mode: str = "generate"
+    """How the samples were made: `generate` (the teacher wrote them) or `score` (given text)."""
     complete: bool = False
     config: dict[str, Any] = field(default_factory=dict)
     prompts_sha256: str = ""
@@ -49,6 +52,8 @@ class Manifest:
     accepted_prompts: int = 0
     rejected_prompts: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    planned_samples: int = 0
+    """Samples the accepted records make (generate: records x n; score: their windows); 0 in v1."""
     shards: dict[int, ShardRecord] = field(default_factory=dict)
 
     def totals(self) -> dict[str, int]:
@@ -75,10 +80,10 @@ class Manifest:
     def from_json(cls, data: dict[str, Any]) -> "Manifest":
         if data.get("schema") != MANIFEST_SCHEMA_NAME:
             raise ManifestError(f"schema is {data.get('schema')!r}, expected {MANIFEST_SCHEMA_NAME!r}")
-        if data.get("schema_version") != SHARD_SCHEMA_VERSION:
+        if data.get("schema_version") not in SHARD_SCHEMAS:
             raise ManifestError(
                 f"schema_version {data.get('schema_version')} is not supported "
-                f"(this build reads version {SHARD_SCHEMA_VERSION})")
+                f"(this build reads versions {', '.join(map(str, SHARD_SCHEMAS))})")
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["shards"] = {int(s["index"]): ShardRecord.from_json(s) for s in data["shards"]}
         return cls(**fields)

@@ -1,4 +1,4 @@
-"""`index.parquet`: one row per generated sample, kept or dropped.
+"""`index.parquet`: one row per sample made (generated or scored), kept or dropped.
 
 Each shard's rows are committed as `index/part-NNNNN.parquet` next to the
 shard (atomically, checksummed in the manifest), so a crash never leaves the
@@ -28,7 +28,7 @@ INDEX_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("prompt_id", pa.string()), ("sample_index", pa.int32()),
     ("kept", pa.bool_()), ("drop_reason", pa.string()),
     ("shard", pa.string()), ("row", pa.int32()),
-    ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
+    ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()), ("tokens", pa.int32()),
     ("finish_reason", pa.string()), ("mean_logprob", pa.float64()),
     ("min_logprob", pa.float64()), ("mean_entropy", pa.float64()),
     ("mean_tail_mass", pa.float64()), ("repetition_rate", pa.float64()),
@@ -63,10 +63,16 @@ def merge_index(out: str | Path, shard_indices: Sequence[int]) -> pa.Table:
 
 
 def read_index(out: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
-    return pq.read_table(Path(out) / INDEX_NAME, columns=list(columns) if columns else None)
+    """`index.parquet`, or the listed columns of it that exist (a v1 index has no `tokens`)."""
+    path = Path(out) / INDEX_NAME
+    if columns:
+        present = set(pq.read_schema(path).names)
+        columns = [c for c in columns if c in present]
+    return pq.read_table(path, columns=list(columns) if columns else None)
 
 
-CONTENT_COLUMNS = ("sample_id", "kept", "shard", "row", "prompt_tokens", "completion_tokens")
+CONTENT_COLUMNS = ("sample_id", "kept", "shard", "row", "prompt_tokens", "completion_tokens",
+                   "tokens")
 """What `kept_contents` reads: enough to index every kept sample without opening its shard."""
 
 
@@ -81,7 +87,10 @@ def kept_contents(index: pa.Table, out: Path, shards: Sequence[tuple[str, int]]
     names = np.asarray(kept["shard"].to_numpy(zero_copy_only=False), dtype=object)
     rows = kept["row"].to_numpy()
     prompt = kept["prompt_tokens"].to_numpy().astype(np.int32)
-    total = prompt + kept["completion_tokens"].to_numpy().astype(np.int32)
+    labelled = kept["completion_tokens"].to_numpy().astype(np.int32)
+    # v1 indexes have no `tokens`: their samples are prompt + completion exactly.
+    total = (kept["tokens"].to_numpy().astype(np.int32) if "tokens" in kept.column_names
+             else prompt + labelled)
     ids = kept["sample_id"].to_pylist()
     contents: list[ShardContents] = []
     for name, count in shards:
@@ -89,7 +98,8 @@ def kept_contents(index: pa.Table, out: Path, shards: Sequence[tuple[str, int]]
         if hi - lo != count or not np.array_equal(rows[lo:hi], np.arange(count)):
             return contents, (f"{name}: the index lists rows {rows[lo:hi][:5].tolist()}... "
                               f"({hi - lo} kept), the manifest says {count} samples")
-        contents.append(ShardContents(out / name, ids[lo:hi], total[lo:hi], prompt[lo:hi]))
+        contents.append(ShardContents(out / name, ids[lo:hi], total[lo:hi], prompt[lo:hi],
+                                      labelled[lo:hi]))
     if len(names) != sum(count for _, count in shards):
         return contents, f"{len(names)} kept samples listed, the manifest's shards hold fewer"
     return contents, None

@@ -1,10 +1,11 @@
 """Read shards: numpy memmaps over the contiguous HDF5 datasets.
 
-Numeric datasets are contiguous and uncompressed (schema v1), so after h5py
+Numeric datasets are contiguous and uncompressed (every schema version), so after h5py
 has told us a dataset's byte offset, dtype and shape we map the bytes directly
 with `numpy.memmap` and close the HDF5 file: no h5py handle is held, which is
 what makes readers safe to fork into DataLoader workers. Strings (sample ids,
-finish reasons) are read with h5py on demand.
+finish reasons) are read with h5py on demand. Schema v1 shards (no
+`labels/positions`: labels on the completion suffix) read like v2 ones.
 
     python -c "from pipeline.store.shard_reader import ShardReader; \
 r = ShardReader('data/labels/demo/shard-00000.h5'); print(len(r), r.sample(0)['sample_id'])"
@@ -20,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from schemas import SHARD_SCHEMA, hidden_dataset_name
+from schemas import SHARD_SCHEMAS, hidden_dataset_name
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ class ShardContents:
     lengths: np.ndarray
     """Tokens (prompt + completion) per sample, int32."""
     prompt_lengths: np.ndarray
-    """Prompt tokens per sample, int32."""
+    """Tokens before the first labelled position per sample, int32."""
+    label_counts: np.ndarray
+    """Label rows per sample, int32 (= length - prompt length in a generated sample)."""
 
 
 class ShardFormatError(ValueError):
@@ -86,11 +89,17 @@ class ShardReader:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.attrs, self.layouts = dataset_layouts(self.path)
-        missing = [n for n, spec in SHARD_SCHEMA["datasets"].items()
+        self.version = self.attrs.get("schema_version")
+        if self.version not in SHARD_SCHEMAS:
+            raise ShardFormatError(f"{self.path}: schema_version {self.version!r} is not one this "
+                                   f"build reads ({', '.join(map(str, SHARD_SCHEMAS))})")
+        missing = [n for n, spec in SHARD_SCHEMAS[self.version]["datasets"].items()
                    if n not in self.layouts and "utf8" not in spec["dtype"]]
         if missing:
             raise ShardFormatError(f"{self.path}: missing dataset(s) {', '.join(missing)}")
         self.arrays = {n: memmap_dataset(self.path, lay) for n, lay in self.layouts.items()}
+        if "labels/positions" not in self.arrays:
+            self.arrays["labels/positions"] = suffix_positions(self.arrays)
         self.top_k = int(self.attrs["top_k"])
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
 
@@ -105,8 +114,9 @@ class ShardReader:
     def contents(self) -> ShardContents:
         """Sample ids and lengths, from the ids and the small offset arrays only."""
         lengths = np.diff(np.asarray(self.arrays["samples/offsets"], np.int64)).astype(np.int32)
+        counts = np.diff(np.asarray(self.arrays["labels/offsets"], np.int64)).astype(np.int32)
         return ShardContents(self.path, self.strings("samples/ids"), lengths,
-                             np.asarray(self.arrays["samples/prompt_lengths"], np.int32))
+                             np.asarray(self.arrays["samples/prompt_lengths"], np.int32), counts)
 
     def sample(self, i: int) -> dict[str, Any]:
         """Sample i as arrays (views into the memmaps, no copy)."""
@@ -116,6 +126,7 @@ class ShardReader:
         out = {
             "token_ids": a["samples/token_ids"][t0:t1],
             "prompt_length": int(a["samples/prompt_lengths"][i]),
+            "positions": a["labels/positions"][l0:l1],
             "topk_ids": a["labels/topk_ids"][l0:l1],
             "topk_logprobs": a["labels/topk_logprobs"][l0:l1],
             "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
@@ -123,6 +134,15 @@ class ShardReader:
         for layer in self.hidden_layers:
             out[f"hidden_{layer}"] = a[hidden_dataset_name(layer)][t0:t1]
         return out
+
+
+def suffix_positions(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """A v1 shard's implicit `labels/positions`: every token after each sample's prompt."""
+    offsets = np.asarray(arrays["samples/offsets"], np.int64)
+    prompt = np.asarray(arrays["samples/prompt_lengths"], np.int64)
+    counts = np.maximum(np.diff(offsets) - prompt, 0)
+    row_start = np.repeat(np.cumsum(counts) - counts, counts)
+    return (np.arange(int(counts.sum())) - row_start + np.repeat(prompt, counts)).astype(np.int32)
 
 
 def read_samples(reader: ShardReader) -> list["Sample"]:
@@ -134,10 +154,12 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
     for i, (sid, reason) in enumerate(zip(ids, reasons)):
         s = reader.sample(i)
         prompt_id, index = sid.rsplit("/", 1)
+        prefix = index.rstrip("0123456789")
         tokens, p = s["token_ids"].tolist(), s["prompt_length"]
-        sample = Sample(prompt_id, int(index), tokens[:p], tokens[p:], np.array(s["topk_ids"]),
-                        np.array(s["topk_logprobs"], np.float32),
-                        np.array(s["sampled_logprobs"], np.float32), reason)
+        sample = Sample(prompt_id, int(index[len(prefix):]), tokens[:p], tokens[p:],
+                        np.array(s["topk_ids"]), np.array(s["topk_logprobs"], np.float32),
+                        np.array(s["sampled_logprobs"], np.float32), reason,
+                        label_positions=np.array(s["positions"], np.int64), id_prefix=prefix)
         sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
         samples.append(sample)
     return samples

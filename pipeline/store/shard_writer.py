@@ -1,4 +1,4 @@
-"""Write one shard file (schema v1) from a list of samples, crash-safely.
+"""Write one shard file (schema v2) from a list of samples, crash-safely.
 
 All datasets are contiguous and uncompressed, so `numpy.memmap` at
 `dataset.id.get_offset()` reads them without h5py (see `pipeline.store.shard_reader`).
@@ -75,13 +75,15 @@ def offsets_of(lengths: Sequence[int]) -> np.ndarray:
 def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.ndarray]:
     """Concatenate samples into the schema's flat arrays, keyed by dataset path."""
     k = attrs.top_k
-    comp = [s.completion_length for s in samples]
     arrays: dict[str, np.ndarray] = {
         "samples/token_ids": np.fromiter(
             (t for s in samples for t in s.token_ids), dtype=np.uint32),
-        "samples/offsets": offsets_of([len(s.prompt_token_ids) + c for s, c in zip(samples, comp)]),
+        "samples/offsets": offsets_of([len(s.prompt_token_ids) + s.completion_length
+                                       for s in samples]),
         "samples/prompt_lengths": np.asarray([len(s.prompt_token_ids) for s in samples], np.int32),
-        "labels/offsets": offsets_of(comp),
+        "labels/offsets": offsets_of([s.label_count for s in samples]),
+        "labels/positions": (np.concatenate([s.positions for s in samples]).astype(np.int32)
+                             if samples else np.zeros(0, np.int32)),
     }
     def stack(attr: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         parts = [np.asarray(getattr(s, attr)) for s in samples]

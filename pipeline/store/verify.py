@@ -1,4 +1,4 @@
-"""Verify output directories against schema v1: checksums, schema, invariants, unique ids.
+"""Verify output directories against their shard schema (v1 or v2): checksums, schema, invariants, unique ids.
 
 `verify_outputs` is the one verification path: `kd verify DIR...` runs it and
 so does every reader before it trusts data (`pipeline.student.label_set`),
@@ -24,8 +24,8 @@ from pipeline.store.checksum import sha256_file
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
-from schemas import (MANIFEST_NAME, SHARD_SCHEMA, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION,
-                     hidden_dataset_name, shard_name, topk_id_dtype)
+from schemas import (MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, hidden_dataset_name,
+                     shard_name, topk_id_dtype)
 
 # Rows checked per step: bounds memory on multi-GB shards.
 BLOCK_ROWS = 1 << 18
@@ -78,13 +78,13 @@ def check_offsets(name: str, offsets: np.ndarray, total: int, count: int) -> lis
 def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
     """Root attributes against the manifest: the schema, the teacher, k, hidden layers."""
     errors = []
-    expected = {"schema": SHARD_SCHEMA_NAME, "schema_version": SHARD_SCHEMA_VERSION,
+    expected = {"schema": SHARD_SCHEMA_NAME, "schema_version": manifest.schema_version,
                 "teacher": manifest.teacher, "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
                 "vocab_size": manifest.vocab_size, "top_k": manifest.top_k, "shard_index": index}
     for key, want in expected.items():
         if a.get(key) != want:
             errors.append(f"attribute {key} is {a.get(key)!r}, manifest says {want!r}")
-    for key in SHARD_SCHEMA["root_attributes"]:
+    for key in SHARD_SCHEMAS[manifest.schema_version]["root_attributes"]:
         if key not in a:
             errors.append(f"root attribute {key} is missing")
     layers = json.loads(a.get("hidden_layers", "[]"))
@@ -98,7 +98,7 @@ def check_structure(r: ShardReader) -> list[str]:
     a, k, errors = r.arrays, r.top_k, []
     n, tokens = len(r), len(a["samples/token_ids"])
     comp = len(a["labels/sampled_logprobs"])
-    for name, spec in SHARD_SCHEMA["datasets"].items():
+    for name, spec in SHARD_SCHEMAS[r.version]["datasets"].items():
         if name in a and a[name].dtype.name not in spec["dtype"]:
             errors.append(f"{name} has dtype {a[name].dtype}, schema allows {spec['dtype']}")
     want_id_dtype = topk_id_dtype(int(r.attrs["vocab_size"]))
@@ -107,24 +107,50 @@ def check_structure(r: ShardReader) -> list[str]:
     for name in ("labels/topk_ids", "labels/topk_logprobs"):
         if a[name].shape != (comp, k):
             errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {k})")
+    if a["labels/positions"].shape != (comp,):
+        errors.append(f"labels/positions has shape {a['labels/positions'].shape}, expected ({comp},)")
     errors += check_offsets("samples/offsets", a["samples/offsets"], tokens, n)
     errors += check_offsets("labels/offsets", a["labels/offsets"], comp, n)
     if errors:
         return errors
     lengths = np.diff(a["samples/offsets"])
     prompt = a["samples/prompt_lengths"].astype(np.int64)
+    rows = np.diff(a["labels/offsets"])
     if np.any(prompt < 1) or np.any(prompt >= lengths):
         i = int(np.argmax((prompt < 1) | (prompt >= lengths)))
         errors.append(f"sample {i}: prompt length {prompt[i]} not in [1, sample length {lengths[i]})")
-    elif not np.array_equal(lengths - prompt, np.diff(a["labels/offsets"])):
-        i = int(np.argmax(lengths - prompt != np.diff(a["labels/offsets"])))
-        errors.append(f"sample {i}: label rows differ from its completion length")
+    elif np.any(rows < 1) or np.any(rows > lengths - prompt):
+        i = int(np.argmax((rows < 1) | (rows > lengths - prompt)))
+        errors.append(f"sample {i}: {rows[i]} label rows, expected 1..{lengths[i] - prompt[i]} "
+                      "(the tokens after its prompt)")
+    else:
+        errors += check_positions(a["labels/positions"], a["labels/offsets"], prompt, lengths)
     for layer in r.hidden_layers:
         h = a.get(hidden_dataset_name(layer))
         size = int(r.attrs.get("hidden_size", 0))
         if h is None or h.shape != (tokens, size):
             errors.append(f"{hidden_dataset_name(layer)}: expected shape ({tokens}, {size})")
     return errors
+
+
+def check_positions(positions: np.ndarray, label_offsets: np.ndarray, prompt: np.ndarray,
+                    lengths: np.ndarray) -> list[str]:
+    """Each sample's labelled positions: the first is its prompt length, then strictly
+    increasing, all inside the sample. Checked in blocks of rows."""
+    for sl in blocks(len(positions)):
+        pos = np.asarray(positions[sl], np.int64)
+        rows = np.arange(sl.start, sl.stop)
+        sample = np.searchsorted(label_offsets, rows, side="right") - 1
+        first = rows == label_offsets[sample]
+        prev = np.concatenate([[positions[sl.start - 1] if sl.start else -1], pos[:-1]])
+        bad = ((first & (pos != prompt[sample])) | (~first & (pos <= prev))
+               | (pos >= lengths[sample]))
+        if bad.any():
+            j = int(np.argmax(bad))
+            return [f"sample {int(sample[j])}: labels/positions row {sl.start + j} is {pos[j]}: "
+                    f"positions must start at the prompt length {int(prompt[sample[j]])}, increase, "
+                    f"and stay below the sample length {int(lengths[sample[j]])}"]
+    return []
 
 
 def check_values(r: ShardReader) -> list[str]:
@@ -249,6 +275,14 @@ def check_index_part(out_dir: Path, index: int, sha256: str, checksum: bool = Tr
     return []
 
 
+def planned_samples(m: Manifest) -> tuple[int, str]:
+    """How many samples a complete output must account for, and why."""
+    if m.schema_version >= 2:
+        return m.planned_samples, f"the plan of {m.accepted_prompts} accepted records, mode {m.mode}"
+    n = int(m.config.get("n", 1))
+    return m.accepted_prompts * n, f"{m.accepted_prompts} accepted prompts x n={n}"
+
+
 def check_complete(out_dir: Path, m: Manifest, contents_into: Verification | None = None
                    ) -> list[Problem]:
     """A finished run accounts for every accepted prompt's samples and carries its full index.
@@ -257,11 +291,10 @@ def check_complete(out_dir: Path, m: Manifest, contents_into: Verification | Non
     index in the same pass and added to its shards (the `cheap` depth).
     """
     problems, t = [], m.totals()
-    n = int(m.config.get("n", 1))
-    if t["generated"] != m.accepted_prompts * n:
+    planned, how = planned_samples(m)
+    if t["generated"] != planned:
         problems.append(Problem("manifest.json", "accounting",
-                                f"{t['generated']} samples generated, expected {m.accepted_prompts} "
-                                f"accepted prompts x n={n}"))
+                                f"{t['generated']} samples made, expected {planned} ({how})"))
     if m.input_records != m.accepted_prompts + m.rejected_prompts:
         problems.append(Problem("manifest.json", "accounting",
                                 f"{m.input_records} records read != {m.accepted_prompts} accepted + "

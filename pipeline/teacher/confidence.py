@@ -28,7 +28,7 @@ class ConfidenceMetrics:
     """How sure the teacher was of one sample, and how healthy the sample looks."""
 
     mean_logprob: float
-    """Mean raw teacher logprob of the sampled tokens."""
+    """Mean raw teacher logprob of the labelled tokens (sampled, or the data's own in score mode)."""
     min_logprob: float
     """Lowest raw teacher logprob among the sampled tokens."""
     mean_entropy: float
@@ -38,6 +38,7 @@ class ConfidenceMetrics:
     repetition_rate: float
     """Fraction of the completion's 4-grams that repeat an earlier 4-gram of it (0 when too short)."""
     completion_tokens: int
+    """Labelled tokens: the completion of a generated sample, the labelled positions of a scored one."""
     finish_reason: str
     """vLLM's reason: `stop` (end of sequence or stop token) or `length` (hit --max-tokens)."""
     non_finite: bool

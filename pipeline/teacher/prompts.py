@@ -90,8 +90,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield line_no, RecordError("malformed_json", f"line {line_no}: {exc}")
 
 
-def messages_of(record: Any, system_prompt: str | None) -> tuple[str, Messages]:
-    """Return (id, chat messages) of a parsed record, or raise RecordError."""
+def record_id(record: Any) -> str:
+    """The checked `id` of a parsed record (any mode), or raise RecordError."""
     if isinstance(record, RecordError):
         raise record
     if not isinstance(record, dict):
@@ -104,6 +104,19 @@ def messages_of(record: Any, system_prompt: str | None) -> tuple[str, Messages]:
     rid = str(rid)
     if "/" in rid:
         raise RecordError("bad_id", f"`id` {rid!r} contains '/', which separates sample indices")
+    return rid
+
+
+def with_system(messages: Messages, system_prompt: str | None) -> Messages:
+    """`messages` behind the --system-prompt, unless they open with a system message."""
+    if system_prompt and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def messages_of(record: Any, system_prompt: str | None) -> tuple[str, Messages]:
+    """Return (id, chat messages) of a parsed record, or raise RecordError."""
+    rid = record_id(record)
     if record.get("messages") is not None:
         messages = check_messages(record["messages"])
     elif record.get("prompt") is not None:
@@ -115,9 +128,7 @@ def messages_of(record: Any, system_prompt: str | None) -> tuple[str, Messages]:
         messages = [{"role": "user", "content": text}]
     else:
         raise RecordError("missing_prompt", "record has neither `prompt` nor `messages`")
-    if system_prompt and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    return rid, messages
+    return rid, with_system(messages, system_prompt)
 
 
 def check_messages(messages: Any) -> Messages:
@@ -136,11 +147,28 @@ def check_messages(messages: Any) -> Messages:
 def load_prompts(path: str | Path, tokenize: Tokenize, max_prompt_tokens: int,
                  system_prompt: str | None = None, limit: int | None = None,
                  owns: Callable[[str | None, int], bool] | None = None) -> PromptBatch:
-    """Read, validate and tokenize the records of `path` (the first `limit` if given).
+    """Read, validate and tokenize the prompts of `path` (generate mode); see `read_records`."""
+    def parse(line: int, rid: str, record: dict[str, Any]) -> Prompt:
+        _, messages = messages_of(record, system_prompt)
+        token_ids = tokenize(messages)
+        if len(token_ids) > max_prompt_tokens:
+            raise RecordError(
+                "too_long", f"prompt has {len(token_ids)} tokens; at most {max_prompt_tokens} "
+                "fit (max_model_len - max_tokens)")
+        return Prompt(rid, line, messages, list(token_ids))
+
+    return read_records(path, parse, limit, owns)
+
+
+def read_records(path: str | Path, parse: Callable[[int, str, dict[str, Any]], Any],
+                 limit: int | None = None,
+                 owns: Callable[[str | None, int], bool] | None = None) -> PromptBatch:
+    """Read the records of `path` (the first `limit` if given), accepting what
+    `parse(line, id, record)` returns and rejecting what it raises RecordError for.
 
     The first of duplicate ids wins; later ones are rejected. `owns(id, line)`
     selects this worker's records (see `pipeline.teacher.partition`); the others are
-    skipped before tokenization and not counted.
+    skipped before parsing and not counted.
     """
     batch = PromptBatch()
     seen: dict[str, int] = {}
@@ -153,20 +181,32 @@ def load_prompts(path: str | Path, tokenize: Tokenize, max_prompt_tokens: int,
             continue
         batch.records_read += 1
         try:
-            rid, messages = messages_of(record, system_prompt)
+            rid = record_id(record)
             if rid in seen:
                 raise RecordError("duplicate_id", f"id {rid!r} already used on line {seen[rid]}")
-            token_ids = tokenize(messages)
-            if len(token_ids) > max_prompt_tokens:
-                raise RecordError(
-                    "too_long", f"prompt has {len(token_ids)} tokens; at most {max_prompt_tokens} "
-                    "fit (max_model_len - max_tokens)")
+            item = parse(line, rid, record)
         except RecordError as exc:
             batch.rejects.append(Reject(line, rid, exc.reason, str(exc)))
             continue
         seen[rid] = line
-        batch.accepted.append(Prompt(rid, line, messages, list(token_ids)))
+        batch.accepted.append(item)
     return batch
+
+
+class NoUsableInput(ValueError):
+    """No record of the input file could be used; the message says why, by reason."""
+
+
+def require_accepted(batch: PromptBatch, path: str | Path, rejects_path: str | Path) -> None:
+    """Refuse an input none of whose records is usable (random bytes, the wrong format)."""
+    if batch.accepted:
+        return
+    if not batch.records_read:
+        raise NoUsableInput(f"{path}: no records (an empty file, or --limit/--worker-index "
+                            "left this worker none)")
+    reasons = ", ".join(f"{r} {n}" for r, n in batch.rejects_by_reason().items())
+    raise NoUsableInput(f"{path}: none of its {batch.records_read} records is usable "
+                        f"(rejected: {reasons}); each reason is in {rejects_path}")
 
 
 def write_rejects(path: str | Path, rejects: list[Reject]) -> None:

@@ -25,7 +25,7 @@ from pipeline.teacher.confidence import ConfidenceMetrics, confidence_metrics
 from schemas.filter_thresholds import FilterThresholds
 
 DROP_REASONS = ("non_finite", "too_short", "truncated", "repetition", "low_mean_logprob",
-                "low_min_logprob", "high_entropy", "high_tail_mass")
+                "high_mean_logprob", "low_min_logprob", "high_entropy", "high_tail_mass")
 """Every reason a sample can be dropped for, in the order the rules are tried."""
 
 
@@ -37,6 +37,7 @@ def drop_reason(m: ConfidenceMetrics, t: FilterThresholds) -> str | None:
         ("truncated", t.drop_truncated and m.finish_reason == "length"),
         ("repetition", t.max_repetition is not None and m.repetition_rate > t.max_repetition),
         ("low_mean_logprob", t.min_mean_logprob is not None and m.mean_logprob < t.min_mean_logprob),
+        ("high_mean_logprob", t.max_mean_logprob is not None and m.mean_logprob > t.max_mean_logprob),
         ("low_min_logprob", t.min_token_logprob is not None and m.min_logprob < t.min_token_logprob),
         ("high_entropy", t.max_mean_entropy is not None and m.mean_entropy > t.max_mean_entropy),
         ("high_tail_mass", t.max_tail_mass is not None and m.mean_tail_mass > t.max_tail_mass),
@@ -63,7 +64,7 @@ class FilterOutcome:
 
 def filter_samples(samples: Sequence[Sample], thresholds: FilterThresholds) -> FilterOutcome:
     """Metrics and keep/drop decision for each sample; kept samples stay in order."""
-    metrics = [confidence_metrics(s.topk_logprobs, s.sampled_logprobs, s.completion_token_ids,
+    metrics = [confidence_metrics(s.topk_logprobs, s.sampled_logprobs, s.labelled_token_ids,
                                   s.finish_reason) for s in samples]
     reasons = [drop_reason(m, thresholds) for m in metrics]
     kept = [s for s, r in zip(samples, reasons) if r is None]
@@ -78,7 +79,7 @@ def index_table(samples: Sequence[Sample], metrics: Sequence[ConfidenceMetrics],
         kept = reason is None
         rows.append({"sample_id": s.sample_id, "prompt_id": s.prompt_id, "sample_index": s.index,
                      "kept": kept, "drop_reason": reason, "shard": shard if kept else None,
-                     "row": next_row if kept else None,
-                     "prompt_tokens": len(s.prompt_token_ids), **m.to_row()})
+                     "row": next_row if kept else None, "prompt_tokens": len(s.prompt_token_ids),
+                     "tokens": len(s.prompt_token_ids) + s.completion_length, **m.to_row()})
         next_row += kept
     return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)

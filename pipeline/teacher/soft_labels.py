@@ -1,7 +1,8 @@
 """Turn vLLM's flat per-token logprobs into top-k soft-label arrays.
 
 For each generated token vLLM returns k + 1 entries: the sampled token first
-(whatever its rank), then the top-k by rank. When the sampled token is in the
+(whatever its rank), then the top-k by rank; prompt logprobs (score mode) have
+the same layout with the prompt's own next token first. When the sampled token is in the
 top-k it therefore appears twice, so summing or sorting the k + 1 entries
 naively double-counts it. We split the entries by position instead: column 0
 is the sampled token's logprob, columns 1..k are the top-k.
@@ -46,8 +47,9 @@ def split_flat_logprobs(token_ids: Sequence[int], logprobs: Sequence[float],
         raise SoftLabelError(
             f"position {bad} has {widths[bad]} logprob entries, expected k + 1 = {k + 1}; "
             "is the engine's max_logprobs below k?")
-    ids = ids.reshape(n_pos, k + 1)
-    lps = lps.reshape(n_pos, k + 1)
+    # Positions may be any subset of the engine's (a scored chat's assistant turns).
+    take = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(k + 1)
+    ids, lps = ids[take], lps[take]
     if n_pos and not np.array_equal(ids[:, 0], np.asarray(sampled_ids, dtype=np.int64)):
         bad = int(np.argmax(ids[:, 0] != np.asarray(sampled_ids)))
         raise SoftLabelError(f"position {bad}: first logprob entry is not the sampled token")

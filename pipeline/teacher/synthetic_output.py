@@ -30,16 +30,28 @@ KEEP_ALL = FilterThresholds(drop_truncated=False, max_repetition=None, min_mean_
 
 def random_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, vocab: int = 1000,
                   k: int = 4, prompt_len: int | None = None, comp_len: int | None = None,
-                  hidden: dict[int, int] | None = None) -> Sample:
-    """A random sample: sorted top-k rows, logprobs <= 0, hidden states of the given sizes."""
+                  hidden: dict[int, int] | None = None, scored: bool = False) -> Sample:
+    """A random sample: sorted top-k rows, logprobs <= 0, hidden states of the given sizes;
+    `scored`: labels on the first token after the prompt and a random subset of the rest."""
     p = prompt_len or int(rng.integers(1, 8))
     c = comp_len or int(rng.integers(1, 10))
+    positions = None
+    if scored:
+        rest = np.flatnonzero(rng.random(c - 1) < 0.5) + p + 1
+        positions = np.concatenate([[p], rest]).astype(np.int64)
+    rows = c if positions is None else len(positions)
     # k distinct ids per row without a per-row permutation of the vocabulary.
-    topk_ids = (rng.integers(0, vocab, (c, 1)) + np.arange(k) * (vocab // k)) % vocab
-    lps = -np.sort(rng.exponential(2.0, size=(c, k)), axis=1).astype(np.float32)
-    sample = Sample(prompt_id, index, rng.integers(0, vocab, p).tolist(),
-                    topk_ids[:, 0].tolist(), topk_ids, lps, lps[:, 0].copy(),
-                    "stop" if rng.random() < 0.5 else "length")
+    topk_ids = (rng.integers(0, vocab, (rows, 1)) + np.arange(k) * (vocab // k)) % vocab
+    lps = -np.sort(rng.exponential(2.0, size=(rows, k)), axis=1).astype(np.float32)
+    completion = rng.integers(0, vocab, c)
+    if positions is None:
+        completion = topk_ids[:, 0]
+    else:
+        completion[positions - p] = topk_ids[:, 0]
+    sample = Sample(prompt_id, index, rng.integers(0, vocab, p).tolist(), completion.tolist(),
+                    topk_ids, lps, lps[:, 0].copy(),
+                    "scored" if scored else ("stop" if rng.random() < 0.5 else "length"),
+                    label_positions=positions, id_prefix="w" if scored else "")
     for layer, size in (hidden or {}).items():
         sample.hidden[layer] = rng.standard_normal((p + c, size)).astype(np.float32)
     return sample
@@ -47,19 +59,22 @@ def random_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, voca
 
 def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int, seed: int = 0,
                         prefix: str = "p", prompt_len: int | None = None,
-                        comp_len: int | None = None) -> Manifest:
-    """Write a complete output directory of random shards and return its manifest."""
+                        comp_len: int | None = None, scored: bool = False) -> Manifest:
+    """Write a complete output directory of random shards and return its manifest
+    (`scored`: samples labelled at scattered positions, as score mode writes chats)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
                         vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
                         hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size,
                         config={"n": 1}, input_records=shards * per_shard,
-                        accepted_prompts=shards * per_shard)
+                        accepted_prompts=shards * per_shard, planned_samples=shards * per_shard,
+                        mode="score" if scored else "generate")
     sizes = dict.fromkeys(attrs.hidden_layers, attrs.hidden_size)
     for i in range(shards):
         samples = [random_sample(rng, f"{prefix}{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
-                                 prompt_len=prompt_len, comp_len=comp_len, hidden=sizes)
+                                 prompt_len=prompt_len, comp_len=comp_len, hidden=sizes,
+                                 scored=scored)
                    for j in range(per_shard)]
         outcome = filter_samples(samples, KEEP_ALL)
         record = write_shard(out / shard_name(i), i, samples, attrs)

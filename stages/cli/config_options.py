@@ -18,30 +18,35 @@ from typing import Any, Callable
 
 import click
 
-from schemas.config_base import ConfigError, field_docs
+from schemas.config_base import AUTO, ConfigError, field_docs
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
 
 class OrNone(click.ParamType):
-    """A number that may also be switched off with `none` (for `float | None` fields)."""
+    """A number that may also be switched off with `none` (for `float | None` fields), and
+    left to the config with `auto` where that is the field's default."""
 
-    def __init__(self, inner: click.ParamType):
-        self.inner, self.name = inner, f"{inner.name}|none"
+    def __init__(self, inner: click.ParamType, auto: bool = False):
+        self.inner, self.auto = inner, auto
+        self.name = f"{inner.name}|none" + ("|auto" if auto else "")
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "off")):
             return None
+        if self.auto and isinstance(value, str) and value.lower() == AUTO:
+            return AUTO
         return self.inner.convert(value, param, ctx)
 
 
-def option_type(annotation: Any) -> Any:
-    """click type of a field annotation; numeric `X | None` also accepts `none`."""
+def option_type(annotation: Any, default: Any = None) -> Any:
+    """click type of a field annotation; numeric `X | None` also accepts `none` (and `auto`
+    when that is the default)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     base = args[0] if args else annotation
     inner = CLICK_TYPES.get(base, click.STRING)
     optional = type(None) in typing.get_args(annotation)
-    return OrNone(inner) if optional and base in (int, float) else inner
+    return OrNone(inner, default == AUTO) if optional and base in (int, float) else inner
 
 
 def options_from(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -71,7 +76,8 @@ def options_from(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 decl = click.option(f"{flag}/--no-{flag[2:]}", default=field.default,
                                     show_default=True, help=help_text)
             else:
-                decl = click.option(flag, field.name, type=option_type(hints[field.name]),
+                decl = click.option(flag, field.name,
+                                    type=option_type(hints[field.name], field.default),
                                     default=field.default, show_default=field.default is not None,
                                     help=help_text)
             wrapper = decl(wrapper)

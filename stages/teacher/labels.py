@@ -1,4 +1,4 @@
-"""Teacher stage: vLLM generates completions and top-k soft labels into HDF5 shards.
+"""Teacher stage: vLLM writes top-k soft labels, of its own completions or of given text, into HDF5 shards.
 
 Wiring only: prompts come from `pipeline.teacher.prompts`, soft labels from
 `pipeline.teacher.soft_labels`, scheduling from `pipeline.teacher.shard_scheduler`, files from
@@ -11,7 +11,8 @@ CPU-sized example (the embedded teacher, a few prompts, float32):
         --max-tokens 32 --top-k 20 --dtype float32 --shard-size 8 --limit 16 --enforce-eager
 
 A rerun of the same command reuses every committed shard whose checksum
-verifies and generates only what is missing.
+verifies and generates only what is missing. `--mode score` labels given text
+instead (`stages.teacher.scoring`); everything else is shared.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -36,7 +37,7 @@ from pipeline.store.shard_writer import ShardAttrs, ShardRecord, write_shard
 from pipeline.store.verify import check_index_part, verify_shard
 from pipeline.teacher.background_writer import BackgroundWriter
 from pipeline.teacher.partition import owner_of
-from pipeline.teacher.prompts import Prompt, PromptBatch, load_prompts, write_rejects
+from pipeline.teacher.prompts import Prompt, load_prompts, require_accepted, write_rejects
 from pipeline.teacher.sample_filter import FilterOutcome, filter_samples, index_table
 from pipeline.teacher.seeding import seed_for_prompt
 from pipeline.teacher.shard_scheduler import ShardPlan, run_shards
@@ -45,6 +46,8 @@ from schemas import CONFIG_NAME, REJECTS_NAME, shard_name
 from schemas.teacher_config import ConfigError, TeacherConfig
 from stages.cli.preemption import Preempted, PreemptionGuard
 from stages.teacher.hidden import add_hidden_states, resolve_layers
+from stages.teacher.label_job import LabelJob
+from stages.teacher.scoring import score_engine_args, score_job
 
 # vLLM's CPU backend sizes its KV cache from this fraction of *system* memory
 # by default and refuses to start when the machine has less free; a fixed
@@ -68,20 +71,22 @@ class RunSummary:
     def line(self) -> str:
         m, t, g = self.manifest, self.manifest.totals(), self.generation
         dropped = ", ".join(f"{k} {v}" for k, v in m.dropped_by_reason().items()) or "none"
-        return (f"teacher-labels: {m.accepted_prompts} prompts accepted, {m.rejected_prompts} rejected; "
+        made, tokens = ("generated", "completion") if m.mode == "generate" else ("scored", "labelled")
+        return (f"teacher-labels: {m.accepted_prompts} records accepted, {m.rejected_prompts} rejected; "
                 f"{self.shards_written} shard(s) written, {self.shards_reused} reused; "
                 f"{t['samples']} of {t['generated']} samples kept (dropped: {dropped}); "
-                f"{t['completion_tokens']} completion tokens, "
+                f"{t['completion_tokens']} {tokens} tokens, "
                 f"{t['bytes'] / max(t['completion_tokens'], 1):.0f} B/token; "
-                f"{g.tokens_per_second:.0f} generated tok/s -> {self.out}")
+                f"{g.tokens_per_second:.0f} {made} tok/s -> {self.out}")
 
 
 @dataclass
 class GenerationStats:
-    """Throughput of the generation loop alone (engine start excluded)."""
+    """Throughput of the generation (or scoring) loop alone (engine start excluded)."""
 
     samples: int = 0
     completion_tokens: int = 0
+    """Labelled tokens: generated completions, or the scored positions."""
     non_finite: int = 0
     seconds: float = 0.0
 
@@ -110,6 +115,28 @@ def plan_shards(prompts: list[Prompt], cfg: TeacherConfig) -> list[ShardPlan]:
             for i in range(0, len(prompts), per)]
 
 
+def generate_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
+    """Generate mode's prompts, shard plans, sampling and sample conversion."""
+    batch = load_prompts(cfg.prompts, render_prompt_tokens(tokenizer),
+                         cfg.max_model_len - cfg.max_tokens, cfg.system_prompt, cfg.limit,
+                         owns=lambda rid, line: owner_of(rid, line, cfg.num_workers) == cfg.worker_index)
+    prompt_ids = {p.id: p.token_ids for p in batch.accepted}
+
+    def params(seed: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.max_tokens, seed=seed, logprobs=cfg.top_k,
+                              detokenize=False, flat_logprobs=True)
+
+    def to_samples(plan: ShardPlan, outputs: dict[str, Any]) -> list[Sample]:
+        return [s for pid, _, _ in plan.requests
+                for s in samples_from_output(prompt_ids[pid], pid, outputs[pid], cfg.top_k)]
+
+    return LabelJob(batch, plan_shards(batch.accepted, cfg), len(batch.accepted) * cfg.n,
+                    params, to_samples)
+
+
 def samples_from_output(prompt_ids: list[int], prompt_id: str, output: Any, k: int) -> list[Sample]:
     """Convert one vLLM RequestOutput (n completions) into Samples."""
     samples = []
@@ -125,18 +152,12 @@ def samples_from_output(prompt_ids: list[int], prompt_id: str, output: Any, k: i
 class VllmEngine:
     """Adapter from vLLM's `LLM` to the scheduler's add/step/has_unfinished engine."""
 
-    def __init__(self, llm: Any, cfg: TeacherConfig):
-        from vllm import SamplingParams
-
-        self._llm, self._cfg, self._params = llm, cfg, SamplingParams
+    def __init__(self, llm: Any, sampling_params: Callable[[int], Any]):
+        self._llm, self._params = llm, sampling_params
         self._keys: dict[str, str] = {}
 
     def add(self, key: str, prompt_token_ids: list[int], seed: int) -> None:
-        cfg = self._cfg
-        params = self._params(
-            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-            seed=seed, logprobs=cfg.top_k, detokenize=False, flat_logprobs=True)
-        (rid,) = self._llm.enqueue([{"prompt_token_ids": prompt_token_ids}], params,
+        (rid,) = self._llm.enqueue([{"prompt_token_ids": prompt_token_ids}], self._params(seed),
                                    use_tqdm=False)
         # enqueue() returns the internal id "<counter>-<8 random chars>"; the
         # outputs carry the external "<counter>" part only.
@@ -163,16 +184,19 @@ def build_llm(cfg: TeacherConfig) -> Any:
         # Measured here: bf16 on a CPU without AMX falls back from oneDNN to
         # plain torch matmuls, ~10x slower than float32 for the 135M teacher.
         dtype = "float32"
+    if cfg.mode == "score":
+        extra |= score_engine_args(cfg, teacher_shape(cfg.teacher)[0], 4 if dtype == "float32" else 2)
+    else:
+        # Per-request seeds crash the CPU build once a prefill is split across
+        # steps ("CPU Generator does not use offset"); whole prefills avoid it.
+        extra["enable_chunked_prefill"] = False
     return LLM(
         model=cfg.teacher, dtype=dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
         tensor_parallel_size=cfg.tensor_parallel_size,
         pipeline_parallel_size=cfg.pipeline_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
         max_logprobs=max(cfg.top_k, 20), logprobs_mode="raw_logprobs",
-        enforce_eager=cfg.enforce_eager,
-        # Per-request seeds crash the CPU build once a prefill is split across
-        # steps ("CPU Generator does not use offset"); whole prefills avoid it.
-        enable_chunked_prefill=False, **extra)
+        enforce_eager=cfg.enforce_eager, **extra)
 
 
 def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
@@ -251,11 +275,13 @@ class EngineSource:
             self.llm = None
 
 
-def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, batch: PromptBatch,
+def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
                    layers: list[int]) -> Manifest:
-    """The manifest this run would start from: teacher, tokenizer, config and prompt accounting."""
+    """The manifest this run would start from: teacher, tokenizer, config and record accounting."""
     vocab_size, num_layers, hidden_size = teacher_shape(cfg.teacher)
+    batch = job.batch
     return Manifest(
+        mode=cfg.mode, planned_samples=job.planned_samples,
         teacher=cfg.teacher, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         vocab_size=vocab_size, top_k=cfg.top_k, config=cfg.to_dict() | cfg.identity(),
         prompts_sha256=sha256_file(cfg.prompts), input_records=batch.records_read,
@@ -283,22 +309,21 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
     remove_stale_temps(out / INDEX_PARTS_DIR)
     tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
     layers = resolve_layers(cfg.parsed_hidden_layers(), teacher_shape(cfg.teacher)[1])
-    batch = load_prompts(cfg.prompts, render_prompt_tokens(tokenizer),
-                         cfg.max_model_len - cfg.max_tokens, cfg.system_prompt, cfg.limit,
-                         owns=lambda rid, line: owner_of(rid, line, cfg.num_workers) == cfg.worker_index)
-    manifest = open_output(cfg, fresh_manifest(cfg, tokenizer, batch, layers))
-    plans = plan_shards(batch.accepted, cfg)
+    job = (score_job if cfg.mode == "score" else generate_job)(cfg, tokenizer)
+    manifest = open_output(cfg, fresh_manifest(cfg, tokenizer, job, layers))
+    plans = job.plans
     keep = reusable_shards(out, manifest)
     manifest.shards = {i: r for i, r in manifest.shards.items() if i in keep}
     manifest.complete = False
-    write_rejects(out / REJECTS_NAME, batch.rejects)
+    write_rejects(out / REJECTS_NAME, job.batch.rejects)
+    require_accepted(job.batch, cfg.prompts, out / REJECTS_NAME)
     write_text_atomic(out / CONFIG_NAME, json.dumps(manifest.config, indent=1) + "\n")
     write_manifest(out, manifest)
     attrs = ShardAttrs(cfg.teacher, manifest.tokenizer_fingerprint, manifest.vocab_size, cfg.top_k,
                        cfg.sampling())
     todo = [p for p in plans if p.index not in keep]
     with PreemptionGuard() as guard:
-        stats = generate_into(out, cfg, manifest, todo, batch, attrs, guard, engine)
+        stats = generate_into(out, cfg, manifest, todo, job, attrs, guard, engine)
         hidden_start = time.time()
         if layers and not guard.requested:
             add_hidden_states(out, cfg, manifest,
@@ -317,16 +342,16 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
 
 
 def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[ShardPlan],
-                  batch: PromptBatch, attrs: ShardAttrs, guard: PreemptionGuard,
+                  job: LabelJob, attrs: ShardAttrs, guard: PreemptionGuard,
                   engine: EngineSource) -> GenerationStats:
-    """Generate, filter and commit the shards in `todo` into `manifest`."""
+    """Generate (or score), filter and commit the shards in `todo` into `manifest`."""
     stats = GenerationStats()
     if not todo:
         return stats
-    prompt_ids = {p.id: p.token_ids for p in batch.accepted}
     thresholds = cfg.filter_thresholds()
     llm = engine.get()
-    gen_bar = tqdm(total=sum(len(p.requests) for p in todo) * cfg.n, desc="generate",
+    per_request = cfg.n if cfg.mode == "generate" else 1
+    gen_bar = tqdm(total=sum(len(p.requests) for p in todo) * per_request, desc=cfg.mode,
                    unit="sample", dynamic_ncols=True)
     write_bar = tqdm(total=len(todo), desc="write", unit="shard", dynamic_ncols=True)
 
@@ -347,14 +372,13 @@ def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[
     started = time.time()
     try:
         with BackgroundWriter(write, commit) as writer:
-            for plan, outputs in run_shards(VllmEngine(llm, cfg), todo, cfg.shards_in_flight):
-                generated = [s for pid, _, _ in plan.requests
-                             for s in samples_from_output(prompt_ids[pid], pid, outputs[pid],
-                                                          cfg.top_k)]
+            for plan, outputs in run_shards(VllmEngine(llm, job.sampling_params), todo,
+                                            cfg.shards_in_flight):
+                generated = job.to_samples(plan, outputs)
                 outcome = filter_samples(generated, thresholds)
                 writer.submit((plan.index, outcome, generated))
                 stats.samples += len(generated)
-                stats.completion_tokens += sum(s.completion_length for s in generated)
+                stats.completion_tokens += sum(s.label_count for s in generated)
                 stats.non_finite += outcome.non_finite
                 gen_bar.update(len(generated))
                 check_non_finite_rate(stats, cfg.max_non_finite_rate)

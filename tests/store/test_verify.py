@@ -122,9 +122,11 @@ def test_complete_output_must_account_for_every_prompt(tmp_path):
     m = write_fake_output(tmp_path, shards=2)
     m.accepted_prompts += 1
     m.input_records += 1
+    m.planned_samples += 1  # the accepted prompt's sample never landed in a shard
     write_manifest(tmp_path, m)
     problems = verify_outputs([tmp_path]).problems
     assert [(p.where, p.check) for p in problems] == [("manifest.json", "accounting")]
+    assert "3 samples made, expected 4" in str(problems[0])
 
 
 def test_corrupt_index_part_is_caught(tmp_path):

@@ -4,7 +4,8 @@
 runs end to end (tokenizer, filter, shards, index, manifest, hidden states from
 the real transformers teacher) without importing vLLM. Each request gets a
 completion of 4-9 tokens drawn from its seed, with k + 1 entries per token in
-vLLM's layout: the sampled token first, then the top-k.
+vLLM's layout: the sampled token first, then the top-k; in score mode, prompt
+logprobs in the same layout (the prompt's own next token first, position 0 empty).
 
     python -c "import sys; sys.path.insert(0, 'tests/teacher'); import fake_engine; \
 fake_engine.install(); from stages.cli.main import main; main()" teacher-labels ...
@@ -20,49 +21,66 @@ import numpy as np
 IDS = 1000  # token ids drawn below this (every teacher vocabulary is larger)
 
 
-def completion(seed: int, k: int, index: int) -> SimpleNamespace:
-    rng = np.random.default_rng([seed, index])
-    length = int(rng.integers(4, 10))
+def flat_logprobs(rng: np.random.Generator, k: int, firsts: list[int | None]) -> SimpleNamespace:
+    """vLLM's flat layout: per position the given first token (None: the top-1), then top-k."""
     flat_ids, flat_lps, starts, ends = [], [], [], []
-    tokens = []
-    for _ in range(length):
+    for first in firsts:
         top = rng.choice(IDS, size=k, replace=False)
         lps = np.sort(np.log(rng.dirichlet(np.ones(k + 1))[:k]))[::-1].astype(np.float32)
         starts.append(len(flat_ids))
-        flat_ids += [int(top[0]), *map(int, top)]
-        flat_lps += [float(lps[0]), *map(float, lps)]
+        chosen = int(top[0]) if first is None else first
+        flat_ids += [chosen, *map(int, top)]
+        flat_lps += [float(lps[0]) if first is None else float(lps[-1]) - 1.0, *map(float, lps)]
         ends.append(len(flat_ids))
-        tokens.append(int(top[0]))
-    logprobs = SimpleNamespace(token_ids=flat_ids, logprobs=flat_lps, start_indices=starts,
-                               end_indices=ends)
+    return SimpleNamespace(token_ids=flat_ids, logprobs=flat_lps, start_indices=starts,
+                           end_indices=ends)
+
+
+def completion(seed: int, k: int, index: int) -> SimpleNamespace:
+    rng = np.random.default_rng([seed, index])
+    logprobs = flat_logprobs(rng, k, [None] * int(rng.integers(4, 10)))
+    tokens = [logprobs.token_ids[s] for s in logprobs.start_indices]
     return SimpleNamespace(index=index, token_ids=tokens, logprobs=logprobs, finish_reason="stop")
+
+
+def scored(prompt_token_ids: list[int], k: int) -> SimpleNamespace:
+    rng = np.random.default_rng(prompt_token_ids)
+    flat = flat_logprobs(rng, k, list(prompt_token_ids[1:]))
+    flat.start_indices, flat.end_indices = [0, *flat.start_indices], [0, *flat.end_indices]
+    return SimpleNamespace(prompt_logprobs=flat, outputs=[])
 
 
 class FakeEngine:
     """The scheduler's add/step/has_unfinished interface; finishes up to 3 requests a step."""
 
-    def __init__(self, llm: Any, cfg: Any):
-        self.cfg, self.pending = cfg, []
+    def __init__(self, llm: Any, sampling_params: Any):
+        self.cfg, self.pending = llm.cfg, []
 
     def add(self, key: str, prompt_token_ids: list[int], seed: int) -> None:
-        self.pending.append((key, seed))
+        self.pending.append((key, prompt_token_ids, seed))
+
+    def output(self, ids: list[int], seed: int) -> SimpleNamespace:
+        if self.cfg.mode == "score":
+            return scored(ids, self.cfg.top_k)
+        return SimpleNamespace(outputs=[completion(seed, self.cfg.top_k, i)
+                                        for i in range(self.cfg.n)])
 
     def step(self) -> list[tuple[str, Any]]:
         done, self.pending = self.pending[:3], self.pending[3:]
-        return [(key, SimpleNamespace(outputs=[completion(seed, self.cfg.top_k, i)
-                                               for i in range(self.cfg.n)]))
-                for key, seed in done]
+        return [(key, self.output(ids, seed)) for key, ids, seed in done]
 
     def has_unfinished(self) -> bool:
         return bool(self.pending)
 
 
 class FakeSource:
-    def __init__(self, cfg: Any):
-        pass
+    """Hands the fake engine the config in place of an `LLM`."""
 
-    def get(self) -> None:
-        return None
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def get(self) -> SimpleNamespace:
+        return SimpleNamespace(cfg=self.cfg)
 
     def release(self) -> None:
         pass

@@ -1,0 +1,186 @@
+"""Score-mode input: text, chats and prompt/completion pairs as token windows with labelled positions.
+
+`kd teacher-labels --mode score` labels text a user already has. Each record
+becomes one or more `ScoreItem`s (a sample to score: its tokens and which of
+them carry labels):
+
+- `{"id", "text"}`: every token after the first is labelled. A document longer
+  than the window is cut into windows (`window_spans`); each later window
+  repeats `overlap` tokens of the previous one as unlabelled context, so every
+  token after the first is labelled exactly once. Items are `<id>/w0`, `<id>/w1`...
+- `{"id", "messages"}`: a chat; only assistant turns are labelled (every turn,
+  with its end-of-turn marker), the rest is context. Too long: rejected, never cut.
+- `{"id", "prompt", "completion"}`: the chat [user prompt, assistant completion].
+
+Which tokens belong to an assistant turn is found from the rendered text, not
+guessed from token ids: the chat is rendered once, each assistant turn's
+characters are located by rendering the chat up to it (the template must render
+a chat's prefix as a prefix of the text), and a token is labelled when it
+starts inside a turn. Tokenizing goes through `ScoreTokenizer`, so this module
+needs no model (the teacher stage adapts a Hugging Face tokenizer).
+
+    >>> from pipeline.teacher.score_records import window_spans
+    >>> window_spans(10, width=4, overlap=1)    # (start, end, first labelled)
+    [(0, 4, 1), (3, 7, 4), (6, 10, 7)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from pipeline.teacher.prompts import (Messages, PromptBatch, RecordError, check_messages,
+                                      read_records, with_system)
+
+WINDOW_PREFIX = "w"
+"""Sample ids of scored items: `<record id>/w<window>`."""
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """One sample to score: its tokens and the positions that get a label row."""
+
+    record_id: str
+    window: int
+    token_ids: list[int]
+    positions: list[int]
+    """Labelled positions in `token_ids`, increasing, each >= 1 (position 0 has no context)."""
+
+    @property
+    def sample_id(self) -> str:
+        return f"{self.record_id}/{WINDOW_PREFIX}{self.window}"
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """An accepted input record and the items it is scored as."""
+
+    id: str
+    line: int
+    kind: str
+    """`text`, `chat` or `completion`."""
+    items: list[ScoreItem]
+
+
+class ScoreTokenizer(Protocol):
+    """What scoring needs of a tokenizer."""
+
+    def render(self, messages: Messages, add_generation_prompt: bool) -> str:
+        """The chat as text (the chat template, or a plain join for base models)."""
+
+    def encode(self, text: str, add_special_tokens: bool) -> tuple[list[int], list[int]]:
+        """Token ids and each token's start character in `text`."""
+
+
+def window_spans(n_tokens: int, width: int, overlap: int) -> list[tuple[int, int, int]]:
+    """(start, end, first labelled) per window over n_tokens: at most `width` tokens each,
+    each later window starting `overlap` tokens before the previous end."""
+    if not 1 <= overlap < width:
+        raise ValueError(f"overlap must be in 1..{width - 1}, got {overlap}")
+    spans = [(0, min(width, n_tokens), 1)]
+    while spans[-1][1] < n_tokens:
+        end = spans[-1][1]
+        start = end - overlap
+        spans.append((start, min(start + width, n_tokens), end))
+    return spans
+
+
+def text_items(rid: str, token_ids: Sequence[int], width: int, overlap: int) -> list[ScoreItem]:
+    """A document's windows, each labelled from its first new token on."""
+    return [ScoreItem(rid, j, list(token_ids[start:end]), list(range(first - start, end - start)))
+            for j, (start, end, first) in enumerate(window_spans(len(token_ids), width, overlap))]
+
+
+def assistant_positions(tok: ScoreTokenizer, messages: Messages) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered chat and the positions of its assistant turns' tokens."""
+    text = tok.render(messages, add_generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tok.render(messages[:i], add_generation_prompt=True) if i else ""
+        through = tok.render(messages[:i + 1], add_generation_prompt=False).rstrip()
+        if not (text.startswith(before) and text.startswith(through)):
+            raise RecordError("template_not_prefix", f"messages[{i}]: the chat template does not "
+                              "render the chat up to this turn as a prefix of the whole chat, so "
+                              "its tokens cannot be located")
+        spans.append((len(before), len(through)))
+    ids, starts = tok.encode(text, add_special_tokens=False)
+    positions = [t for t, c in enumerate(starts) if t and any(a <= c < b for a, b in spans)]
+    return ids, positions
+
+
+def chat_item(rid: str, tok: ScoreTokenizer, messages: Messages, width: int) -> ScoreItem:
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+        raise RecordError("no_assistant_turn", "the chat has no assistant turn to label")
+    empty = [i for i, m in enumerate(messages) if m["role"] == "assistant" and not m["content"].strip()]
+    if empty:
+        raise RecordError("empty_assistant_turn", f"messages[{empty[0]}] is an empty assistant turn")
+    ids, positions = assistant_positions(tok, messages)
+    if len(ids) > width:
+        raise RecordError("too_long", f"the chat has {len(ids)} tokens; at most {width} fit "
+                          "(--max-model-len - 1); chats are never cut")
+    if not positions:
+        raise RecordError("no_assistant_turn", "no token of the assistant turns survived tokenization")
+    return ScoreItem(rid, 0, ids, positions)
+
+
+SCORE_FIELDS = ("text", "messages", "prompt", "completion")
+
+
+def record_kind(record: dict[str, Any]) -> str:
+    """Which of the three score-mode forms a record has, or RecordError naming the conflict."""
+    given = [f for f in SCORE_FIELDS if record.get(f) is not None]
+    if "text" in given and len(given) > 1:
+        raise RecordError("ambiguous_record", f"record has `text` and `{given[1]}`: give one form")
+    if "messages" in given and len(given) > 1:
+        other = next(f for f in given if f != "messages")
+        raise RecordError("ambiguous_record", f"record has `messages` and `{other}`: give one form")
+    if given == ["completion"]:
+        raise RecordError("missing_prompt", "record has `completion` without `prompt`")
+    if given == ["prompt"]:
+        raise RecordError("missing_completion", "record has `prompt` without `completion` "
+                          "(generate completions with --mode generate)")
+    if not given:
+        raise RecordError("missing_text", "record has none of `text`, `messages`, "
+                          "`prompt` + `completion`")
+    return {"text": "text", "messages": "chat"}.get(given[0], "completion")
+
+
+def nonempty_text(record: dict[str, Any], name: str) -> str:
+    value = record[name]
+    if not isinstance(value, str):
+        raise RecordError(f"bad_{name}", f"`{name}` must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise RecordError(f"empty_{name}", f"`{name}` is empty or whitespace")
+    return value
+
+
+def score_items(rid: str, record: dict[str, Any], tok: ScoreTokenizer, width: int, overlap: int,
+                system_prompt: str | None = None) -> tuple[str, list[ScoreItem]]:
+    """(kind, items) of one parsed record, or RecordError with the reason."""
+    kind = record_kind(record)
+    if kind == "text":
+        ids, _ = tok.encode(nonempty_text(record, "text"), add_special_tokens=True)
+        if len(ids) < 2:
+            raise RecordError("too_short", f"the text has {len(ids)} token(s); scoring needs 2")
+        return kind, text_items(rid, ids, width, overlap)
+    if kind == "chat":
+        messages = check_messages(record["messages"])
+    else:
+        messages = [{"role": "user", "content": nonempty_text(record, "prompt")},
+                    {"role": "assistant", "content": nonempty_text(record, "completion")}]
+    return kind, [chat_item(rid, tok, with_system(messages, system_prompt), width)]
+
+
+def load_score_records(path: str | Path, tok: ScoreTokenizer, width: int, overlap: int,
+                       system_prompt: str | None = None, limit: int | None = None,
+                       owns: Callable[[str | None, int], bool] | None = None) -> PromptBatch:
+    """Read and tokenize the records of `path` for scoring; accepted + rejected = records read."""
+    def parse(line: int, rid: str, record: dict[str, Any]) -> ScoreRecord:
+        kind, items = score_items(rid, record, tok, width, overlap, system_prompt)
+        return ScoreRecord(rid, line, kind, items)
+
+    return read_records(path, parse, limit, owns)
