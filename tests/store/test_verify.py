@@ -126,7 +126,7 @@ def test_complete_output_must_account_for_every_prompt(tmp_path):
     write_manifest(tmp_path, m)
     problems = verify_outputs([tmp_path]).problems
     assert [(p.where, p.check) for p in problems] == [("manifest.json", "accounting")]
-    assert "3 samples made, expected 4" in str(problems[0])
+    assert "6 samples made, expected 7" in str(problems[0])
 
 
 def test_corrupt_index_part_is_caught(tmp_path):
