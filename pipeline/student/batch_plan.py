@@ -72,7 +72,7 @@ def split_by_prompt(prompt_ids: np.ndarray | Sequence[str], eval_fraction: float
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def bounded_eval(completion_tokens: np.ndarray, eval_idx: np.ndarray,
+def bounded_eval(label_count: np.ndarray, eval_idx: np.ndarray,
                  prompt_ids: np.ndarray | Sequence[str], max_tokens: int, seed: int) -> np.ndarray:
     """The held-out samples one evaluation reads, sorted: the first, in a fixed order keyed by
     prompt hash and seed, whose labelled positions add up to at most `max_tokens` (0: all).
@@ -85,7 +85,7 @@ def bounded_eval(completion_tokens: np.ndarray, eval_idx: np.ndarray,
         return eval_idx
     keys = mix64(prompt_keys(prompt_ids)[eval_idx], seed + 1)
     order = eval_idx[np.lexsort((eval_idx, keys))]
-    fits = np.cumsum(completion_tokens[order].astype(np.int64)) <= max_tokens
+    fits = np.cumsum(label_count[order].astype(np.int64)) <= max_tokens
     return np.sort(order[fits])
 
 

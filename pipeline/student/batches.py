@@ -3,14 +3,17 @@
 Item i is the whole planned batch i (use `DataLoader(ds, batch_size=None)`),
 collated into tensors; flat indices are b * T + t into the (B, T) grid:
 - `input_ids`, `attention_mask`: (B, T) int64, right-padded with 0;
-- `loss_rows` (N,): the positions whose logits predict a completion token.
-  Completion token j of a sample (at position p + j) is predicted at position
-  p + j - 1, so `input_ids.view(-1)[loss_rows + 1] == target_ids`. Row j of
-  sample i's labels is labels[labels/offsets[i] + j]; there are L - p of them;
-- `target_ids` (N,): the teacher's sampled tokens; `teacher_ids` (N, k) int64,
+- `loss_rows` (N,): the positions whose logits predict a labelled token. Label
+  row j of sample i is for the token at position `labels/positions[j]` (every
+  completion token of a generated sample; a scored chat's assistant tokens),
+  predicted at the position before it, so
+  `input_ids.view(-1)[loss_rows + 1] == target_ids`; unlabelled tokens get no loss;
+- `target_ids` (N,): the labelled tokens (sampled by the teacher, or the data's
+  own in score mode); `teacher_ids` (N, k) int64,
   `teacher_logprobs` (N, k) float32, `teacher_sampled_logprobs` (N,) float32;
 - with `mask_prompt=False`: `prompt_rows` (P,) and `prompt_targets` (P,) for
-  prompt tokens 1..p-1, hard labels only: the teacher scored no prompt token,
+  prompt tokens 1..p-1 (the tokens before the first label), hard labels only:
+  the teacher scored no prompt token,
   so prompt tokens never get soft labels (`mask_prompt=True`, the default,
   leaves them out entirely);
 - with `with_hidden=True` and stored hidden states: `hidden_rows` (M,) and
@@ -100,7 +103,7 @@ def collate(samples: list[dict[str, Any]], hidden_layers: Sequence[int] = (),
     for b, s in enumerate(samples):
         n, p = len(s["token_ids"]), s["prompt_length"]
         ids[b, :n], mask[b, :n] = s["token_ids"], 1
-        loss_rows.append(b * width + np.arange(p - 1, n - 1))
+        loss_rows.append(b * width + np.asarray(s["positions"], np.int64) - 1)
         prompt_rows.append(b * width + np.arange(0, p - 1))
         first = 0 if hidden_on == "all" else p
         hidden_rows.append(b * width + np.arange(first, n))
@@ -109,8 +112,8 @@ def collate(samples: list[dict[str, Any]], hidden_layers: Sequence[int] = (),
     batch: dict[str, Any] = {
         "input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
         "loss_rows": torch.from_numpy(cat(loss_rows)),
-        "target_ids": torch.from_numpy(cat([s["token_ids"][s["prompt_length"]:] for s in samples])
-                                       .astype(np.int64)),
+        "target_ids": torch.from_numpy(cat([s["token_ids"][np.asarray(s["positions"], np.int64)]
+                                            for s in samples]).astype(np.int64)),
         "teacher_ids": torch.from_numpy(cat([s["topk_ids"] for s in samples]).astype(np.int64)),
         "teacher_logprobs": torch.from_numpy(cat([s["topk_logprobs"] for s in samples])
                                              .astype(np.float32)),

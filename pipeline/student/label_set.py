@@ -6,8 +6,9 @@ shard and the broken check), the directories agreeing on teacher, tokenizer,
 vocabulary, k and hidden layers (naming the field, both values and both
 directories), no sample id held twice (naming the id and both files). It then
 refuses an incomplete run and builds a compact per-sample index from what
-verification already read: shard number, row, total length, prompt length and
-a 64-bit hash of the prompt id (24 bytes per sample; no token or label data).
+verification already read: shard number, row, total length, prompt length,
+label rows and a 64-bit hash of the prompt id (28 bytes per sample; no token or
+label data). Generate-mode and score-mode outputs (schema v1 or v2) mix freely.
 
 `verify="full"` reads every shard now (sha256, every value, ids and offsets).
 `verify="lazy"` (the student's default) reads no shard content now: sizes and
@@ -47,8 +48,9 @@ class LabelSet:
     """Where every sample of the union lives, and what the outputs share.
 
     Sample i is row `row[i]` of shard file `shard_paths[shard[i]]`; it has
-    `length[i]` tokens of which the first `prompt_length[i]` are the prompt,
-    so it has `length[i] - prompt_length[i]` label rows.
+    `length[i]` tokens of which the first `prompt_length[i]` come before its
+    first label, and `label_count[i]` label rows (every later token of a
+    generated sample; a scored chat's assistant tokens).
     """
 
     shard_paths: list[str]
@@ -63,6 +65,7 @@ class LabelSet:
     row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     prompt_length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    label_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     prompt_hash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     """`pipeline.store.fingerprint.stable_hash` of each sample's prompt id (what the split keys on)."""
     sources: list[ShardSource] = field(default_factory=list)
@@ -90,14 +93,12 @@ class LabelSet:
         if s in self._verified:
             return ShardReader(self.shard_paths[s])
         span = slice(int(self.first_sample[s]), int(self.first_sample[s + 1]))
-        expected = Expected(self.length[span], self.prompt_length[span], self.prompt_hash[span])
+        expected = Expected(self.length[span], self.prompt_length[span], self.label_count[span],
+                            self.prompt_hash[span])
         reader = open_verified(self.sources[s], expected, VerifiedShards(self.verify_cache))
         self._verified.add(s)
         return reader
 
-    @property
-    def completion_tokens(self) -> np.ndarray:
-        return self.length - self.prompt_length
 
 
 def refuse_unusable(dirs: Sequence[str | Path], found: Verification) -> None:
@@ -118,7 +119,8 @@ def refuse_unusable(dirs: Sequence[str | Path], found: Verification) -> None:
 def index_shard(shard: ShardContents) -> dict[str, np.ndarray]:
     """The per-sample index of one verified shard, from what verification read of it."""
     return {"row": np.arange(len(shard.ids), dtype=np.int32), "length": shard.lengths,
-            "prompt_length": shard.prompt_lengths, "prompt_hash": prompt_hashes(shard.ids)}
+            "prompt_length": shard.prompt_lengths, "label_count": shard.label_counts,
+            "prompt_hash": prompt_hashes(shard.ids)}
 
 
 def open_label_set(dirs: Sequence[str | Path], verify: str = "full",
@@ -153,7 +155,7 @@ def open_label_set(dirs: Sequence[str | Path], verify: str = "full",
         manifest, index = numbers[str(shard.path)]
         labels.sources.append(ShardSource(str(shard.path), index, manifest))
         labels.shard_paths.append(str(shard.path))
-    for key in ("shard", "row", "length", "prompt_length", "prompt_hash"):
+    for key in ("shard", "row", "length", "prompt_length", "label_count", "prompt_hash"):
         setattr(labels, key, np.concatenate(parts[key]))
     labels.first_sample = np.concatenate([[0], np.cumsum([len(p) for p in parts["row"]])])
     return labels

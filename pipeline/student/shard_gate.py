@@ -47,6 +47,7 @@ class Expected:
 
     lengths: np.ndarray
     prompt_lengths: np.ndarray
+    label_counts: np.ndarray
     prompt_hashes: np.ndarray
 
 
@@ -55,7 +56,8 @@ def mismatch(contents: ShardContents, expected: Expected) -> str | None:
     if len(contents.ids) != len(expected.lengths):
         return f"holds {len(contents.ids)} samples, the index listed {len(expected.lengths)}"
     for name, got, want in (("lengths", contents.lengths, expected.lengths),
-                            ("prompt lengths", contents.prompt_lengths, expected.prompt_lengths)):
+                            ("prompt lengths", contents.prompt_lengths, expected.prompt_lengths),
+                            ("label rows", contents.label_counts, expected.label_counts)):
         if not np.array_equal(got, want):
             row = int(np.argmax(got != want))
             return f"sample {row}: {name} {int(got[row])}, the index said {int(want[row])}"

@@ -33,9 +33,9 @@ from stages.student.forward import batch_eval
 def eval_plan(labels: LabelSet, eval_idx: np.ndarray, batch_tokens: int, max_tokens: int,
               seed: int) -> list[np.ndarray]:
     """Batches of the held-out samples one evaluation reads (see `bounded_eval`), every time."""
-    chosen = bounded_eval(labels.completion_tokens, eval_idx, labels.prompt_hash, max_tokens, seed)
+    chosen = bounded_eval(labels.label_count, eval_idx, labels.prompt_hash, max_tokens, seed)
     if len(eval_idx) and not len(chosen):
-        shortest = int(labels.completion_tokens[eval_idx].min())
+        shortest = int(labels.label_count[eval_idx].min())
         raise ConfigError(f"--eval-max-tokens {max_tokens} is below the labelled positions of the "
                           f"first held-out sample (the shortest has {shortest}): raise it, or "
                           "pass 0 to evaluate the whole split")

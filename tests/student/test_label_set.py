@@ -32,7 +32,7 @@ def test_index_matches_the_shards(tmp_path):
             prompt_id = f["samples/ids"][row].decode().rsplit("/", 1)[0]
             assert labels.prompt_hash[i] == stable_hash(prompt_id)
             label_offsets = f["labels/offsets"][()]
-            assert labels.completion_tokens[i] == label_offsets[row + 1] - label_offsets[row]
+            assert labels.label_count[i] == label_offsets[row + 1] - label_offsets[row]
 
 
 def test_index_is_a_few_small_ints_per_sample(tmp_path):

@@ -116,7 +116,7 @@ def test_an_index_that_lies_about_a_shard_is_caught_at_first_read(tmp_path):
                                     pa.array(tokens, pa.int32())), index_path)
     labels = open_lazy(tmp_path / "run", tmp_path / "cache")
     PlannedBatches(labels, batches_of_shard(labels, 0))[0]
-    with pytest.raises(ShardVerificationError, match=r"shard-00001\.h5: index: sample 1: lengths"):
+    with pytest.raises(ShardVerificationError, match=r"shard-00001\.h5: index: sample 1: prompt lengths"):
         PlannedBatches(labels, batches_of_shard(labels, 1))[0]
 
 

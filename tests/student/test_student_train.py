@@ -61,7 +61,7 @@ def test_chunked_head_losses_equal_a_dense_forward(engine_labels, tiny_student):
     assert float(parts.soft.detach()) == pytest.approx(float(soft.detach()), rel=1e-5)
     assert float(parts.hard.detach()) == pytest.approx(float(hard_label_loss(rows, batch["target_ids"]).detach()),
                                               rel=1e-5)
-    assert parts.positions == int(labels.completion_tokens[:6].sum())
+    assert parts.positions == int(labels.label_count[:6].sum())
 
 
 def test_resume_after_sigterm_matches_an_uninterrupted_run(engine_labels, tiny_student, tmp_path,
@@ -237,7 +237,7 @@ def test_evaluation_reads_at_most_the_bound_and_always_the_same_positions(engine
     whole = run_eval(EvalConfig(**common, eval_max_tokens=0))["model"]["positions"]
     every = run_eval(EvalConfig(**common, all=True))["model"]["positions"]
     assert next(iter(positions)) < whole < every
-    assert every == int(open_label_set([engine_labels]).completion_tokens.sum())
+    assert every == int(open_label_set([engine_labels]).label_count.sum())
 
 
 def test_a_shard_corrupted_after_start_up_stops_the_run_naming_it(engine_labels, tiny_student,
