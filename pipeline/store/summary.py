@@ -1,8 +1,9 @@
 """Human-readable summary of an output directory (`kd inspect`).
 
-Counts, bytes per completion token, rejects and drops by reason, each
-confidence metric's distribution (kept against dropped), the teacher; then one
-sample decoded with the teacher's top-k alternatives at a few positions.
+Counts, bytes per labelled token, rejects and drops by reason, each
+confidence metric's distribution (kept against dropped; for scored text also
+the teacher's per-sample perplexity), the teacher; then one sample decoded with
+the teacher's top-k alternatives at a few labelled positions.
 
     python -m stages.cli.main inspect data/labels/demo --sample 0 --positions 3
 """
@@ -61,8 +62,11 @@ def metric_lines(out_dir: Path, m: Any) -> list[str]:
     table = pa.concat_tables([pq.read_table(p) for p in parts if p.is_file()])
     kept = np.asarray(table["kept"].to_numpy(zero_copy_only=False), dtype=bool)
     lines.append(f"  {'metric':<18}{'p5':>9}{'p50':>9}{'p95':>9}   {'kept p50':>9}{'dropped p50':>12}")
-    for name in METRICS:
-        v = np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64)
+    columns = {name: np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64)
+               for name in METRICS}
+    if m.mode == "score":  # the teacher's judgement of the text itself
+        columns["perplexity"] = np.exp(-columns["mean_logprob"])
+    for name, v in columns.items():
         q = np.percentile(v, [5, 50, 95])
         k = f"{np.median(v[kept]):9.3f}" if kept.any() else f"{'-':>9}"
         d = f"{np.median(v[~kept]):12.3f}" if (~kept).any() else f"{'-':>12}"
@@ -80,27 +84,31 @@ def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int 
         f"output       {out_dir} ({'complete' if m.complete else 'INCOMPLETE: resume with the same command'})",
         f"teacher      {m.teacher}",
         f"tokenizer    {m.tokenizer_fingerprint[:16]}  vocab {m.vocab_size}  top-k {m.top_k}",
-        f"prompts      {m.input_records} read, {m.accepted_prompts} accepted, {m.rejected_prompts} rejected",
+        f"records      {m.input_records} read, {m.accepted_prompts} accepted, {m.rejected_prompts} rejected",
         f"rejects      {', '.join(f'{k}: {v}' for k, v in m.rejects_by_reason.items()) or 'none'}",
+        f"mode         {m.mode} (schema v{m.schema_version})",
         f"shards       {t['shards']}  samples {t['samples']}  tokens {t['tokens']}  "
-        f"completion tokens {t['completion_tokens']}",
+        f"labelled tokens {t['completion_tokens']}",
         f"disk         {t['bytes'] / 2**20:.1f} MiB, {t['bytes'] / max(t['completion_tokens'], 1):.0f} "
-        "bytes per completion token",
+        "bytes per labelled token",
     ]
     lines += metric_lines(out_dir, m)
     if not t["samples"]:
         return "\n".join(lines)
     reader, row = locate_sample(out_dir, m.shards, sample_index)
     s = reader.sample(row)
-    ids = s["token_ids"].tolist()
+    ids, where = s["token_ids"].tolist(), s["positions"].tolist()
     p = s["prompt_length"]
     sid = reader.strings("samples/ids")[row]
-    lines += ["", f"sample {sid} ({reader.path.name} row {row}, {len(ids) - p} completion tokens)",
-              f"prompt:     {decode(ids[:p])!r}", f"completion: {decode(ids[p:])!r}"]
-    step = max(1, (len(ids) - p) // max(positions, 1))
-    for j in list(range(0, len(ids) - p, step))[:positions]:
+    unlabelled = len(ids) - p - len(where)
+    lines += ["", f"sample {sid} ({reader.path.name} row {row}, {len(where)} labelled tokens"
+              + (f", {unlabelled} unlabelled after the first label" if unlabelled else "") + ")",
+              f"prompt:     {decode(ids[:p])!r}", f"rest:       {decode(ids[p:])!r}"]
+    step = max(1, len(where) // max(positions, 1))
+    token = "sampled" if m.mode == "generate" else "token"
+    for j in list(range(0, len(where), step))[:positions]:
         alts = ", ".join(f"{decode([int(i)])!r} {math.exp(float(lp)):.3f}"
                          for i, lp in zip(s["topk_ids"][j][:5], s["topk_logprobs"][j][:5]))
-        lines.append(f"  pos {j:4d} sampled {decode([ids[p + j]])!r} "
+        lines.append(f"  pos {where[j]:4d} {token} {decode([ids[where[j]]])!r} "
                      f"(p={math.exp(float(s['sampled_logprobs'][j])):.3f})  top: {alts}")
     return "\n".join(lines)

@@ -137,7 +137,7 @@ def verify(dirs: tuple[Path, ...], no_checksum: bool) -> None:
         t = manifest.totals()
         note = "" if manifest.complete else " (run not complete: resume with the same command)"
         click.echo(f"{d}: {t['shards']} shards, {t['samples']} samples, "
-                   f"{t['completion_tokens']} completion tokens{note}")
+                   f"{t['completion_tokens']} labelled tokens{note}")
         for name in orphan_files(d, manifest):
             click.echo(f"note: {Path(d) / name} is not in the manifest (left by an interrupted run; "
                        "ignored by readers, replaced on resume)")
