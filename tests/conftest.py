@@ -50,6 +50,9 @@ def rng() -> np.random.Generator:
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "data/models/smollm2-135m-instruct"
 MIXED_PROMPTS = ROOT / "tests/data/prompts_mixed.jsonl"
+SCORE_INPUT = ROOT / "tests/data/score_mixed.jsonl"
+"""Score-mode input: a document ~3x --max-model-len, two short ones, a chat with three
+assistant turns, a prompt/completion pair, and four records rejected for different reasons."""
 
 
 def teacher_args(out: Path, *extra: str) -> list[str]:
@@ -81,6 +84,25 @@ def engine_labels(tmp_path_factory) -> Path:
     require_teacher()
     out = tmp_path_factory.mktemp("labels") / "out"
     proc = run_kd(teacher_args(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def score_args(out: Path, *extra: str) -> list[str]:
+    """The shared real-engine scoring run: same teacher, k and hidden layers as `teacher_args`."""
+    return [sys.executable, "-m", "stages.cli.main", "teacher-labels", "--mode", "score",
+            "--teacher", str(TEACHER), "--prompts", str(SCORE_INPUT), "--out", str(out),
+            "--dtype", "float32", "--max-model-len", "256", "--window-overlap", "64",
+            "--shard-size", "4", "--enforce-eager", "--hidden-layers", "3,-1", *extra]
+
+
+@pytest.fixture(scope="session")
+def score_labels(tmp_path_factory) -> Path:
+    """Real teacher labels of given text (`--mode score`), made once per test session."""
+    pytest.importorskip("vllm")
+    require_teacher()
+    out = tmp_path_factory.mktemp("scored") / "out"
+    proc = run_kd(score_args(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
