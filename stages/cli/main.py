@@ -85,11 +85,13 @@ def run_stage(stage: Stage, cfg: Any, *errors: type[Exception]) -> Any:
 @main.command("teacher-labels")
 @options_from(TeacherConfig)
 def teacher_labels(cfg: TeacherConfig) -> None:
-    """Generate completions with the teacher under vLLM and store top-k soft labels as HDF5 shards."""
+    """Store the teacher's top-k soft labels as HDF5 shards, on completions it generates under
+    vLLM (--mode generate) or teacher-forced on given text, chats or completions (--mode score)."""
+    from pipeline.teacher.prompts import NoUsableInput
     from stages.teacher.labels import NonFiniteError, run_teacher_labels
 
     stage = Stage("teacher-labels", run_teacher_labels, teacher_committed)
-    click.echo(run_stage(stage, cfg, NonFiniteError).line())
+    click.echo(run_stage(stage, cfg, NonFiniteError, NoUsableInput).line())
 
 
 @main.command("train-student")

@@ -13,6 +13,10 @@ fake_engine.install(); from stages.cli.main import main; main()" teacher-labels 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -90,3 +94,15 @@ def install() -> None:
     import stages.teacher.labels as labels
 
     labels.VllmEngine, labels.EngineSource = FakeEngine, FakeSource
+
+
+RUN_FAKE = ("import sys; sys.path.insert(0, 'tests/teacher'); import fake_engine; "
+            "fake_engine.install(); from stages.cli.main import main; main()")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_fake(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """`kd ARGS` in a subprocess with this fake in place of vLLM."""
+    # argv[0] is what the CLI prints as the program in its resume command ("kd ...").
+    return subprocess.run([sys.executable, "-c", RUN_FAKE, *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300, env=os.environ | env)

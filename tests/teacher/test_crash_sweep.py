@@ -24,11 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, TEACHER, require_teacher
+from fake_engine import RUN_FAKE, run_fake
 from pipeline.store.manifest import read_manifest
 from pipeline.store.verify import verify_outputs
 
-RUN_FAKE = ("import sys; sys.path.insert(0, 'tests/teacher'); import fake_engine; "
-            "fake_engine.install(); from stages.cli.main import main; main()")
 
 
 def teacher_args(out: Path, hidden: bool) -> list[str]:
@@ -36,12 +35,6 @@ def teacher_args(out: Path, hidden: bool) -> list[str]:
             str(ROOT / "data/prompts/demo.jsonl"), "--limit", "12", "--shard-size", "4",
             "--top-k", "4", "--max-tokens", "16", "--out", str(out)]
     return args + (["--hidden-layers", "-1"] if hidden else [])
-
-
-def run_fake(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    # argv[0] is what the CLI prints as the program in its resume command ("kd ...").
-    return subprocess.run([sys.executable, "-c", RUN_FAKE, *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=300, env=os.environ | env)
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
