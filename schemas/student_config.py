@@ -194,8 +194,10 @@ class EvalConfig:
 
     labels: tuple[str, ...] = ("data/labels/demo",)
     """Teacher output directories (repeatable); the held-out split of their union is used (every sample with --all)."""
-    model: str = "data/student/demo/model"
-    """Model to evaluate: a Hugging Face directory or id (its tokenizer must match the labels')."""
+    model: tuple[str, ...] = ("data/student/demo/model",)
+    """Model to evaluate (repeatable, one table row each) as [NAME=]MODEL: a Hugging Face directory or id whose tokenizer matches the labels', or `from-teacher` (the untrained student kd train-student starts from, see --keep-layers); NAME labels the row."""
+    keep_layers: int = 10
+    """For --model from-teacher: the teacher's decoder layers kept, as given to kd train-student."""
     eval_fraction: float = 0.1
     """Share of prompts held out, as given to `kd train-student`."""
     seed: int = 0
@@ -216,6 +218,9 @@ class EvalConfig:
     """Also write the rows as JSON to this file."""
 
     def validate(self) -> "EvalConfig":
+        self.named_models()
+        if self.keep_layers < 1:
+            raise ConfigError(f"--keep-layers must be at least 1, got {self.keep_layers}")
         if not self.all and not 0 < self.eval_fraction < 1:
             raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction} "
                               "(--all evaluates every sample)")
@@ -225,3 +230,17 @@ class EvalConfig:
             raise ConfigError(f"--eval-max-tokens must be >= 0, got {self.eval_max_tokens}")
         check_choice("verify", self.verify, VERIFY_MODES)
         return self
+
+    def named_models(self) -> dict[str, str]:
+        """Row name -> model of each --model; a single unnamed one is the row `model`."""
+        if not self.model:
+            raise ConfigError("--model is required")
+        named: dict[str, str] = {}
+        for spec in self.model:
+            name, _, model = spec.rpartition("=")
+            name = name or (spec if len(self.model) > 1 else "model")
+            if not model or name in named or name == "teacher":
+                raise ConfigError(f"--model {spec!r}: give [NAME=]MODEL with a name used once "
+                                  "(`teacher` is the teacher's own row)")
+            named[name] = model
+        return named

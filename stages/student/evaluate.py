@@ -1,7 +1,8 @@
-"""Evaluate a model against the teacher's labels on the held-out split (`kd eval`).
+"""Evaluate models against the teacher's labels on the held-out split (`kd eval`).
 
-Rows: the model's mean KL from the teacher's top-k (+ tail bucket), top-1
-agreement with the teacher and NLL (perplexity) of the teacher's completions;
+Rows: each model's mean KL from the teacher's top-k (+ tail bucket), top-1
+agreement with the teacher and NLL (perplexity) of the labelled tokens (the
+teacher's completions, or the given text of a score-mode output);
 the teacher's own row comes from the stored sampled logprobs (KL 0, agreement
 1 by definition), so the teacher is never loaded. The split is the one
 `kd train-student` holds out (same --eval-fraction and --seed), and one
@@ -9,6 +10,8 @@ evaluation reads at most --eval-max-tokens labelled positions of it, the same
 ones `kd train-student` reads (`--all`: every sample of the labels, no bound).
 
     kd eval --labels data/labels/demo --model data/student/demo/model
+    kd eval --all --labels data/labels/corpus-heldout --model before=from-teacher \
+        --model after=data/student/demo/model     # perplexity on held-out text
 """
 
 from __future__ import annotations
@@ -69,9 +72,7 @@ def teacher_reference(labels: LabelSet, plan: list[np.ndarray]) -> dict[str, flo
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from stages.student.model import check_tokenizer, check_vocabulary
+    from stages.student.model import build_student, check_tokenizer, check_vocabulary
 
     cfg.validate()
     labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
@@ -81,11 +82,13 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         _, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
         plan = eval_plan(labels, eval_idx, cfg.batch_tokens, cfg.eval_max_tokens, cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_tokenizer(AutoTokenizer.from_pretrained(cfg.model), labels, cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).to(device)
-    vocab = check_vocabulary(model, labels.vocab_size)
-    rows = {"teacher": teacher_reference(labels, plan),
-            "model": evaluate_model(model, labels, plan, vocab, cfg.loss_chunk, device)}
+    rows = {"teacher": teacher_reference(labels, plan)}
+    for name, spec in cfg.named_models().items():
+        model, tokenizer = build_student(spec, labels.teacher, cfg.keep_layers, 0, cfg.seed)
+        check_tokenizer(tokenizer, labels, spec)
+        vocab = check_vocabulary(model, labels.vocab_size)
+        rows[name] = evaluate_model(model.to(device), labels, plan, vocab, cfg.loss_chunk, device)
+        del model
     if cfg.output:
         Path(cfg.output).write_text(json.dumps(rows, indent=1) + "\n")
     return rows

@@ -103,7 +103,7 @@ def test_training_lowers_kl_and_the_export_reproduces_the_evaluation(engine_labe
     report = json.loads((out / "report.json").read_text())
     assert set(report["eval"]) == {"teacher", "student_before", "student_after"}
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = run_eval(EvalConfig(labels=(str(engine_labels),), model=str(out / "model"),
+    rows = run_eval(EvalConfig(labels=(str(engine_labels),), model=(str(out / "model"),),
                                eval_fraction=0.25, batch_tokens=256))
     assert rows["model"]["kl"] == pytest.approx(after["kl"], rel=1e-5)
     assert rows["teacher"]["nll"] == pytest.approx(report["eval"]["teacher"]["nll"])
@@ -229,7 +229,7 @@ def test_evaluation_reads_at_most_the_bound_and_always_the_same_positions(engine
     assert len(logged) == 5  # before, after steps 1, 2, 3 (the resumed run), and after
     positions = {e["positions"] for e in logged} | {e["positions"] for e in resumed.evals.values()}
     assert len(positions) == 1 and 0 < next(iter(positions)) <= bound
-    common = dict(labels=(str(engine_labels),), model=str(out / "model"), eval_fraction=0.25,
+    common = dict(labels=(str(engine_labels),), model=(str(out / "model"),), eval_fraction=0.25,
                   batch_tokens=256)
     bounded = run_eval(EvalConfig(**common, eval_max_tokens=bound))
     assert bounded["model"]["positions"] == next(iter(positions))
@@ -256,3 +256,25 @@ def test_a_shard_corrupted_after_start_up_stops_the_run_naming_it(engine_labels,
     full = run_kd(args + ["--verify", "full", "--overwrite"])
     assert full.returncode == 1 and "refusing to train from labels that fail verification" in \
         full.stderr and "shard-00000.h5: sha256" in full.stderr
+
+
+def test_a_student_trains_from_generated_and_scored_labels_and_is_evaluated_on_given_text(
+        engine_labels, score_labels, tiny_student, tmp_path):
+    from pipeline.store.shard_reader import ShardReader
+
+    out = tmp_path / "mixed"
+    cfg = config(engine_labels, tiny_student, out, steps=12, eval_every=0)
+    cfg.labels = (str(engine_labels), str(score_labels))
+    result = run_train_student(cfg.validate())
+    assert result.steps == 12
+    rows = run_eval(EvalConfig(labels=(str(score_labels),), all=True, batch_tokens=256,
+                               model=(f"before={tiny_student}", f"after={out / 'model'}")))
+    assert list(rows) == ["teacher", "before", "after"]
+    labels = open_label_set([score_labels])
+    stored = np.concatenate([
+        ShardReader(labels.shard_paths[s]).sample(int(r))["sampled_logprobs"]
+        for s, r in zip(labels.shard, labels.row)]).astype(np.float64)
+    assert rows["teacher"]["nll"] == pytest.approx(-stored.mean(), rel=1e-6)
+    assert rows["before"]["positions"] == rows["after"]["positions"] == len(stored)
+    assert rows["after"]["kl"] < rows["before"]["kl"]
+    assert rows["after"]["perplexity"] == pytest.approx(np.exp(rows["after"]["nll"]))
