@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from pipeline.store.output_lock import OutputLock
 from pipeline.store.checksum import commit_path
-from pipeline.student.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.student.checkpoint import (latest_checkpoint, load_checkpoint, prime_adamw_state,
+                                         restore_rng, save_checkpoint)
 from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
 from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.alarms import Alarm, AlarmMonitor, AlarmThresholds
@@ -135,11 +136,7 @@ def resolve_layer_map(cfg: StudentConfig, num_layers: int, labels: LabelSet) -> 
     """--layer-map in absolute hidden-state indices, checked against what the labels hold."""
     if not cfg.uses_hidden:
         return {}
-    if not labels.hidden_layers:
-        needs = ("--phases: a hidden phase" if cfg.hidden_weight == 0 and cfg.loss_balance is None
-                 else "--hidden-weight > 0 or --loss-balance")
-        raise ConfigError(f"{needs} needs labels with hidden states (--hidden-layers at the "
-                          "teacher stage: kd teacher-labels --hidden-layers -1 ...)")
+    require_hidden_states(cfg, labels)
     resolved = {}
     for s, t in cfg.parsed_layer_map().items():
         s_abs = s if s >= 0 else num_layers + 1 + s
@@ -151,6 +148,15 @@ def resolve_layer_map(cfg: StudentConfig, num_layers: int, labels: LabelSet) -> 
                               f"the labels, which hold {labels.hidden_layers}")
         resolved[s_abs] = t_abs
     return resolved
+
+
+def require_hidden_states(cfg: StudentConfig, labels: LabelSet) -> None:
+    """Refuse a run that trains the hidden-state loss on labels without hidden states."""
+    if cfg.uses_hidden and not labels.hidden_layers:
+        needs = ("--phases: a hidden phase" if cfg.hidden_weight == 0 and cfg.loss_balance is None
+                 else "--hidden-weight > 0 or --loss-balance")
+        raise ConfigError(f"{needs} needs labels with hidden states (--hidden-layers at the "
+                          "teacher stage: kd teacher-labels --hidden-layers -1 ...)")
 
 
 def total_steps(cfg: StudentConfig, per_epoch: int) -> int:
@@ -206,6 +212,7 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
                        find_unused=bool(cfg.phases))
     params = list(module.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    prime_adamw_state(optimizer)
     return Trainable(model, tokenizer, vocab, layer_map, module, params, optimizer)
 
 
@@ -415,6 +422,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     # Rank 0 alone writes --out, so it alone holds the writer lock.
     with OutputLock(cfg.out) if dist.is_main else contextlib.nullcontext():
         labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
+        require_hidden_states(cfg, labels)
         student = build_trainable(cfg, labels, dist, soft_token_weights(cfg, labels))
         run = TrainingRun(cfg, labels, student, dist)
         run.train()

@@ -157,3 +157,14 @@ def test_comparison_figure_names_every_run():
         "Held-out KL(teacher || student)", "Held-out NLL of the teacher's completions",
         "Training loss (back-propagated)"]
     assert fig.axes[1].get_legend_handles_labels()[1] == ["a", "b", "teacher"]
+
+
+def test_a_hidden_phase_on_labels_without_hidden_states_is_refused_naming_the_flag(tmp_path):
+    from stages.student.train import run_train_student
+
+    write_fake_output(tmp_path / "labels")
+    cfg = StudentConfig(labels=(str(tmp_path / "labels"),), out=str(tmp_path / "out"), steps=4,
+                        phases="hidden:2,full", loader_workers=0)
+    with pytest.raises(ConfigError, match=r"--phases: a hidden phase needs labels with hidden "
+                                          r"states \(--hidden-layers at the teacher stage"):
+        run_train_student(cfg)
