@@ -164,7 +164,8 @@ def comparison_figure(runs: dict[str, Records], teacher: dict[str, float] | None
         axes[1].axhline(teacher["nll"], color="0.5", linestyle=":", label="teacher")
     axes[0].set(title="Held-out KL(teacher || student)", ylabel="nats per token")
     axes[1].set(title="Held-out NLL of the teacher's completions", ylabel="nats per token")
-    axes[2].set(title="Training loss (back-propagated)", ylabel="loss (nats per token)")
+    axes[2].set(title="Training loss (back-propagated)", ylabel="loss (nats per token, log scale)",
+                yscale="log")
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

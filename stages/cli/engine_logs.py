@@ -9,6 +9,9 @@ same file. Torch's C++ warnings (TORCH_CPP_LOG_LEVEL) and Python
 FutureWarnings of those processes, which speak to vLLM's developers and not to
 a user, are silenced the same way. With `kd --verbose` nothing changes.
 
+`quiet_transformers` drops transformers' per-model progress bars ("Loading
+weights", "Writing model shards") from the student stage's terminal.
+
     python -c "from stages.cli.engine_logs import route_engine_logs; print(route_engine_logs('/tmp/x', False))"
 """
 
@@ -74,3 +77,11 @@ def route_engine_logs(out: str | Path, verbose: bool) -> Path | None:
     # reads the config file.
     logging.config.dictConfig(config)
     return out / ENGINE_LOG
+
+
+def quiet_transformers(verbose: bool) -> None:
+    """No transformers progress bars for loading or saving a model (kept with `verbose`)."""
+    if not verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

@@ -103,9 +103,11 @@ def train_student(cfg: StudentConfig) -> None:
     """Train a student from teacher shards alone, export it (Hugging Face format) and evaluate it."""
     from pipeline.student.label_set import LabelSetError
     from pipeline.student.shard_gate import ShardVerificationError
+    from stages.cli.engine_logs import quiet_transformers
     from stages.student.evaluate import format_table
     from stages.student.train import AlarmStop, NonFiniteLoss, run_train_student
 
+    quiet_transformers(click.get_current_context().find_root().obj["verbose"])
     stage = Stage("train-student", run_train_student, student_committed, ("--resume",),
                   ("--overwrite",))
     result = run_stage(stage, cfg, LabelSetError, ShardVerificationError, NonFiniteLoss, AlarmStop)
