@@ -86,13 +86,19 @@ def schedule_panel(ax: Axes, train: Records) -> None:
 
 def grad_panel(ax: Axes, train: Records, limits: dict[str, float | None],
                alarms: Records) -> None:
-    ax.plot(*series(train, "grad_norm"), color="tab:purple", label="global gradient norm")
+    steps, norms = series(train, "grad_norm")
+    ax.plot(steps, norms, color="tab:purple", label="global gradient norm")
     styles = {"grad_clip": ("clipped to (--grad-clip)", "tab:green"),
               "max_grad_norm_alarm": ("exploding alarm", "tab:red"),
               "min_grad_norm_alarm": ("vanishing alarm", "tab:orange")}
+    finite = [n for n in norms if 0 < n < float("inf")] or [1.0]
+    low, high = min(finite) / 100, max(finite) * 100
     for key, (label, colour) in styles.items():
-        if limits.get(key):
-            ax.axhline(limits[key], color=colour, linestyle=":", linewidth=1, label=label)
+        limit = limits.get(key)
+        if limit and low <= limit <= high:
+            ax.axhline(limit, color=colour, linestyle=":", linewidth=1, label=f"{label} {limit:g}")
+        elif limit:  # far off the data: named in the legend rather than squashing the curve
+            ax.plot([], [], " ", label=f"{label} {limit:g} (off scale)")
     for i, alarm in enumerate(alarms):
         ax.axvline(alarm["step"], color="red", linewidth=2, alpha=0.5,
                    label="alarm tripped" if i == 0 else None)
