@@ -30,7 +30,6 @@ import torch
 from tqdm import tqdm
 
 from pipeline.store.output_lock import OutputLock
-from pipeline.store.checksum import commit_path
 from pipeline.student.checkpoint import (latest_checkpoint, load_checkpoint, prime_adamw_state,
                                          restore_rng, save_checkpoint)
 from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
@@ -47,6 +46,7 @@ from schemas.student_config import StudentConfig
 from stages.cli.preemption import Preempted, PreemptionGuard
 from stages.student.distributed import DistContext
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
+from stages.student.export import export_model, exportable
 from stages.student.forward import DistillationModule
 from stages.student.model import build_student, check_tokenizer, check_vocabulary
 from stages.student.report import MetricsLog, write_report
@@ -471,32 +471,3 @@ def load_resume_state(cfg: StudentConfig, out: Path, world_size: int) -> dict[st
                           f"micro-batches (ranks x --grad-accum), now {world_size} x "
                           f"{cfg.grad_accum}; keep ranks x --grad-accum equal")
     return load_checkpoint(path)
-
-
-def exportable(model: Any, module_state: dict[str, Any], sharded: bool) -> Any:
-    """The student as a plain module: under FSDP a fresh copy loaded with the gathered weights."""
-    if not sharded:
-        return model
-    from transformers import AutoModelForCausalLM
-
-    plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
-    prefix = "student."
-    plain.load_state_dict({k[len(prefix):]: v for k, v in module_state.items()
-                           if k.startswith(prefix)})
-    plain.generation_config = model.generation_config
-    return plain
-
-
-def export_model(model: Any, tokenizer: Any, path: Path) -> None:
-    """Hugging Face directory (config, safetensors, tokenizer, generation config), committed whole:
-    written beside `path` and renamed into place, so a crash never leaves half a model."""
-    from transformers import GenerationConfig
-
-    model.config.use_cache = True
-    if getattr(model, "generation_config", None) is None:
-        model.generation_config = GenerationConfig.from_model_config(model.config)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    commit_path(tmp, path)
