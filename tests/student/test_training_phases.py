@@ -7,14 +7,13 @@ and -1); the student is the 2-layer, 64-wide `tiny_student`.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import sigterm_after_step
 from pipeline.student.checkpoint import latest_checkpoint, load_checkpoint
 from schemas.student_config import StudentConfig
 from stages.cli.preemption import Preempted
@@ -46,18 +45,10 @@ def test_a_phase_boundary_across_sigterm_and_resume(engine_labels, tiny_student,
                                                     monkeypatch):
     phased = dict(phases="hidden:2,full", hidden_weight=1.0)
     straight = run_train_student(config(engine_labels, tiny_student, tmp_path / "a", **phased))
-    import stages.student.train as train
-
-    real_write = train.MetricsLog.write
-
-    def preempt_after_step_1(self, record):
-        real_write(self, record)
-        if record.get("step") == 1 and "loss" in record:
-            os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(train.MetricsLog, "write", preempt_after_step_1)
+    undo = sigterm_after_step(monkeypatch, 1)
     with pytest.raises(Preempted, match="step 1"):
         run_train_student(config(engine_labels, tiny_student, tmp_path / "b", **phased))
-    monkeypatch.setattr(train.MetricsLog, "write", real_write)
+    undo()
     saved = json.loads((latest_checkpoint(tmp_path / "b/checkpoints") / "meta.json").read_text())
     assert (saved["step"], saved["phase"]) == (1, {"kind": "hidden", "index": 0,
                                                    "step_in_phase": 1})
