@@ -95,7 +95,9 @@ def train_step(model: Any, micro: list[dict[str, Any]], cfg: StudentConfig, hidd
     tokens = dist.sum_ints(sum(int(b["attention_mask"].sum()) for b in micro))[0]
     record = {"loss": token_part + hidden_term, "tokens": tokens, "loss_tokens": n_tokens}
     if plan.soft:
-        record |= {"soft": soft / max(n_tokens, 1), "hard": hard / max(n_tokens, 1)}
+        record["hard"] = hard / max(n_tokens, 1)
+    if plan.soft and cfg.alpha > 0:  # --alpha 0 computes no soft loss
+        record["soft"] = soft / max(n_tokens, 1)
     if plan.hidden:
         record |= {"hidden": hidden_mean, "hidden_weight": hidden_term / hidden_mean
                    if hidden_mean else 0.0}
