@@ -50,8 +50,11 @@ def mark_phases(ax: Axes, phases: Sequence[tuple[str, int]]) -> None:
         if i:
             ax.axvline(x, color="0.4", linestyle="--", linewidth=1,
                        label="phase boundary" if i == 1 else None)
+        # Clipped and out of the layout: a phase start off the plotted range must not
+        # stretch the figure.
         ax.annotate(f"phase: {kind}", (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                    textcoords="offset points", fontsize=8, color="0.3")
+                    textcoords="offset points", fontsize=8, color="0.3", annotation_clip=True,
+                    in_layout=False)
 
 
 def loss_panel(ax: Axes, train: Records) -> None:
@@ -146,7 +149,10 @@ def training_figure(records: Records, phases: Sequence[tuple[str, int]] = (),
     grad_panel(axes[3], train, limits or {}, alarms)
     cosine_panel(axes[4], train)
     resource_panel(axes[5], train)
+    # One step axis for every panel (the evaluations start at step 0).
+    lows, highs = zip(axes[0].get_xlim(), axes[1].get_xlim())
     for ax in axes:
+        ax.set_xlim(min(lows), max(highs))
         mark_phases(ax, phases)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
