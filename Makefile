@@ -37,6 +37,7 @@ KD_LOSS        ?= forward_kl
 ALPHA          ?= 0.5
 KD_TEMPERATURE ?= 1.0
 HIDDEN_WEIGHT  ?= 0.0
+EVAL_EVERY     ?= 5
 STUDENT_SEED   ?= 0
 STUDENT_ARGS   ?=
 
@@ -78,6 +79,7 @@ train-student: setup
 	$(KD) train-student --labels $(LABELS) --student $(STUDENT) --out $(STUDENT_OUT) \
 	  --keep-layers $(KEEP_LAYERS) --steps $(STEPS) --batch-tokens $(BATCH_TOKENS) --lr $(LR) \
 	  --kd-loss $(KD_LOSS) --alpha $(ALPHA) --temperature $(KD_TEMPERATURE) \
+	  --eval-every $(EVAL_EVERY) \
 	  --hidden-weight $(HIDDEN_WEIGHT) --seed $(STUDENT_SEED) $(STUDENT_ARGS)
 
 verify: setup

@@ -26,6 +26,10 @@ STUDENT_KINDS = ("from-teacher", "narrow")
 DTYPES = ("auto", "float32", "bfloat16")
 NON_FINITE_POLICIES = ("stop", "skip")
 VERIFY_MODES = ("lazy", "full")
+TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine")
+ALARM_POLICIES = ("stop", "warn")
+REPORT_TO = ("tensorboard", "wandb", "none")
+PHASE_KINDS = ("hidden", "kd", "full")
 EVAL_MAX_TOKENS = 4096
 """Default bound of one evaluation: ~5 s of the demo student on 2 CPU cores (bench/results/startup.json)."""
 # What a --resume may change: where things are (a run may move machines), how long it
@@ -34,7 +38,8 @@ EVAL_MAX_TOKENS = 4096
 RESUME_MAY_CHANGE = frozenset({
     "labels", "student", "teacher", "out", "steps", "epochs", "eval_every", "checkpoint_every",
     "resume", "overwrite", "loader_workers", "on_non_finite", "fsdp", "verify", "verify_cache",
-    "grad_accum", "loss_chunk", "gradient_checkpointing"})
+    "grad_accum", "loss_chunk", "gradient_checkpointing", "alarms", "max_grad_norm_alarm",
+    "min_grad_norm_alarm", "alarm_patience", "memory_alarm", "report_to"})
 
 
 @dataclass
@@ -80,11 +85,23 @@ class StudentConfig:
     alpha: float = 0.5
     """Weight of the soft loss; 1 - alpha weights cross-entropy on the teacher's sampled tokens."""
     temperature: float = 1.0
-    """Distillation temperature: both distributions are tempered and the soft loss scaled by T^2."""
+    """Distillation temperature (at the first step, with --temperature-schedule): both distributions are tempered and the soft loss scaled by T^2."""
+    temperature_schedule: str = "constant"
+    """How the temperature moves from --temperature (first step) to --final-temperature (last step): constant, linear or cosine."""
+    final_temperature: float | None = None
+    """Temperature at the last step of a linear or cosine --temperature-schedule (e.g. 4 -> 1)."""
     hidden_weight: float = 0.0
     """Weight of the hidden-state alignment loss (needs labels with hidden states); 0: off."""
     hidden_loss: str = "mse"
     """Hidden-state loss through the trainable adapter: mse or cosine."""
+    loss_balance: float | None = None
+    """Rescale the hidden-state loss every micro-batch to this fraction of the soft loss (replaces --hidden-weight's fixed weight; NVIDIA ModelOpt's LogitsAndIntermediatesLossBalancer uses 1); none: fixed weights."""
+    rare_token_weight: float | None = None
+    """Weight each position's soft loss by its target token's inverse frequency in the training labels, min(CAP, max(1, N / (D * count))), CAP being this value (> 1); none: off."""
+    phases: str | None = None
+    """Ordered training phases, e.g. "hidden:100,full:400": `hidden` trains only the hidden-state loss (output head frozen), `kd` only soft + hard, `full` everything configured; each has its own warm-up; the last may omit its count to take the rest."""
+    freeze_embeddings: bool = False
+    """In `hidden` phases also freeze the input embeddings (tied to the output head in SmolLM2, which then freeze anyway)."""
     layer_map: str | None = None
     """Student-to-teacher layer pairs, e.g. "4:16,-1:-1" (student layer:teacher layer, hidden-state numbering). Default: student -1 to teacher -1."""
     eval_fraction: float = 0.1
@@ -92,7 +109,7 @@ class StudentConfig:
     eval_max_tokens: int = EVAL_MAX_TOKENS
     """Labelled positions one evaluation reads at most: the same held-out samples every time (a fixed order by prompt hash and --seed), so curves compare; 0: the whole held-out split."""
     eval_every: int = 50
-    """Evaluate on the held-out split every N steps (0: only before and after training)."""
+    """Evaluate on the held-out split every N steps, so the held-out curve has points (0: only before and after training)."""
     checkpoint_every: int = 100
     """Write a resumable checkpoint every N steps (and on SIGTERM, and at the end)."""
     resume: bool = False
@@ -111,6 +128,18 @@ class StudentConfig:
     """DataLoader worker processes (0: load in the training process)."""
     on_non_finite: str = "stop"
     """A non-finite loss: `stop` (naming the step and batch) or `skip` the batch (at most 10 in a row)."""
+    alarms: str = "stop"
+    """What a tripped alarm does (gradient norm too high or too low for --alarm-patience steps, device memory above --memory-alarm): `stop` (checkpoint, name the step and batch, exit 1) or `warn` (log it and go on)."""
+    max_grad_norm_alarm: float | None = 1000.0
+    """Alarm when the global gradient norm (before clipping) exceeds this for --alarm-patience consecutive steps (exploding); none: off."""
+    min_grad_norm_alarm: float | None = 1e-8
+    """Alarm when the global gradient norm stays below this for --alarm-patience consecutive steps (vanishing); none: off."""
+    alarm_patience: int = 5
+    """Consecutive steps a gradient-norm threshold must be crossed before its alarm trips."""
+    memory_alarm: float | None = 0.95
+    """Alarm when the device memory in use exceeds this fraction of the device's total (GPU memory, or RAM on CPU); none: off."""
+    report_to: str = "tensorboard"
+    """Where the per-step metrics go besides metrics.jsonl: `tensorboard` (when installed), `wandb` (Weights & Biases, when installed; TensorBoard too) or `none`."""
     fsdp: bool = False
     """Under torchrun, shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP2) instead of replicating the student (DDP)."""
     verify: str = "lazy"
@@ -140,8 +169,12 @@ class StudentConfig:
                 raise ConfigError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ConfigError(f"--temperature must be a positive number, got {self.temperature}")
+        for name in ("temperature", "final_temperature"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{flag(name)} must be a positive number, got {value}")
+        self.check_temperature_schedule()
+        self.check_training_controls()
         if not (self.lr > 0 and self.hidden_weight >= 0 and self.grad_clip >= 0
                 and self.weight_decay >= 0):
             raise ConfigError("--lr must be positive; --hidden-weight, --grad-clip and "
@@ -152,10 +185,80 @@ class StudentConfig:
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("on_non_finite", self.on_non_finite, NON_FINITE_POLICIES)
         check_choice("verify", self.verify, VERIFY_MODES)
+        check_choice("alarms", self.alarms, ALARM_POLICIES)
+        check_choice("report_to", self.report_to, REPORT_TO)
         self.parsed_layer_map()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
         return self
+
+    def check_temperature_schedule(self) -> None:
+        check_choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
+        moving = self.temperature_schedule != "constant"
+        if moving and self.final_temperature is None:
+            raise ConfigError(f"--temperature-schedule {self.temperature_schedule} needs "
+                              "--final-temperature (e.g. --temperature 4 --final-temperature 1)")
+        if not moving and self.final_temperature not in (None, self.temperature):
+            raise ConfigError(f"--final-temperature {self.final_temperature} needs a moving "
+                              "--temperature-schedule (linear or cosine); it is constant")
+
+    def check_training_controls(self) -> None:
+        """Phases, loss balance, token weights and alarm thresholds: each refusal names its flag."""
+        if self.loss_balance is not None and not (math.isfinite(self.loss_balance)
+                                                  and self.loss_balance > 0):
+            raise ConfigError(f"--loss-balance must be a positive fraction, got {self.loss_balance}")
+        if self.loss_balance is not None and self.alpha == 0:
+            raise ConfigError("--loss-balance scales the hidden-state loss to the soft loss, "
+                              "which --alpha 0 turns off")
+        if self.rare_token_weight is not None and not self.rare_token_weight > 1:
+            raise ConfigError(f"--rare-token-weight is the cap of the weights and must be > 1, "
+                              f"got {self.rare_token_weight}")
+        for name in ("max_grad_norm_alarm", "min_grad_norm_alarm", "memory_alarm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{flag(name)} must be positive (or none), got {value}")
+        if self.alarm_patience < 1:
+            raise ConfigError(f"--alarm-patience must be at least 1, got {self.alarm_patience}")
+        phases = self.parsed_phases()
+        if phases and self.steps is None and phases[-1][1] is not None:
+            raise ConfigError("--phases with --epochs: leave the last phase's count out so it "
+                              "takes the rest of the run (e.g. hidden:100,full)")
+        counted = sum(n for _, n in phases if n is not None)
+        if phases and self.steps is not None and (
+                counted >= self.steps if phases[-1][1] is None else counted != self.steps):
+            raise ConfigError(f"--phases add up to {counted} steps but --steps is {self.steps}; "
+                              "make them add up, or leave the last phase's count out to take "
+                              "the rest")
+
+    def parsed_phases(self) -> list[tuple[str, int | None]]:
+        """--phases as [(kind, steps)], the last count None when left out; [] without phases."""
+        if not self.phases:
+            return []
+        items = [item.strip() for item in self.phases.split(",")]
+        parsed = []
+        for i, item in enumerate(items):
+            kind, colon, count = item.partition(":")
+            if kind not in PHASE_KINDS:
+                raise ConfigError(f"--phases: unknown phase {kind!r} in {self.phases!r} "
+                                  f"(phases: {', '.join(PHASE_KINDS)})")
+            if not colon and i == len(items) - 1:
+                parsed.append((kind, None))
+                continue
+            try:
+                steps = int(count)
+            except ValueError:
+                steps = 0
+            if steps < 1:
+                raise ConfigError(f"--phases: {item!r} must look like {kind}:100, a positive "
+                                  "step count (only the last phase may leave it out)")
+            parsed.append((kind, steps))
+        return parsed
+
+    @property
+    def uses_hidden(self) -> bool:
+        """Whether some phase trains the hidden-state loss (the labels must hold hidden states)."""
+        return self.hidden_weight > 0 or self.loss_balance is not None or \
+            any(kind == "hidden" for kind, _ in self.parsed_phases())
 
     def parsed_layer_map(self) -> dict[int, int]:
         """--layer-map as {student layer: teacher layer} (hidden-state numbering, negatives allowed)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -121,3 +122,17 @@ def tiny_student(tmp_path_factory, engine_labels) -> Path:
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(TEACHER).save_pretrained(path)
     return path
+
+
+def sigterm_after_step(monkeypatch, step: int):
+    """Make a training run SIGTERM itself once it has logged step `step`; returns the undo."""
+    import stages.student.train as train
+
+    real_write = train.MetricsLog.write
+
+    def write_then_preempt(self, record):
+        real_write(self, record)
+        if record.get("step") == step and "loss" in record:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(train.MetricsLog, "write", write_then_preempt)
+    return lambda: monkeypatch.setattr(train.MetricsLog, "write", real_write)

@@ -46,6 +46,24 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def prime_adamw_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter the AdamW state a first step would create (step 0, zero moments).
+
+    AdamW creates a parameter's state at its first update; one frozen so far (the
+    head in a `hidden` phase) would be missing from a checkpoint, which a strict
+    load refuses. Primed state is what the first step starts from anyway, so
+    training is bit-identical.
+    """
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not optimizer.state[p]:
+                optimizer.state[p] = {"step": torch.tensor(0.0, dtype=_get_scalar_dtype()),
+                                      "exp_avg": torch.zeros_like(p),
+                                      "exp_avg_sq": torch.zeros_like(p)}
+
+
 def save_checkpoint(root: str | Path, step: int, state: dict[str, Any], meta: dict[str, Any],
                     keep: int = 2) -> Path:
     """Write checkpoint `step` under `root` atomically; keep the newest `keep`."""

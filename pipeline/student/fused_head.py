@@ -71,10 +71,12 @@ class HeadLoss:
 
 
 def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, target_ids: Tensor,
-                   spec: HeadLoss) -> tuple[Tensor, Tensor, Tensor]:
+                   spec: HeadLoss, soft_weights: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     """(soft sum, hard sum, dL/dz) of one chunk's logits z (float32 or wider).
 
-    L = alpha * soft + (1 - alpha) * hard. z is overwritten: it becomes dL/dz, which
+    L = alpha * soft + (1 - alpha) * hard, each position's soft term times its
+    `soft_weights` entry when given. z is overwritten: it becomes dL/dz, which
     saves a (chunk, V) buffer.
     """
     soft_on = spec.alpha > 0
@@ -87,7 +89,8 @@ def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, tar
         hard = (lse - at_target).sum()
         soft = (soft_loss_from_gathered(at_teacher, scaled_lse, teacher_logprobs, kind=spec.kind,
                                         tail=spec.tail, temperature=spec.temperature,
-                                        beta=spec.beta) if soft_on else torch.zeros_like(hard))
+                                        beta=spec.beta, weights=soft_weights)
+                if soft_on else torch.zeros_like(hard))
         weighted = weighted_token_sum(soft, hard, spec.alpha)
         leaves = [lse, at_target] + ([scaled_lse] if scaled is not None else []) + \
             ([at_teacher] if soft_on else [])
@@ -111,8 +114,8 @@ def matmul_dtype(t: Tensor) -> torch.dtype:
 class _FusedHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, states: Tensor, weight: Tensor, teacher_ids: Tensor,
-                teacher_logprobs: Tensor, target_ids: Tensor, spec: HeadLoss
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                teacher_logprobs: Tensor, target_ids: Tensor, spec: HeadLoss,
+                soft_weights: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         mm = matmul_dtype(weight)
         head = weight[:spec.vocab].to(mm)
         grad_states = torch.empty_like(states)
@@ -126,7 +129,8 @@ class _FusedHead(torch.autograd.Function):
             # The matmuls run in autocast's dtype, as autograd's would; the losses in float32.
             z = (x @ head.T).to(acc)
             s, h, g_z = chunk_gradient(z, teacher_ids[rows].long(), teacher_logprobs[rows],
-                                       target_ids[rows].long(), spec)
+                                       target_ids[rows].long(), spec,
+                                       None if soft_weights is None else soft_weights[rows])
             soft, hard = soft + s, hard + h
             g_z = g_z.to(mm)
             grad_states[rows] = (g_z @ head).to(states.dtype)
@@ -142,18 +146,21 @@ class _FusedHead(torch.autograd.Function):
         shape, dtype = ctx.weight_meta
         grad_weight = grad_head.new_zeros(shape, dtype=dtype)
         grad_weight[:grad_head.shape[0]] = grad_head * g_total
-        return grad_states * g_total, grad_weight, None, None, None, None
+        return grad_states * g_total, grad_weight, None, None, None, None, None
 
 
 def head_losses(states: Tensor, weight: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor,
-                target_ids: Tensor, spec: HeadLoss) -> tuple[Tensor, Tensor, Tensor]:
+                target_ids: Tensor, spec: HeadLoss, soft_weights: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
     """(alpha*soft + (1-alpha)*hard, soft, hard) sums over the N rows of `states` (N, d).
 
-    weight: the LM head (V', d) with V' >= spec.vocab. Only the first value is
-    differentiable, with respect to states and weight.
+    weight: the LM head (V', d) with V' >= spec.vocab; soft_weights (N,), optional,
+    weights each row's soft term. Only the first value is differentiable, with
+    respect to states and weight.
     """
     if states.dim() != 2 or states.shape[1] != weight.shape[1]:
         raise ValueError(f"states must be (N, {weight.shape[1]}); got {tuple(states.shape)}")
     if weight.shape[0] < spec.vocab:
         raise ValueError(f"the head has {weight.shape[0]} rows, fewer than vocab {spec.vocab}")
-    return _FusedHead.apply(states, weight, teacher_ids, teacher_logprobs, target_ids, spec)
+    return _FusedHead.apply(states, weight, teacher_ids, teacher_logprobs, target_ids, spec,
+                            soft_weights)

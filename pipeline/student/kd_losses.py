@@ -124,7 +124,8 @@ def student_logprobs_at(student_logits: Tensor, teacher_ids: Tensor, temperature
 
 def soft_loss_from_gathered(teacher_logits: Tensor, lse_t: Tensor, teacher_logprobs: Tensor, *,
                             kind: str = "forward_kl", tail: str = "bucket",
-                            temperature: float = 1.0, beta: float = 0.5) -> Tensor:
+                            temperature: float = 1.0, beta: float = 0.5,
+                            weights: Tensor | None = None) -> Tensor:
     """The soft loss (sum x T^2) from the student's logits at the teacher's ids and log-sum-exp.
 
     teacher_logits: (N, k) raw student logits z at the teacher's ids; lse_t: (N,)
@@ -133,6 +134,7 @@ def soft_loss_from_gathered(teacher_logits: Tensor, lse_t: Tensor, teacher_logpr
     closed form. The student's tail bucket is log(1 - sum of its top-k
     probabilities), floored at MIN_TAIL: less precise than `student_logprobs_at` for
     tails below ~1e-6, whose share of the loss is then below the float32 noise anyway.
+    `weights` (N,) multiplies each position's divergence (`--rare-token-weight`).
     """
     gathered = teacher_logits / temperature - lse_t[:, None]
     if tail == "renormalize":
@@ -142,7 +144,10 @@ def soft_loss_from_gathered(teacher_logits: Tensor, lse_t: Tensor, teacher_logpr
         log_tail = torch.log((-torch.expm1(inside)).clamp(min=MIN_TAIL))
         student = torch.cat([gathered, log_tail], dim=-1)
     teacher = retemper_teacher(teacher_logprobs.to(student.dtype), temperature, tail)
-    return temperature ** 2 * divergence(teacher, student, kind, beta).sum()
+    per_position = divergence(teacher, student, kind, beta)
+    if weights is not None:
+        per_position = per_position * weights.to(per_position.dtype)
+    return temperature ** 2 * per_position.sum()
 
 
 def fused_head_losses(logits: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor,
@@ -348,6 +353,19 @@ def combine_losses(soft_sum: Tensor, hard_sum: Tensor, n_tokens: int | Tensor, a
 def weighted_token_sum(soft_sum: Tensor, hard_sum: Tensor, alpha: float) -> Tensor:
     """alpha * soft_sum + (1 - alpha) * hard_sum, skipping a zero-weighted term."""
     return sum(w * v for w, v in ((alpha, soft_sum), (1 - alpha, hard_sum)) if w)
+
+
+def balanced_weight(soft_mean: float, hidden_mean: float, fraction: float) -> float:
+    """The hidden-state weight that makes weight * hidden_mean == fraction * soft_mean (`--loss-balance`).
+
+    As NVIDIA ModelOpt's `LogitsAndIntermediatesLossBalancer` does for Megatron
+    and NeMo distillation: the intermediate loss is rescaled by a detached
+    factor every step, so its gradient keeps a fixed share of the logits loss's
+    however their raw scales drift. 0 when the hidden loss is 0 or not finite.
+    """
+    if not (hidden_mean > 0 and math.isfinite(hidden_mean) and math.isfinite(soft_mean)):
+        return 0.0
+    return fraction * soft_mean / hidden_mean
 
 
 def total_loss(token_sum: Tensor, n_tokens: int | Tensor, hidden_mean: Tensor | None = None,

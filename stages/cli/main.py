@@ -27,7 +27,7 @@ from stages.cli.faults import resume_command, student_committed, teacher_committ
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--verbose", is_flag=True, help="Print the traceback of an environment fault too.")
+@click.option("--verbose", is_flag=True, help="Print the vLLM engine's INFO log (otherwise in <out>/engine.log) and the traceback of an environment fault.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """offline-kd: offline two-stage knowledge distillation for LLMs.
@@ -87,11 +87,16 @@ def run_stage(stage: Stage, cfg: Any, *errors: type[Exception]) -> Any:
 def teacher_labels(cfg: TeacherConfig) -> None:
     """Store the teacher's top-k soft labels as HDF5 shards, on completions it generates under
     vLLM (--mode generate) or teacher-forced on given text, chats or completions (--mode score)."""
+    from stages.cli.engine_logs import route_engine_logs
+
+    log = route_engine_logs(cfg.out, click.get_current_context().find_root().obj["verbose"])
     from pipeline.teacher.prompts import NoUsableInput
     from stages.teacher.labels import NonFiniteError, run_teacher_labels
 
     stage = Stage("teacher-labels", run_teacher_labels, teacher_committed)
     click.echo(run_stage(stage, cfg, NonFiniteError, NoUsableInput).line())
+    if log is not None:
+        click.echo(f"engine log: {log} (kd --verbose teacher-labels ... prints it instead)")
 
 
 @main.command("train-student")
@@ -100,12 +105,14 @@ def train_student(cfg: StudentConfig) -> None:
     """Train a student from teacher shards alone, export it (Hugging Face format) and evaluate it."""
     from pipeline.student.label_set import LabelSetError
     from pipeline.student.shard_gate import ShardVerificationError
+    from stages.cli.engine_logs import quiet_transformers
     from stages.student.evaluate import format_table
-    from stages.student.train import NonFiniteLoss, run_train_student
+    from stages.student.train import AlarmStop, NonFiniteLoss, run_train_student
 
+    quiet_transformers(click.get_current_context().find_root().obj["verbose"])
     stage = Stage("train-student", run_train_student, student_committed, ("--resume",),
                   ("--overwrite",))
-    result = run_stage(stage, cfg, LabelSetError, ShardVerificationError, NonFiniteLoss)
+    result = run_stage(stage, cfg, LabelSetError, ShardVerificationError, NonFiniteLoss, AlarmStop)
     click.echo(format_table(result.evals))
     click.echo(f"train-student: {result.steps} steps in {result.seconds:.0f} s -> {result.out}/model")
 

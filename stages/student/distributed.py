@@ -41,7 +41,8 @@ class DistContext:
             tdist.init_process_group("nccl" if cuda else "gloo")
         return cls(int(os.environ.get("RANK", "0")), world, device)
 
-    def wrap(self, model: Any, fsdp: bool = False, layers: Any = ()) -> Any:
+    def wrap(self, model: Any, fsdp: bool = False, layers: Any = (),
+             find_unused: bool = False) -> Any:
         """DDP across ranks, or FSDP2 (each of `layers` its own unit, `model` the root)."""
         if self.world_size == 1:
             return model
@@ -58,7 +59,7 @@ class DistContext:
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda"
-                                       else None)
+                                       else None, find_unused_parameters=find_unused)
 
     @contextlib.contextmanager
     def no_sync(self, model: Any, last: bool) -> Iterator[None]:

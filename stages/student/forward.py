@@ -6,6 +6,9 @@ of `loss_chunk` through `pipeline.student.fused_head`, which forms their gradien
 forward, so neither a (batch, time, vocabulary) logits tensor nor its gradient
 is ever held, and nothing is recomputed. Padded vocabulary rows of the
 student's head (beyond the labels' vocabulary) get no logits and no gradient.
+A `LossPlan` says which losses this step trains (its phase) and at which
+temperature; the cosine similarity of the adapted student states to the
+teacher's comes back per mapped layer, for monitoring.
 
     python -m pytest tests/test_student_train.py -k forward
 """
@@ -16,11 +19,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.student.eval_metrics import EvalTotals, position_metrics
 from pipeline.student.fused_head import HeadLoss, head_losses
 from pipeline.student.kd_losses import hidden_state_loss
 from schemas.student_config import StudentConfig
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    """What one step trains: the soft and hard losses (at `temperature`), the hidden-state loss."""
+
+    temperature: float
+    soft: bool = True
+    hidden: bool = False
 
 
 @dataclass
@@ -37,6 +50,8 @@ class LossSums:
     hidden: torch.Tensor
     positions: int
     hidden_rows: int
+    cosine: torch.Tensor
+    """(mapped layers,) summed cosine similarity of adapted student and teacher states, detached."""
 
 
 def decoder_states(model: Any, batch: dict[str, Any], need_all: bool) -> tuple[torch.Tensor, Any]:
@@ -49,30 +64,42 @@ def decoder_states(model: Any, batch: dict[str, Any], need_all: bool) -> tuple[t
 
 
 def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cfg: StudentConfig,
-                 layer_map: dict[int, int]) -> LossSums:
-    """Summed soft, hard and hidden losses of one collated micro-batch."""
-    need_hidden = cfg.hidden_weight > 0
+                 layer_map: dict[int, int], plan: LossPlan | None = None,
+                 token_weights: torch.Tensor | None = None) -> LossSums:
+    """Summed soft, hard and hidden losses of one collated micro-batch, as `plan` asks.
+
+    Without a plan: every configured loss at --temperature. `token_weights` (V,)
+    weights each position's soft loss by its target token (--rare-token-weight).
+    """
+    plan = plan or LossPlan(cfg.temperature, True, cfg.hidden_weight > 0)
+    need_hidden = plan.hidden and bool(layer_map)
     flat, all_states = decoder_states(model, batch, need_hidden)
-    spec = HeadLoss(vocab=vocab, alpha=cfg.alpha, kind=cfg.kd_loss, tail=cfg.tail,
-                    temperature=cfg.temperature, beta=cfg.beta, chunk_size=cfg.loss_chunk)
-    weighted, soft, hard = head_losses(flat[batch["loss_rows"]],
-                                       model.get_output_embeddings().weight, batch["teacher_ids"],
-                                       batch["teacher_logprobs"], batch["target_ids"], spec)
-    hidden = flat.new_zeros((), dtype=torch.float32)
-    hidden_rows = 0
+    zero = flat.new_zeros((), dtype=torch.float32)
+    weighted = soft = hard = zero
+    if plan.soft:
+        spec = HeadLoss(vocab=vocab, alpha=cfg.alpha, kind=cfg.kd_loss, tail=cfg.tail,
+                        temperature=plan.temperature, beta=cfg.beta, chunk_size=cfg.loss_chunk)
+        weights = None if token_weights is None else token_weights[batch["target_ids"]]
+        weighted, soft, hard = head_losses(flat[batch["loss_rows"]],
+                                           model.get_output_embeddings().weight,
+                                           batch["teacher_ids"], batch["teacher_logprobs"],
+                                           batch["target_ids"], spec, weights)
+    hidden, cosines, hidden_rows = zero, [], 0
     if need_hidden:
         for s_layer, t_layer in layer_map.items():
             student = all_states[s_layer].reshape(-1, all_states[s_layer].shape[-1])
-            projected = adapter(s_layer, student[batch["hidden_rows"]])
-            hidden = hidden + hidden_state_loss(projected.float(),
-                                                batch["teacher_hidden"][t_layer].float(),
-                                                kind=cfg.hidden_loss)
+            projected = adapter(s_layer, student[batch["hidden_rows"]]).float()
+            teacher = batch["teacher_hidden"][t_layer].float()
+            hidden = hidden + hidden_state_loss(projected, teacher, kind=cfg.hidden_loss)
+            cosines.append(F.cosine_similarity(projected.detach(), teacher, dim=-1).sum())
             hidden_rows += int(batch["hidden_rows"].numel())
-    return LossSums(weighted, soft, hard, hidden, int(batch["loss_rows"].numel()), hidden_rows)
+    cosine = torch.stack(cosines) if cosines else zero.new_zeros(0)
+    return LossSums(weighted, soft, hard, hidden, int(batch["loss_rows"].numel()), hidden_rows,
+                    cosine)
 
 
 class DistillationModule(torch.nn.Module):
-    """Student and hidden-state adapter as one module returning (weighted, soft, hard, hidden).
+    """Student and hidden-state adapter as one module returning (weighted, soft, hard, hidden, cosine).
 
     A tuple, not `LossSums`: DDP and FSDP find the output tensors (to hook
     backward) by walking tuples, lists and dicts.
@@ -82,15 +109,18 @@ class DistillationModule(torch.nn.Module):
     """
 
     def __init__(self, student: Any, adapter: Any, vocab: int, cfg: StudentConfig,
-                 layer_map: dict[int, int]):
+                 layer_map: dict[int, int], token_weights: torch.Tensor | None = None):
         super().__init__()
         self.student, self.adapter = student, adapter
         self.vocab, self.cfg, self.layer_map = vocab, cfg, layer_map
+        # Derived from the labels at start, so not part of a checkpoint.
+        self.register_buffer("token_weights", token_weights, persistent=False)
 
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    def forward(self, batch: dict[str, Any], plan: LossPlan | None = None
+                ) -> tuple[torch.Tensor, ...]:
         parts = batch_losses(self.student, self.adapter, batch, self.vocab, self.cfg,
-                             self.layer_map)
-        return parts.weighted, parts.soft, parts.hard, parts.hidden
+                             self.layer_map, plan, self.token_weights)
+        return parts.weighted, parts.soft, parts.hard, parts.hidden, parts.cosine
 
 
 @torch.no_grad()

@@ -30,28 +30,38 @@ import torch
 from tqdm import tqdm
 
 from pipeline.store.output_lock import OutputLock
-from pipeline.store.checksum import commit_path
-from pipeline.student.checkpoint import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from pipeline.student.checkpoint import (latest_checkpoint, load_checkpoint, prime_adamw_state,
+                                         restore_rng, save_checkpoint)
 from pipeline.student.batch_plan import batches_for_rank, plan_batches, split_by_prompt
 from pipeline.student.batches import PlannedBatches, to_device
-from pipeline.student.kd_losses import HiddenStateAdapter, total_loss
+from pipeline.student.alarms import Alarm, AlarmMonitor, AlarmThresholds
+from pipeline.student.kd_losses import HiddenStateAdapter
 from pipeline.student.label_set import LabelSet, open_label_set
-from pipeline.student.lr_schedule import lr_at
+from pipeline.student.phases import layout_phases, phase_at, phase_lr
+from pipeline.student.schedules import temperature_at
+from pipeline.student.token_weights import rare_token_weights
 from pipeline.student.shard_gate import ShardVerificationError
 from schemas.config_base import ConfigError
 from schemas.student_config import StudentConfig
 from stages.cli.preemption import Preempted, PreemptionGuard
 from stages.student.distributed import DistContext
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
+from stages.student.export import export_model, exportable
 from stages.student.forward import DistillationModule
 from stages.student.model import build_student, check_tokenizer, check_vocabulary
 from stages.student.report import MetricsLog, write_report
+from stages.student.resources import memory_use
+from stages.student.step import drop_frozen_grads, frozen_parameters, step_plan, train_step
 
 MAX_SKIPPED_IN_A_ROW = 10
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+class AlarmStop(RuntimeError):
+    """An alarm tripped under `--alarms stop`; the message names the alarm, the step and the batch."""
 
 
 @dataclass
@@ -124,11 +134,9 @@ def last_line(exc: Exception) -> str:
 
 def resolve_layer_map(cfg: StudentConfig, num_layers: int, labels: LabelSet) -> dict[int, int]:
     """--layer-map in absolute hidden-state indices, checked against what the labels hold."""
-    if cfg.hidden_weight == 0:
+    if not cfg.uses_hidden:
         return {}
-    if not labels.hidden_layers:
-        raise ConfigError("--hidden-weight > 0 needs labels with hidden states "
-                          "(kd teacher-labels --hidden-layers ...)")
+    require_hidden_states(cfg, labels)
     resolved = {}
     for s, t in cfg.parsed_layer_map().items():
         s_abs = s if s >= 0 else num_layers + 1 + s
@@ -140,6 +148,15 @@ def resolve_layer_map(cfg: StudentConfig, num_layers: int, labels: LabelSet) -> 
                               f"the labels, which hold {labels.hidden_layers}")
         resolved[s_abs] = t_abs
     return resolved
+
+
+def require_hidden_states(cfg: StudentConfig, labels: LabelSet) -> None:
+    """Refuse a run that trains the hidden-state loss on labels without hidden states."""
+    if cfg.uses_hidden and not labels.hidden_layers:
+        needs = ("--phases: a hidden phase" if cfg.hidden_weight == 0 and cfg.loss_balance is None
+                 else "--hidden-weight > 0 or --loss-balance")
+        raise ConfigError(f"{needs} needs labels with hidden states (--hidden-layers at the "
+                          "teacher stage: kd teacher-labels --hidden-layers -1 ...)")
 
 
 def total_steps(cfg: StudentConfig, per_epoch: int) -> int:
@@ -170,7 +187,8 @@ class Trainable:
     optimizer: torch.optim.Optimizer
 
 
-def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext) -> Trainable:
+def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
+                    token_weights: np.ndarray | None = None) -> Trainable:
     """Build or load the student, check it against the labels, place and wrap it."""
     teacher = cfg.teacher or labels.teacher
     torch.manual_seed(cfg.seed)
@@ -187,15 +205,19 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext) -> 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
-    module = dist.wrap(DistillationModule(model, adapter, vocab, cfg, layer_map), cfg.fsdp,
-                       layers=model.get_decoder().layers)
+    weights = None if token_weights is None else torch.from_numpy(token_weights).to(dist.device)
+    # Phases leave parameters without gradient (the head, the adapter), which DDP must expect.
+    module = dist.wrap(DistillationModule(model, adapter, vocab, cfg, layer_map, weights),
+                       cfg.fsdp, layers=model.get_decoder().layers,
+                       find_unused=bool(cfg.phases))
     params = list(module.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    prime_adamw_state(optimizer)
     return Trainable(model, tokenizer, vocab, layer_map, module, params, optimizer)
 
 
 class TrainingRun:
-    """One run of the training loop: data stream, step counter, evaluations, checkpoints."""
+    """One run of the training loop: data stream, phases, step counter, evaluations, checkpoints."""
 
     def __init__(self, cfg: StudentConfig, labels: LabelSet, student: Trainable,
                  dist: DistContext):
@@ -210,27 +232,48 @@ class TrainingRun:
         self.stream = BatchStream(labels, train_idx, cfg, dist, cursor,
                                   with_hidden=bool(student.layer_map))
         self.steps = total_steps(cfg, self.stream.batches_per_epoch())
+        try:
+            self.phases = layout_phases(cfg.parsed_phases(), self.steps)
+        except ValueError as exc:
+            raise ConfigError(f"--phases: {exc}") from None
+        self.frozen = frozen_parameters(student.model, cfg)
         self.plan_eval = eval_plan(labels, eval_idx, cfg.batch_tokens, cfg.eval_max_tokens,
                                    cfg.seed)
         self.amp = autocast_dtype(cfg, dist.device)
-        self.log = MetricsLog(self.out / "metrics.jsonl", dist.is_main)
-        self.step, self.evals = 0, {}
+        self.log = MetricsLog(self.out / "metrics.jsonl", dist.is_main, cfg)
+        self.monitor = AlarmMonitor(AlarmThresholds(cfg.max_grad_norm_alarm,
+                                                    cfg.min_grad_norm_alarm, cfg.alarm_patience,
+                                                    cfg.memory_alarm))
+        self.step, self.evals, self.alarms = 0, {}, []
         self.non_finite = 0  # steps skipped in a row for a non-finite loss (--on-non-finite skip)
         self.begin(resume_state)
 
     def begin(self, resume_state: dict[str, Any] | None) -> None:
-        """Restore a checkpoint's weights, optimizer, RNG and evaluations, or evaluate at step 0."""
+        """Restore a checkpoint's weights, optimizer, RNG, alarms and evaluations, or evaluate at step 0."""
         if resume_state:
             self.dist.load_full_state(self.student.module, self.student.optimizer,
                                       resume_state["module"], resume_state["optimizer"])
             restore_rng(resume_state["rng"])
             self.step, self.evals = resume_state["step"], resume_state["evals"]
+            self.monitor.load_state_dict(resume_state["alarm_state"])
+            self.alarms = resume_state["alarms"]
+            self.check_resumed_phase(resume_state["phase"])
             self.log.truncate_after(self.step)
             return
         self.log.truncate_after(-1)
         self.evals = {"teacher": teacher_reference(self.labels, self.plan_eval),
                       "student_before": self.evaluate()}
         self.log.write({"step": 0, "eval": self.evals["student_before"]})
+
+    def phase_record(self) -> dict[str, Any]:
+        """The phase the next step runs in: what a checkpoint records and a resume lands in."""
+        phase = phase_at(self.phases, self.step)
+        return {"kind": phase.kind, "index": phase.index, "step_in_phase": self.step - phase.start}
+
+    def check_resumed_phase(self, saved: dict[str, Any]) -> None:
+        if saved != self.phase_record():
+            raise ConfigError(f"--resume: the checkpoint at step {self.step} was in phase "
+                              f"{saved}, the phases given put it in {self.phase_record()}")
 
     def evaluate(self) -> dict[str, float]:
         s = self.student
@@ -243,12 +286,15 @@ class TrainingRun:
         module_state, optimizer_state = self.dist.full_state(self.student.module,
                                                              self.student.optimizer)
         if self.dist.is_main:
+            phase = self.phase_record()
             state = {"module": module_state, "optimizer": optimizer_state,
                      "cursor": {"epoch": self.stream.cursor.epoch,
                                 "global_batch": self.stream.cursor.batch * self.dist.world_size},
-                     "evals": self.evals}
+                     "evals": self.evals, "phase": phase, "alarms": self.alarms,
+                     "alarm_state": self.monitor.state_dict()}
             save_checkpoint(self.out / "checkpoints", self.step, state,
-                            {"config": self.cfg.to_dict(), "world_size": self.dist.world_size})
+                            {"config": self.cfg.to_dict(), "world_size": self.dist.world_size,
+                             "phase": phase})
         self.dist.barrier()
         return module_state
 
@@ -264,7 +310,8 @@ class TrainingRun:
                 if record is None:
                     continue
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                bar.set_postfix(phase=record["phase"], loss=f"{record['loss']:.4f}",
+                                T=f"{record['temperature']:.2f}",
                                 tok_s=f"{record['tokens_per_second']:.0f}")
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.steps:
                     self.log.write({"step": self.step, "eval": self.evaluate()})
@@ -275,32 +322,75 @@ class TrainingRun:
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
 
-    def optimizer_step(self) -> dict[str, float] | None:
+    def optimizer_step(self) -> dict[str, Any] | None:
         """One optimizer step, logged; None when a non-finite loss made it skip (--on-non-finite)."""
         cfg, s = self.cfg, self.student
-        lr = lr_at(self.step, cfg.lr, cfg.warmup_steps, self.steps, cfg.min_lr_ratio)
+        phase = phase_at(self.phases, self.step)
+        lr = phase_lr(self.phases, self.step, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        temperature = temperature_at(self.step, cfg.temperature,
+                                     cfg.final_temperature or cfg.temperature, self.steps,
+                                     cfg.temperature_schedule)
         for group in s.optimizer.param_groups:
             group["lr"] = lr
         tick = time.time()
         where = f"epoch {self.stream.cursor.epoch} batch {self.stream.cursor.batch}"
         micro = [to_device(self.stream.next(), self.dist.device) for _ in range(cfg.grad_accum)]
-        record = train_step(s.module, micro, cfg, len(s.layer_map), self.dist, self.amp, s.params)
-        if not math.isfinite(record["loss"]):
-            s.optimizer.zero_grad(set_to_none=True)
-            self.non_finite += 1
-            message = f"non-finite loss {record['loss']} at step {self.step + 1} ({where})"
-            if cfg.on_non_finite == "stop" or self.non_finite > MAX_SKIPPED_IN_A_ROW:
-                raise NonFiniteLoss(message + "; lower --lr or check the labels (kd verify)")
-            tqdm.write(f"skipping: {message}")
-            return None
+        plan = step_plan(cfg, phase, temperature, len(s.layer_map))
+        record = train_step(s.module, micro, cfg, len(s.layer_map), self.dist, self.amp, plan)
+        if phase.kind == "hidden":
+            drop_frozen_grads(self.frozen)
+        # Before clipping; with --grad-clip 0 an infinite bound only measures it.
+        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+            s.params, cfg.grad_clip or float("inf")))
+        peak, total = memory_use(self.dist.device)
+        alarms = self.monitor.check(self.step + 1, where, record["loss"], record["grad_norm"],
+                                    peak / total)
+        if alarms and alarms[0].kind == "non_finite":
+            return self.skip_non_finite(alarms[0])
         self.non_finite = 0
+        self.raise_alarms(alarms)
         s.optimizer.step()
         s.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        record |= {"step": self.step, "lr": lr,
-                   "tokens_per_second": record["tokens"] / max(time.time() - tick, 1e-9)}
+        record |= {"step": self.step, "phase": phase.kind, "lr": lr, "temperature": temperature,
+                   "tokens_per_second": record["tokens"] / max(time.time() - tick, 1e-9),
+                   "peak_memory_mb": peak / 2**20, "memory_fraction": peak / total}
+        if "cosine" in record:
+            record["cosine"] = {f"{a}:{b}": c for (a, b), c in zip(s.layer_map.items(),
+                                                                    record["cosine"])}
         self.log.write(record)
         return record
+
+    def skip_non_finite(self, alarm: Alarm) -> None:
+        """Skip the step's update (--on-non-finite skip) or stop naming the step and batch."""
+        self.student.optimizer.zero_grad(set_to_none=True)
+        self.non_finite += 1
+        self.note_alarm(alarm)
+        message = f"non-finite {alarm.message.split(';')[0]} at step {alarm.step} ({alarm.where})"
+        if self.cfg.on_non_finite == "stop" or self.non_finite > MAX_SKIPPED_IN_A_ROW:
+            raise NonFiniteLoss(message + "; lower --lr or check the labels (kd verify)")
+        tqdm.write(f"skipping: {message}")
+        return None
+
+    def note_alarm(self, alarm: Alarm) -> None:
+        """An alarm is a line on the terminal and in metrics.jsonl, and an entry in report.json."""
+        self.alarms.append(alarm.to_dict())
+        self.log.write({"step": alarm.step, "alarm": alarm.to_dict()})
+        if self.dist.is_main:
+            tqdm.write(alarm.line())
+
+    def raise_alarms(self, alarms: list[Alarm]) -> None:
+        """Log each alarm; under --alarms stop, checkpoint the last good step and stop."""
+        for alarm in alarms:
+            self.note_alarm(alarm)
+        if alarms and self.cfg.alarms == "stop":
+            self.student.optimizer.zero_grad(set_to_none=True)
+            self.checkpoint()
+            if self.dist.is_main:
+                write_report(self.out, self.cfg, self.evals, self.step, 0.0, self.phases,
+                             self.alarms)
+            raise AlarmStop(f"{alarms[0].line()}; stopped (--alarms stop) with a checkpoint at "
+                            f"step {self.step}: --alarms warn goes on, or change the threshold")
 
     def finish(self, seconds: float) -> None:
         """Final checkpoint and evaluation, then (rank 0) the exported model and the report."""
@@ -311,8 +401,17 @@ class TrainingRun:
             sharded = self.cfg.fsdp and self.dist.world_size > 1
             export_model(exportable(self.student.model, final_state, sharded),
                          self.student.tokenizer, self.out / "model")
-            write_report(self.out, self.cfg, self.evals, self.step, seconds)
+            write_report(self.out, self.cfg, self.evals, self.step, seconds, self.phases,
+                         self.alarms)
         self.dist.barrier()
+
+
+def soft_token_weights(cfg: StudentConfig, labels: LabelSet) -> np.ndarray | None:
+    """--rare-token-weight: the soft-loss weight of each token, from the training split's targets."""
+    if cfg.rare_token_weight is None:
+        return None
+    train_idx, _ = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
+    return rare_token_weights(labels, train_idx, cfg.rare_token_weight)
 
 
 def run_train_student(cfg: StudentConfig) -> TrainResult:
@@ -323,44 +422,12 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
     # Rank 0 alone writes --out, so it alone holds the writer lock.
     with OutputLock(cfg.out) if dist.is_main else contextlib.nullcontext():
         labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
-        run = TrainingRun(cfg, labels, build_trainable(cfg, labels, dist), dist)
+        require_hidden_states(cfg, labels)
+        student = build_trainable(cfg, labels, dist, soft_token_weights(cfg, labels))
+        run = TrainingRun(cfg, labels, student, dist)
         run.train()
         run.finish(time.time() - start)
     return TrainResult(run.out, run.step, run.evals, time.time() - start)
-
-
-def train_step(model: Any, micro: list[dict[str, Any]], cfg: StudentConfig, hidden_layers: int,
-               dist: DistContext, amp: torch.dtype | None,
-               params: list[torch.nn.Parameter]) -> dict[str, float]:
-    """Forward and backward over the micro-batches of one optimizer step; returns its metrics."""
-    # Normalise by the loss tokens of the whole step on every rank, exactly once:
-    # each rank divides by the global count and DDP's gradient mean is undone.
-    local = sum(int(b["loss_rows"].numel()) for b in micro)
-    hidden_local = sum(int(b["hidden_rows"].numel()) for b in micro) if hidden_layers else 0
-    n_tokens, hidden_rows = dist.sum_ints(local, hidden_local)
-    sums = {"weighted": 0.0, "soft": 0.0, "hard": 0.0, "hidden": 0.0}
-    for i, batch in enumerate(micro):
-        with dist.no_sync(model, last=i == len(micro) - 1):
-            with torch.autocast(dist.device.type, dtype=amp or torch.float32,
-                                enabled=amp is not None):
-                weighted, soft, hard, hidden = model(batch)
-                hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
-                loss = total_loss(weighted, n_tokens, hidden_mean, cfg.hidden_weight) * \
-                    dist.world_size
-            loss.backward()
-        for key, value in (("weighted", weighted), ("soft", soft), ("hard", hard),
-                           ("hidden", hidden)):
-            sums[key] += float(value.detach())
-    # The logged loss is the one back-propagated (weighted), so a non-finite one is caught.
-    weighted, soft, hard, hidden = dist.sum_floats(*sums.values())
-    hidden_mean = hidden / max(hidden_rows * hidden_layers, 1)
-    total = weighted / max(n_tokens, 1) + cfg.hidden_weight * hidden_mean
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip \
-        else float("nan")
-    tokens = dist.sum_ints(sum(int(b["attention_mask"].sum()) for b in micro))[0]
-    return {"loss": total, "soft": soft / max(n_tokens, 1), "hard": hard / max(n_tokens, 1),
-            "hidden": hidden_mean, "grad_norm": grad_norm, "tokens": tokens,
-            "loss_tokens": n_tokens}
 
 
 def resume_cursor(state: dict[str, Any], world_size: int) -> Cursor:
@@ -404,32 +471,3 @@ def load_resume_state(cfg: StudentConfig, out: Path, world_size: int) -> dict[st
                           f"micro-batches (ranks x --grad-accum), now {world_size} x "
                           f"{cfg.grad_accum}; keep ranks x --grad-accum equal")
     return load_checkpoint(path)
-
-
-def exportable(model: Any, module_state: dict[str, Any], sharded: bool) -> Any:
-    """The student as a plain module: under FSDP a fresh copy loaded with the gathered weights."""
-    if not sharded:
-        return model
-    from transformers import AutoModelForCausalLM
-
-    plain = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
-    prefix = "student."
-    plain.load_state_dict({k[len(prefix):]: v for k, v in module_state.items()
-                           if k.startswith(prefix)})
-    plain.generation_config = model.generation_config
-    return plain
-
-
-def export_model(model: Any, tokenizer: Any, path: Path) -> None:
-    """Hugging Face directory (config, safetensors, tokenizer, generation config), committed whole:
-    written beside `path` and renamed into place, so a crash never leaves half a model."""
-    from transformers import GenerationConfig
-
-    model.config.use_cache = True
-    if getattr(model, "generation_config", None) is None:
-        model.generation_config = GenerationConfig.from_model_config(model.config)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    commit_path(tmp, path)

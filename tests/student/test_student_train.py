@@ -8,9 +8,7 @@ milliseconds and every property is checked on real data.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TEACHER, flip_byte, run_kd
+from conftest import ROOT, TEACHER, flip_byte, run_kd, sigterm_after_step
 from pipeline.student.batch_plan import plan_batches
 from pipeline.student.batches import PlannedBatches
 from pipeline.student.kd_losses import hard_label_loss, soft_label_loss
@@ -67,18 +65,10 @@ def test_chunked_head_losses_equal_a_dense_forward(engine_labels, tiny_student):
 def test_resume_after_sigterm_matches_an_uninterrupted_run(engine_labels, tiny_student, tmp_path,
                                                            monkeypatch):
     straight = run_train_student(config(engine_labels, tiny_student, tmp_path / "a"))
-    import stages.student.train as train
-
-    real_write = train.MetricsLog.write
-
-    def preempt_after_step_2(self, record):
-        real_write(self, record)
-        if record.get("step") == 2 and "loss" in record:
-            os.kill(os.getpid(), signal.SIGTERM)
-    monkeypatch.setattr(train.MetricsLog, "write", preempt_after_step_2)
+    undo = sigterm_after_step(monkeypatch, 2)
     with pytest.raises(Preempted, match="step 2"):
         run_train_student(config(engine_labels, tiny_student, tmp_path / "b"))
-    monkeypatch.setattr(train.MetricsLog, "write", real_write)
+    undo()
     with pytest.raises(ConfigError, match="--resume"):
         run_train_student(config(engine_labels, tiny_student, tmp_path / "b"))
     with pytest.raises(ConfigError, match=r"--resume: --lr was 0.001 .* is 0.002 now"):
