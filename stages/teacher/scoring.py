@@ -10,7 +10,7 @@ blocks), and the engine's per-step token budget is derived from
 logits and float32 logprobs for the prompt tokens of a step outside its memory
 profile, so the tokens per step bound that memory (`score_step_tokens`).
 
-    kd teacher-labels --mode score --prompts data/corpus/documents.jsonl \
+    kd teacher-labels --mode score --prompts data/corpus/train.jsonl \
         --out data/labels/corpus --limit 16 --max-model-len 512 --enforce-eager
 """
 

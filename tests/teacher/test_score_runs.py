@@ -19,7 +19,7 @@ from pipeline.store.manifest import read_manifest
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.verify import verify_outputs
 
-CORPUS = ROOT / "data/corpus/documents.jsonl"
+CORPUS = ROOT / "data/corpus/train.jsonl"
 
 
 def score_args(out: Path, *extra: str, prompts: Path = CORPUS) -> list[str]:
