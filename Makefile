@@ -1,5 +1,6 @@
 # offline-kd: every target depends on `setup`, so a fresh machine needs no manual step.
-#   make demo    set up, convert the embedded teacher, run the teacher stage, verify, inspect
+#   make demo    set up, convert the embedded teacher, label (generate and score), verify,
+#                inspect, train the student, evaluate it on held-out text
 #   make test    set up, convert the embedded teacher, run the test suite
 SHELL := /bin/bash
 PY    := .venv/bin/python
@@ -8,8 +9,10 @@ STAMP := .venv/.installed
 TEACHER_DIR := data/models/smollm2-135m-instruct
 
 # Teacher-stage variables, passed one-to-one to `kd teacher-labels`. The
-# defaults are demo-sized so `make demo` ends in ~7 minutes on 2 CPU cores (after set-up)
-# (LIMIT= with no value uses every shipped prompt).
+# defaults are demo-sized so `make demo` ends in ~11 minutes on 2 CPU cores (after set-up)
+# (LIMIT= with no value uses every shipped prompt). MODE=score labels given text
+# (PROMPTS=data/corpus/train.jsonl, say) instead of the teacher's completions.
+MODE           ?= generate
 TEACHER        ?= $(TEACHER_DIR)
 PROMPTS        ?= data/prompts/demo.jsonl
 OUT            ?= data/labels/demo
@@ -23,7 +26,14 @@ DTYPE          ?= auto
 MAX_MODEL_LEN  ?= 1024
 SHARD_SIZE     ?= 64
 LIMIT          ?= 160
+WINDOW_OVERLAP ?= 128
 KD_ARGS        ?=
+
+# The demo's score-mode labels: part of the shipped corpus to train on, and
+# held-out documents and chats for the closing perplexity table.
+CORPUS_TRAIN_OUT   ?= data/labels/corpus-train
+CORPUS_HELDOUT_OUT ?= data/labels/corpus-heldout
+CORPUS_LIMIT       ?= 120
 
 # Student-stage variables, passed one-to-one to `kd train-student`.
 LABELS         ?= $(OUT)
@@ -45,7 +55,7 @@ BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
-	bench-student bench-startup bench-quality clean
+	bench-student bench-startup bench-quality bench-score clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -70,13 +80,13 @@ $(TEACHER_DIR)/.converted: | $(STAMP)
 	$(PY) -m stages.teacher.embedded_model --out $(TEACHER_DIR)
 
 teacher-labels: models
-	$(KD) teacher-labels --teacher $(TEACHER) --prompts $(PROMPTS) --out $(OUT) \
-	  --top-k $(TOP_K) --n $(N) --max-tokens $(MAX_TOKENS) --temperature $(TEMPERATURE) \
+	$(KD) teacher-labels --mode $(MODE) --teacher $(TEACHER) --prompts $(PROMPTS) --out $(OUT) \
+	  --window-overlap $(WINDOW_OVERLAP) --top-k $(TOP_K) --n $(N) --max-tokens $(MAX_TOKENS) --temperature $(TEMPERATURE) \
 	  --top-p $(TOP_P) --seed $(SEED) --dtype $(DTYPE) --max-model-len $(MAX_MODEL_LEN) \
 	  --shard-size $(SHARD_SIZE) $(if $(LIMIT),--limit $(LIMIT)) $(KD_ARGS)
 
 train-student: setup
-	$(KD) train-student --labels $(LABELS) --student $(STUDENT) --out $(STUDENT_OUT) \
+	$(KD) train-student $(foreach l,$(LABELS),--labels $(l)) --student $(STUDENT) --out $(STUDENT_OUT) \
 	  --keep-layers $(KEEP_LAYERS) --steps $(STEPS) --batch-tokens $(BATCH_TOKENS) --lr $(LR) \
 	  --kd-loss $(KD_LOSS) --alpha $(ALPHA) --temperature $(KD_TEMPERATURE) \
 	  --eval-every $(EVAL_EVERY) \
@@ -88,13 +98,25 @@ verify: setup
 inspect: setup
 	$(KD) inspect $(OUT)
 
-# The whole pipeline on the embedded defaults: labels, verify, inspect, then
-# the student from those labels alone, with its evaluation table.
+# The whole pipeline on the embedded defaults: the teacher's completions of the
+# demo prompts and its labels of part of the shipped corpus, verify, inspect,
+# the student from those labels alone with its evaluation table, then
+# perplexity on held-out documents and chats, before and after training.
 demo: teacher-labels
 	$(KD) verify $(OUT)
 	$(KD) inspect $(OUT)
-	$(MAKE) --no-print-directory train-student STUDENT_ARGS="--overwrite $(STUDENT_ARGS)"
+	$(MAKE) --no-print-directory teacher-labels MODE=score PROMPTS=data/corpus/train.jsonl \
+	  OUT=$(CORPUS_TRAIN_OUT) LIMIT=$(CORPUS_LIMIT) KD_ARGS="--enforce-eager $(KD_ARGS)"
+	$(MAKE) --no-print-directory teacher-labels MODE=score PROMPTS=data/corpus/heldout.jsonl \
+	  OUT=$(CORPUS_HELDOUT_OUT) LIMIT= KD_ARGS="--enforce-eager $(KD_ARGS)"
+	$(KD) verify $(CORPUS_TRAIN_OUT) $(CORPUS_HELDOUT_OUT)
+	$(MAKE) --no-print-directory train-student LABELS="$(OUT) $(CORPUS_TRAIN_OUT)" \
+	  STUDENT_ARGS="--overwrite $(STUDENT_ARGS)"
 	cat $(STUDENT_OUT)/report.md
+	@echo "Held-out text ($(CORPUS_HELDOUT_OUT): documents and chats no run trained on):"
+	$(KD) eval --all --labels $(CORPUS_HELDOUT_OUT) --keep-layers $(KEEP_LAYERS) \
+	  --model "student before=$(STUDENT)" --model "student after=$(STUDENT_OUT)/model" \
+	  --output $(STUDENT_OUT)/heldout_text.json
 
 # The test suite, and the examples in every pipeline/ and schemas/ docstring.
 test: models
@@ -111,6 +133,10 @@ bench-student: teacher-labels
 # Start-up against label-set size (writes ~20 GB of synthetic labels at most, one set at a time).
 bench-startup: teacher-labels
 	$(PY) -m bench.startup --like $(OUT)
+
+# Score mode against a plain vLLM scoring script, engine start included (~10 minutes).
+bench-score: models
+	$(PY) -m bench.score
 
 bench-quality: models
 	$(PY) -m bench.quality --steps $(STEPS) --batch-tokens $(BATCH_TOKENS) \

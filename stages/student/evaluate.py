@@ -84,6 +84,9 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = {"teacher": teacher_reference(labels, plan)}
     for name, spec in cfg.named_models().items():
+        if spec == "narrow":
+            raise ConfigError(f"--model {name}={spec}: a narrow student starts from random "
+                              "weights; evaluate a saved model directory instead")
         model, tokenizer = build_student(spec, labels.teacher, cfg.keep_layers, 0, cfg.seed)
         check_tokenizer(tokenizer, labels, spec)
         vocab = check_vocabulary(model, labels.vocab_size)

@@ -89,3 +89,18 @@ def test_an_input_with_no_usable_record_fails_saying_so(tmp_path, mode):
         in proc.stderr
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == records and not (out / "manifest.json").exists()
+
+
+def test_two_workers_split_the_records_and_together_make_the_single_run(tmp_path, reference):
+    ids = {}
+    for worker in (0, 1):
+        out = tmp_path / f"w{worker}"
+        proc = run_fake(score_args(out, "--num-workers", "2", "--worker-index", str(worker)))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        m = read_manifest(out)
+        ids[worker] = {sid for rec in m.shards.values()
+                       for sid in ShardReader(out / rec.name).strings("samples/ids")}
+    single = {sid for rec in read_manifest(reference).shards.values()
+              for sid in ShardReader(reference / rec.name).strings("samples/ids")}
+    assert ids[0] and ids[1] and not ids[0] & ids[1] and ids[0] | ids[1] == single
+    assert not verify_outputs([tmp_path / "w0", tmp_path / "w1"]).problems
