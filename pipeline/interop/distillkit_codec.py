@@ -10,7 +10,8 @@ polynomial coefficients (`term_dtype`), then per residual bin a scale
 (`scale_dtype`) and its packed quantized residuals; floats are little-endian.
 Decoding adds polynomial fit and residuals for the approximated tail and, with
 delta encoding, takes the running sum. It is done here in float64; DistillKit
-does it in float32, so values differ by float32 rounding (~1e-6 relative).
+sums in float32 and rounds a delta-encoded row to `exact_dtype`, so values
+differ by that rounding (one float16 ulp, ~1e-3 relative, at most).
 
 Encoding is implemented for the exact-value mode only (what `kd export --format
 distillkit` writes: every value a float, so decoding is lossless).

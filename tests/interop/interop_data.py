@@ -38,6 +38,10 @@ def write_distribution_output(out: Path, attrs: ShardAttrs, shards: int, per_sha
             s.topk_ids = np.argsort(-lps, axis=1)[:, : attrs.top_k]
             s.topk_logprobs = np.take_along_axis(lps, s.topk_ids, 1).astype(np.float32)
             s.sampled_logprobs = s.topk_logprobs[:, 0].copy()
+            tokens = np.array(s.token_ids)  # each labelled token is the teacher's top 1
+            tokens[s.positions] = s.topk_ids[:, 0]
+            cut = len(s.prompt_token_ids)
+            s.prompt_token_ids, s.completion_token_ids = tokens[:cut].tolist(), tokens[cut:].tolist()
             samples.append(s)
         outcome = filter_samples(samples, KEEP_ALL)
         record = write_shard(out / shard_name(i), i, samples, attrs)
