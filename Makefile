@@ -55,7 +55,7 @@ BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
-	bench-student bench-startup bench-quality bench-score clean
+	bench-student bench-startup bench-quality bench-score bench-interop clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -141,6 +141,10 @@ bench-score: models
 bench-quality: models
 	$(PY) -m bench.quality --steps $(STEPS) --batch-tokens $(BATCH_TOKENS) \
 	  --max-tokens $(MAX_TOKENS) --limit $(or $(LIMIT),0)
+
+# Export speed and size per format (kd export), and kd import of the DistillKit export.
+bench-interop: models
+	$(PY) -m bench.interop
 
 clean:
 	rm -rf data/labels data/models

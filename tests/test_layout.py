@@ -1,7 +1,8 @@
 """The house rules of the layout, checked on every import statement (top-level and local).
 
 `schemas/` imports nothing of ours; the store imports only `schemas`; the
-teacher and student sides use the store but not each other; nothing in
+teacher and student sides use the store but not each other; the interop formats
+use the store alone (the CLI side opens label sets for them); nothing in
 `pipeline/` imports `stages/`; only `stages/` (and the benchmark that measures
 plain vLLM against it) imports vLLM.
 """
@@ -21,6 +22,7 @@ ALLOWED = {
     "pipeline.teacher": {"schemas", "pipeline.store"},
     "pipeline.student": {"schemas", "pipeline.store", "pipeline.machine"},
     "pipeline.machine": set(),
+    "pipeline.interop": {"schemas", "pipeline.store"},
 }
 
 

@@ -66,8 +66,9 @@ def options_from(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 raise click.UsageError(str(exc)) from exc
             return command(cfg, **{k: v for k, v in kwargs.items() if k not in names})
 
+        renamed = getattr(cls, "FLAGS", {})  # a flag that cannot be a field name (`--in`)
         for field in reversed(dataclasses.fields(cls)):
-            flag = "--" + field.name.replace("_", "-")
+            flag = renamed.get(field.name, "--" + field.name.replace("_", "-"))
             help_text = docs.get(field.name, "")
             if typing.get_origin(hints[field.name]) is tuple:
                 decl = click.option(flag, field.name, multiple=True, default=field.default,

@@ -5,6 +5,8 @@
     kd eval --labels DIR --model DIR  # held-out KL, top-1 agreement, NLL against the teacher
     kd verify data/labels/demo        # checksums, schema, invariants
     kd inspect data/labels/demo       # counts, bytes/token, one decoded sample
+    kd export --labels DIR --format axolotl|distillkit|parquet --out DIR   # other trainers
+    kd import --format distillkit --in DIR --teacher DIR --out DIR        # DistillKit datasets
 
 vLLM is imported only inside the commands that run it, so `kd verify` and
 `kd inspect` start fast and work on machines without vLLM.
@@ -20,6 +22,7 @@ from typing import Any, Callable
 
 import click
 
+from schemas.interop_config import ExportConfig, ImportConfig
 from schemas.student_config import EvalConfig, StudentConfig
 from schemas.teacher_config import TeacherConfig
 from stages.cli.config_options import options_from
@@ -170,6 +173,37 @@ def inspect(out_dir: Path, sample_index: int, positions: int) -> None:
     try:
         click.echo(summarise_output(out_dir, sample_index, positions))
     except (ManifestError, IndexError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("export")
+@options_from(ExportConfig)
+def export_labels(cfg: ExportConfig) -> None:
+    """Write labels for another trainer: axolotl's KD trainer (pre-tokenized Parquet), DistillKit
+    (compressed-logit Parquet) or a plain Parquet view (pyarrow, Hugging Face datasets)."""
+    from pipeline.student.label_set import LabelSetError
+    from pipeline.student.shard_gate import ShardVerificationError
+    from schemas.config_base import ConfigError
+    from stages.interop.export import run_export
+
+    try:
+        click.echo(run_export(cfg).line())
+    except (ConfigError, LabelSetError, ShardVerificationError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("import")
+@options_from(ImportConfig)
+def import_labels(cfg: ImportConfig) -> None:
+    """Decode a DistillKit compressed-logit dataset (any compression setting) into an ordinary
+    offline-kd output that kd verify and kd train-student read."""
+    from pipeline.interop.distillkit_config import DistillKitFormatError
+    from schemas.config_base import ConfigError
+    from stages.interop.import_distillkit import run_import
+
+    try:
+        click.echo(run_import(cfg).line())
+    except (ConfigError, DistillKitFormatError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

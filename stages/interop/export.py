@@ -1,0 +1,146 @@
+"""`kd export`: offline-kd labels to Parquet for other trainers (plain view, axolotl, DistillKit).
+
+Opens the label directories as the student stage does (`open_label_set`: full
+verification, one teacher and tokenizer, no sample twice), streams every sample
+through the format's row builder in `pipeline.interop`, and commits the output
+directory whole (written under a temporary name, renamed at the end). Beside the
+data files, `offline_kd_export.yaml` records the format, the sources (with their
+manifest sha256) and the sample id of every row; `--format distillkit` also
+writes DistillKit's `compression_config.yaml`.
+
+    PYTHONPATH=. python -m stages.cli.main export --labels data/labels/demo --format parquet \
+        --out data/export/demo-parquet
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from pipeline.interop.axolotl_rows import AXOLOTL_SCHEMA, axolotl_row, spans
+from pipeline.interop.distillkit_config import exact_config
+from pipeline.interop.distillkit_rows import DISTILLKIT_SCHEMA, distillkit_row
+from pipeline.interop.parquet_view import VIEW_SCHEMA, view_row
+from pipeline.interop.table_sink import TableSink
+from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.manifest import manifest_path
+from pipeline.student.label_set import LabelSet, LabelSetError, open_label_set
+from schemas.interop_config import ExportConfig
+
+SIDECAR = "offline_kd_export.yaml"
+DISTILLKIT_CONFIG = "compression_config.yaml"
+
+
+@dataclass
+class ExportSummary:
+    """What one export wrote."""
+
+    out: str
+    format: str
+    samples: int
+    rows: int
+    labelled_rows: int
+    split_samples: int
+    files: int
+    bytes: int
+    seconds: float
+
+    def line(self) -> str:
+        split = f", {self.split_samples} samples split at --max-length" if self.split_samples else ""
+        return (f"export: {self.samples} samples -> {self.rows} {self.format} rows "
+                f"({self.labelled_rows} labelled positions{split}), {self.files} file(s), "
+                f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out}")
+
+
+def labelled_samples(labels: LabelSet) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(sample id, `ShardReader.sample` dict) of every sample, shard by shard."""
+    for s in range(len(labels.shard_paths)):
+        reader = labels.open_shard(s)
+        for i, sample_id in enumerate(reader.strings("samples/ids")):
+            yield sample_id, reader.sample(i)
+
+
+def refuse_long(labels: LabelSet, max_length: int) -> None:
+    """Name the samples longer than --max-length before anything is written."""
+    long = [i for i in range(len(labels)) if labels.length[i] > max_length]
+    if not long:
+        return
+    first = long[0]
+    reader = labels.open_shard(int(labels.shard[first]))
+    name = reader.strings("samples/ids")[int(labels.row[first])]
+    raise LabelSetError(f"{len(long)} sample(s) longer than --max-length {max_length} "
+                        f"(first: {name}, {int(labels.length[first])} tokens in "
+                        f"{labels.shard_paths[labels.shard[first]]}); pass --long-samples split "
+                        "to split them into windows, or raise --max-length")
+
+
+def row_builder(cfg: ExportConfig, labels: LabelSet
+                ) -> tuple[Any, Callable[[str, dict[str, Any]], list[tuple[str, dict]]]]:
+    """The format's Arrow schema and a function from one sample to its (row id, row) pairs."""
+    if cfg.format == "parquet":
+        return VIEW_SCHEMA, lambda sid, s: [(sid, view_row(sid, s))]
+    if cfg.format == "axolotl":
+        def axolotl(sid: str, s: dict[str, Any]) -> list[tuple[str, dict]]:
+            windows = spans(len(s["token_ids"]), cfg.max_length)
+            return [(sid if len(windows) == 1 else f"{sid}#{w}", axolotl_row(s, span, cfg.kd_temperature))
+                    for w, span in enumerate(windows)]
+        return AXOLOTL_SCHEMA, axolotl
+    config = exact_config(labels.vocab_size, labels.top_k, cfg.exact_dtype)
+    return DISTILLKIT_SCHEMA, lambda sid, s: [(sid, distillkit_row(s, config))]
+
+
+def prepare_out(out: Path) -> Path:
+    """A fresh temporary directory for `out`; refuse to replace a directory that is not an export."""
+    if out.exists() and any(out.iterdir()) and not (out / SIDECAR).is_file():
+        raise LabelSetError(f"--out {out}: exists and is not a kd export; choose another directory")
+    tmp = temp_path_for(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def run_export(cfg: ExportConfig) -> ExportSummary:
+    """Export the label directories in `cfg.format`; the output appears whole or not at all."""
+    cfg.validate()
+    start = time.perf_counter()
+    labels = open_label_set(list(cfg.labels), verify="full")
+    if cfg.format == "axolotl" and cfg.max_length and cfg.long_samples == "refuse":
+        refuse_long(labels, cfg.max_length)
+    out = Path(cfg.out)
+    tmp = prepare_out(out)
+    schema, build = row_builder(cfg, labels)
+    row_ids: list[str] = []
+    samples = labelled = split = 0
+    with TableSink(tmp, schema, cfg.rows_per_file) as sink:
+        for sample_id, s in labelled_samples(labels):
+            rows = build(sample_id, s)
+            samples, labelled, split = samples + 1, labelled + len(s["positions"]), split + (len(rows) > 1)
+            for row_id, row in rows:
+                row_ids.append(row_id)
+                sink.add(row)
+    write_sidecars(tmp, cfg, labels, row_ids, sink.files)
+    size = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix == ".parquet")
+    commit_path(tmp, out)
+    return ExportSummary(str(out), cfg.format, samples, len(row_ids), labelled, split,
+                         len(sink.files), size, time.perf_counter() - start)
+
+
+def write_sidecars(tmp: Path, cfg: ExportConfig, labels: LabelSet, row_ids: list[str],
+                   files: list[str]) -> None:
+    meta = {
+        "format": cfg.format, "files": files, "teacher": labels.teacher,
+        "tokenizer_fingerprint": labels.tokenizer_fingerprint, "vocab_size": labels.vocab_size,
+        "top_k": labels.top_k,
+        "sources": [{"labels": d, "manifest_sha256": sha256_file(manifest_path(d))} for d in cfg.labels],
+        "settings": {"max_length": cfg.max_length, "long_samples": cfg.long_samples,
+                     "kd_temperature": cfg.kd_temperature, "exact_dtype": cfg.exact_dtype},
+        "row_sample_ids": row_ids,
+    }
+    if cfg.format == "distillkit":
+        config = exact_config(labels.vocab_size, labels.top_k, cfg.exact_dtype).to_yaml_dict()
+        (tmp / DISTILLKIT_CONFIG).write_text(yaml.safe_dump(config, sort_keys=True))
+    (tmp / SIDECAR).write_text(yaml.safe_dump(meta, sort_keys=False))

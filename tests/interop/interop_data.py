@@ -1,0 +1,54 @@
+"""Label outputs whose top-k rows come from real distributions (softmax of random logits).
+
+`write_random_output`'s rows are sorted but need not sum to <= 1; the interop
+tests compare losses with closed forms, so their teacher must be a distribution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.store.manifest import Manifest, write_manifest
+from pipeline.store.sample_index import merge_index, write_index_part
+from pipeline.store.shard_writer import ShardAttrs, write_shard
+from pipeline.teacher.sample_filter import filter_samples, index_table
+from pipeline.teacher.synthetic_output import KEEP_ALL, random_sample
+from schemas import shard_name
+
+
+def write_distribution_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int,
+                              seed: int, prefix: str, prompt_len: int, comp_len: int,
+                              scored: bool = False) -> Manifest:
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True)
+    n = shards * per_shard
+    manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
+                        vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
+                        config={"n": 1}, input_records=n, accepted_prompts=n, planned_samples=n,
+                        mode="score" if scored else "generate")
+    for i in range(shards):
+        samples = []
+        for j in range(per_shard):
+            s = random_sample(rng, f"{prefix}{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
+                              prompt_len=prompt_len, comp_len=comp_len, scored=scored)
+            logits = rng.normal(0, 3, (len(s.topk_ids), attrs.vocab_size))
+            lps = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+            s.topk_ids = np.argsort(-lps, axis=1)[:, : attrs.top_k]
+            s.topk_logprobs = np.take_along_axis(lps, s.topk_ids, 1).astype(np.float32)
+            s.sampled_logprobs = s.topk_logprobs[:, 0].copy()
+            tokens = np.array(s.token_ids)  # each labelled token is the teacher's top 1
+            tokens[s.positions] = s.topk_ids[:, 0]
+            cut = len(s.prompt_token_ids)
+            s.prompt_token_ids, s.completion_token_ids = tokens[:cut].tolist(), tokens[cut:].tolist()
+            samples.append(s)
+        outcome = filter_samples(samples, KEEP_ALL)
+        record = write_shard(out / shard_name(i), i, samples, attrs)
+        record.index_sha256 = write_index_part(
+            out, i, index_table(samples, outcome.metrics, outcome.reasons, record.name))
+        record.generated = len(samples)
+        manifest.shards[i] = record
+    merge_index(out, range(shards))
+    write_manifest(out, manifest)
+    return manifest
