@@ -159,13 +159,19 @@ def main() -> None:
         print(json.dumps(run_job(args.job, bench_config(args, args.out))))
         return
     runs: dict[str, list[dict[str, Any]]] = {job: [] for job in JOBS}
+    failures: list[str] = []
     for repeat in range(args.repeats):
         for job in JOBS:
-            runs[job].append(measure(job, args))
+            try:
+                runs[job].append(measure(job, args))
+            except RuntimeError as exc:  # reported, then run again: a crash is not a timing
+                failures.append(f"repeat {repeat}: {exc}")
+                print(failures[-1], flush=True)
+                runs[job].append(measure(job, args))
             print(f"repeat {repeat} {job}: {runs[job][-1]}", flush=True)
     cfg = bench_config(args, "unused")
     result = {"machine": describe_machine(), "settings": vars(args) | {"dtype": "float32"},
-              "runs": runs, **summarise(runs, cfg)}
+              "runs": runs, "failed_runs": failures, **summarise(runs, cfg)}
     Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=1))
 
