@@ -52,6 +52,8 @@ class StudentConfig:
     """Student: a Hugging Face model directory or id, `from-teacher` (keep --keep-layers of the teacher's layers, with weights) or `narrow` (fresh init, --narrow-hidden-size wide)."""
     teacher: str | None = None
     """Teacher weights for `from-teacher`/`narrow` (read once to build the student, never kept). Default: the labels' teacher."""
+    init_from: str | None = None
+    """Continue from an exported student (`<out>/model` of an earlier run, e.g. the previous on-policy round): its weights only, a new optimizer and schedule; replaces --student, and its tokenizer must match the labels'."""
     keep_layers: int = 10
     """Layers of the derived student (`from-teacher`: evenly spaced teacher layers, first and last included)."""
     narrow_hidden_size: int = 384
@@ -190,6 +192,9 @@ class StudentConfig:
         self.parsed_layer_map()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
+        if self.init_from is not None and self.student != "from-teacher":
+            raise ConfigError(f"--init-from {self.init_from} replaces --student; drop --student "
+                              f"{self.student}")
         return self
 
     def check_temperature_schedule(self) -> None:
@@ -275,7 +280,12 @@ class StudentConfig:
 
     @property
     def derived_student(self) -> bool:
-        return self.student in STUDENT_KINDS
+        return self.init_from is None and self.student in STUDENT_KINDS
+
+    @property
+    def student_source(self) -> str:
+        """Where the student's weights come from: --init-from, else --student."""
+        return self.init_from if self.init_from is not None else self.student
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
