@@ -86,6 +86,8 @@ class StudentConfig:
     """Generalised JSD interpolation in [0, 1]: 0 = forward KL, 1 = reverse KL."""
     alpha: float = 0.5
     """Weight of the soft loss; 1 - alpha weights cross-entropy on the teacher's sampled tokens."""
+    onpolicy_weight: float = 0.0
+    """Weight of the on-policy reverse-KL term on student samples scored by the teacher: per token rho * stopgrad(log p_student - log p_teacher) from the stored teacher logprobs, rho the importance weight against the sampling student's stored logprobs (GKD, arXiv:2306.13649; MiniLLM, arXiv:2306.08543); added to alpha * soft + (1 - alpha) * hard (use --alpha 1 on student samples); 0: off."""
     temperature: float = 1.0
     """Distillation temperature (at the first step, with --temperature-schedule): both distributions are tempered and the soft loss scaled by T^2."""
     temperature_schedule: str = "constant"
@@ -181,6 +183,8 @@ class StudentConfig:
                 and self.weight_decay >= 0):
             raise ConfigError("--lr must be positive; --hidden-weight, --grad-clip and "
                               "--weight-decay must be >= 0")
+        if not (math.isfinite(self.onpolicy_weight) and self.onpolicy_weight >= 0):
+            raise ConfigError(f"--onpolicy-weight must be >= 0, got {self.onpolicy_weight}")
         check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         check_choice("tail", self.tail, TAILS)
         check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)

@@ -84,3 +84,20 @@ def test_init_from_refuses_a_directory_without_a_model(matching, tmp_path):
 def test_init_from_replaces_student():
     with pytest.raises(ConfigError, match="--init-from .* replaces --student"):
         StudentConfig(steps=1, student="some/model", init_from="r1/model").validate()
+
+
+def test_onpolicy_term_trains_end_to_end_and_counts_in_the_loss(matching, tmp_path):
+    import json
+    import math
+
+    from stages.student.train import run_train_student
+
+    labels, tiny = matching
+    base = run_train_student(config(labels, tmp_path / "base", student=str(tiny), steps=1,
+                                    alpha=1.0))
+    onp = run_train_student(config(labels, tmp_path / "onp", student=str(tiny), steps=1,
+                                   alpha=1.0, onpolicy_weight=1.0))
+    losses = [[json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()
+               if "loss" in json.loads(x)] for d in (tmp_path / "base", tmp_path / "onp")]
+    assert all(math.isfinite(v) for v in losses[1]) and losses[0] != losses[1]
+    assert base.steps == onp.steps == 1
