@@ -142,12 +142,12 @@ class _FusedHead(torch.autograd.Function):
             x = states[rows].to(mm)
             # The matmuls run in autocast's dtype, as autograd's would; the losses in float32.
             z = (x @ head.T).to(acc)
+            sampled = None if teacher_sampled is None else (
+                teacher_sampled[rows].to(acc), None if behaviour is None else behaviour[rows].to(acc))
             s, h, g_z, o = chunk_gradient(z, teacher_ids[rows].long(), teacher_logprobs[rows],
-                                       target_ids[rows].long(), spec,
-                                       None if soft_weights is None else soft_weights[rows],
-                                       None if teacher_sampled is None else
-                                       (teacher_sampled[rows].to(acc),
-                                        None if behaviour is None else behaviour[rows].to(acc)))
+                                          target_ids[rows].long(), spec,
+                                          None if soft_weights is None else soft_weights[rows],
+                                          sampled)
             soft, hard, onpolicy = soft + s, hard + h, onpolicy + o
             g_z = g_z.to(mm)
             grad_states[rows] = (g_z @ head).to(states.dtype)
