@@ -52,6 +52,8 @@ class StudentConfig:
     """Student: a Hugging Face model directory or id, `from-teacher` (keep --keep-layers of the teacher's layers, with weights) or `narrow` (fresh init, --narrow-hidden-size wide)."""
     teacher: str | None = None
     """Teacher weights for `from-teacher`/`narrow` (read once to build the student, never kept). Default: the labels' teacher."""
+    init_from: str | None = None
+    """Continue from an exported student (`<out>/model` of an earlier run, e.g. the previous on-policy round): its weights only, a new optimizer and schedule; replaces --student, and its tokenizer must match the labels'."""
     keep_layers: int = 10
     """Layers of the derived student (`from-teacher`: evenly spaced teacher layers, first and last included)."""
     narrow_hidden_size: int = 384
@@ -84,6 +86,8 @@ class StudentConfig:
     """Generalised JSD interpolation in [0, 1]: 0 = forward KL, 1 = reverse KL."""
     alpha: float = 0.5
     """Weight of the soft loss; 1 - alpha weights cross-entropy on the teacher's sampled tokens."""
+    onpolicy_weight: float = 0.0
+    """Weight of the on-policy reverse-KL term on student samples scored by the teacher: per token rho * stopgrad(log p_student - log p_teacher) from the stored teacher logprobs, rho the importance weight against the sampling student's stored logprobs (GKD, arXiv:2306.13649; MiniLLM, arXiv:2306.08543); added to alpha * soft + (1 - alpha) * hard (use --alpha 1 on student samples); 0: off."""
     temperature: float = 1.0
     """Distillation temperature (at the first step, with --temperature-schedule): both distributions are tempered and the soft loss scaled by T^2."""
     temperature_schedule: str = "constant"
@@ -179,6 +183,8 @@ class StudentConfig:
                 and self.weight_decay >= 0):
             raise ConfigError("--lr must be positive; --hidden-weight, --grad-clip and "
                               "--weight-decay must be >= 0")
+        if not (math.isfinite(self.onpolicy_weight) and self.onpolicy_weight >= 0):
+            raise ConfigError(f"--onpolicy-weight must be >= 0, got {self.onpolicy_weight}")
         check_choice("kd_loss", self.kd_loss, KD_LOSSES)
         check_choice("tail", self.tail, TAILS)
         check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
@@ -190,6 +196,9 @@ class StudentConfig:
         self.parsed_layer_map()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
+        if self.init_from is not None and self.student != "from-teacher":
+            raise ConfigError(f"--init-from {self.init_from} replaces --student; drop --student "
+                              f"{self.student}")
         return self
 
     def check_temperature_schedule(self) -> None:
@@ -275,7 +284,12 @@ class StudentConfig:
 
     @property
     def derived_student(self) -> bool:
-        return self.student in STUDENT_KINDS
+        return self.init_from is None and self.student in STUDENT_KINDS
+
+    @property
+    def student_source(self) -> str:
+        """Where the student's weights come from: --init-from, else --student."""
+        return self.init_from if self.init_from is not None else self.student
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

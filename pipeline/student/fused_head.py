@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pipeline.student.kd_losses import check_soft_options, soft_loss_from_gathered, weighted_token_sum
+from pipeline.student.kd_losses import (check_soft_options, onpolicy_reverse_kl,
+                                        soft_loss_from_gathered, weighted_token_sum)
 
 
 @dataclass(frozen=True)
@@ -60,24 +61,31 @@ class HeadLoss:
     """Mixture weight of the generalised JSD."""
     chunk_size: int = 2048
     """Loss positions per (chunk, V) logits buffer."""
+    onpolicy_weight: float = 0.0
+    """Weight of the on-policy reverse-KL term (`kd_losses.onpolicy_reverse_kl`) added to the loss."""
 
     def __post_init__(self) -> None:
         check_soft_options(self.kind, self.tail, self.temperature, self.beta)
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1]; got {self.alpha!r}")
+        if not self.onpolicy_weight >= 0:
+            raise ValueError(f"onpolicy_weight must be >= 0; got {self.onpolicy_weight!r}")
         if self.vocab < 1 or self.chunk_size < 1:
             raise ValueError(f"vocab and chunk_size must be >= 1; got {self.vocab}, "
                              f"{self.chunk_size}")
 
 
 def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, target_ids: Tensor,
-                   spec: HeadLoss, soft_weights: Tensor | None = None
-                   ) -> tuple[Tensor, Tensor, Tensor]:
-    """(soft sum, hard sum, dL/dz) of one chunk's logits z (float32 or wider).
+                   spec: HeadLoss, soft_weights: Tensor | None = None,
+                   sampled: tuple[Tensor, Tensor | None] | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(soft sum, hard sum, dL/dz, on-policy sum) of one chunk's logits z (float32 or wider).
 
     L = alpha * soft + (1 - alpha) * hard, each position's soft term times its
     `soft_weights` entry when given. z is overwritten: it becomes dL/dz, which
-    saves a (chunk, V) buffer.
+    saves a (chunk, V) buffer. With `spec.onpolicy_weight`, `sampled` = (teacher's
+    logprob of each target, the behaviour student's or None) adds that times the
+    on-policy reverse-KL surrogate, a function of the target's logprob z[y] - lse.
     """
     soft_on = spec.alpha > 0
     lse = torch.logsumexp(z, dim=-1).requires_grad_()
@@ -92,6 +100,10 @@ def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, tar
                                         beta=spec.beta, weights=soft_weights)
                 if soft_on else torch.zeros_like(hard))
         weighted = weighted_token_sum(soft, hard, spec.alpha)
+        onpolicy = torch.zeros_like(hard)
+        if spec.onpolicy_weight and sampled is not None:
+            onpolicy = onpolicy_reverse_kl(at_target - lse, sampled[0], sampled[1])
+            weighted = weighted + spec.onpolicy_weight * onpolicy
         leaves = [lse, at_target] + ([scaled_lse] if scaled is not None else []) + \
             ([at_teacher] if soft_on else [])
         grads = torch.autograd.grad(weighted, leaves, allow_unused=True, materialize_grads=True)
@@ -102,7 +114,7 @@ def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, tar
         g_z.add_(scaled.sub_(scaled_lse.detach()[:, None]).exp_().mul_(g_scaled_lse[:, None]))
     if soft_on:
         g_z.scatter_add_(-1, teacher_ids, grads[-1])
-    return soft.detach(), hard.detach(), g_z
+    return soft.detach(), hard.detach(), g_z, onpolicy.detach()
 
 
 def matmul_dtype(t: Tensor) -> torch.dtype:
@@ -115,7 +127,8 @@ class _FusedHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, states: Tensor, weight: Tensor, teacher_ids: Tensor,
                 teacher_logprobs: Tensor, target_ids: Tensor, spec: HeadLoss,
-                soft_weights: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                soft_weights: Tensor | None, teacher_sampled: Tensor | None,
+                behaviour: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         mm = matmul_dtype(weight)
         head = weight[:spec.vocab].to(mm)
         grad_states = torch.empty_like(states)
@@ -123,22 +136,28 @@ class _FusedHead(torch.autograd.Function):
         grad_head = torch.zeros(head.shape, dtype=acc, device=head.device)
         soft = torch.zeros((), dtype=acc, device=states.device)
         hard = torch.zeros((), dtype=acc, device=states.device)
+        onpolicy = torch.zeros((), dtype=acc, device=states.device)
         for start in range(0, states.shape[0], spec.chunk_size):
             rows = slice(start, start + spec.chunk_size)
             x = states[rows].to(mm)
             # The matmuls run in autocast's dtype, as autograd's would; the losses in float32.
             z = (x @ head.T).to(acc)
-            s, h, g_z = chunk_gradient(z, teacher_ids[rows].long(), teacher_logprobs[rows],
-                                       target_ids[rows].long(), spec,
-                                       None if soft_weights is None else soft_weights[rows])
-            soft, hard = soft + s, hard + h
+            sampled = None if teacher_sampled is None else (
+                teacher_sampled[rows].to(acc), None if behaviour is None else behaviour[rows].to(acc))
+            s, h, g_z, o = chunk_gradient(z, teacher_ids[rows].long(), teacher_logprobs[rows],
+                                          target_ids[rows].long(), spec,
+                                          None if soft_weights is None else soft_weights[rows],
+                                          sampled)
+            soft, hard, onpolicy = soft + s, hard + h, onpolicy + o
             g_z = g_z.to(mm)
             grad_states[rows] = (g_z @ head).to(states.dtype)
             grad_head += g_z.T @ x
         ctx.save_for_backward(grad_states, grad_head)
         ctx.weight_meta = (weight.shape, weight.dtype)
         ctx.mark_non_differentiable(soft, hard)
-        return weighted_token_sum(soft, hard, spec.alpha), soft, hard
+        total = weighted_token_sum(soft, hard, spec.alpha)
+        return (total + spec.onpolicy_weight * onpolicy if spec.onpolicy_weight else total,
+                soft, hard)
 
     @staticmethod
     def backward(ctx: Any, g_total: Tensor, *_unused: Any) -> tuple[Tensor | None, ...]:
@@ -146,21 +165,24 @@ class _FusedHead(torch.autograd.Function):
         shape, dtype = ctx.weight_meta
         grad_weight = grad_head.new_zeros(shape, dtype=dtype)
         grad_weight[:grad_head.shape[0]] = grad_head * g_total
-        return grad_states * g_total, grad_weight, None, None, None, None, None
+        return grad_states * g_total, grad_weight, None, None, None, None, None, None, None
 
 
 def head_losses(states: Tensor, weight: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor,
-                target_ids: Tensor, spec: HeadLoss, soft_weights: Tensor | None = None
+                target_ids: Tensor, spec: HeadLoss, soft_weights: Tensor | None = None,
+                teacher_sampled: Tensor | None = None, behaviour: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """(alpha*soft + (1-alpha)*hard, soft, hard) sums over the N rows of `states` (N, d).
 
     weight: the LM head (V', d) with V' >= spec.vocab; soft_weights (N,), optional,
-    weights each row's soft term. Only the first value is differentiable, with
-    respect to states and weight.
+    weights each row's soft term; teacher_sampled (N,) (the teacher's logprob of each
+    target) and behaviour (N,) (the sampling student's, optional) feed the on-policy
+    term when spec.onpolicy_weight > 0 (it is in the first value only). Only the
+    first value is differentiable, with respect to states and weight.
     """
     if states.dim() != 2 or states.shape[1] != weight.shape[1]:
         raise ValueError(f"states must be (N, {weight.shape[1]}); got {tuple(states.shape)}")
     if weight.shape[0] < spec.vocab:
         raise ValueError(f"the head has {weight.shape[0]} rows, fewer than vocab {spec.vocab}")
     return _FusedHead.apply(states, weight, teacher_ids, teacher_logprobs, target_ids, spec,
-                            soft_weights)
+                            soft_weights, teacher_sampled, behaviour)

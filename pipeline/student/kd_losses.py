@@ -350,6 +350,40 @@ def combine_losses(soft_sum: Tensor, hard_sum: Tensor, n_tokens: int | Tensor, a
                       hidden_weight)
 
 
+def onpolicy_reverse_kl(student_logprobs: Tensor, teacher_logprobs: Tensor,
+                        behaviour_logprobs: Tensor | None = None) -> Tensor:
+    """Summed on-policy reverse-KL surrogate on tokens the student sampled (`--onpolicy-weight`).
+
+    Per token y_t of a student sample the reverse-KL estimate is
+    k_t = log p_student(y_t) - log p_teacher(y_t): its expectation over the
+    student's own samples is KL(student || teacher) at that prefix. The
+    score-function gradient of that KL is E[k_t * grad log p_student(y_t)], the
+    policy gradient with per-token reward -k_t that on-policy distillation
+    trains (Agarwal et al., "On-Policy Distillation of Language Models: Learning
+    from Self-Generated Mistakes" (GKD), ICLR 2024, arXiv:2306.13649; Gu et al.,
+    "MiniLLM", ICLR 2024, arXiv:2306.08543; Thinking Machines Lab, "On-Policy
+    Distillation", 2025, per-token reverse KL as the advantage). The samples were
+    drawn by the student of the previous round, so each token is importance
+    weighted by rho_t = p_current(y_t) / p_behaviour(y_t), with the behaviour
+    logprobs stored with the samples; the surrogate
+
+        sum_t rho_t * stopgrad(k_t)
+
+    has gradient rho_t * k_t * grad log p_current(y_t) and value sum rho_t k_t.
+    `student_logprobs` are the CURRENT student's (from this forward pass, with
+    gradient), `teacher_logprobs` the stored `labels/sampled_logprobs`. Without
+    behaviour logprobs rho_t = 1 (taken as on-policy) with the same gradient.
+
+        >>> s = torch.tensor([-1.0, -2.0], requires_grad=True)
+        >>> loss = onpolicy_reverse_kl(s, torch.tensor([-1.5, -1.0]))
+        >>> loss.item(), (loss.backward(), s.grad.tolist())[1]
+        (-0.5, [0.5, -1.0])
+    """
+    behaviour = student_logprobs.detach() if behaviour_logprobs is None else behaviour_logprobs
+    ratio = torch.exp(student_logprobs - behaviour.to(student_logprobs.dtype))
+    return (ratio * (student_logprobs - teacher_logprobs.to(student_logprobs.dtype)).detach()).sum()
+
+
 def weighted_token_sum(soft_sum: Tensor, hard_sum: Tensor, alpha: float) -> Tensor:
     """alpha * soft_sum + (1 - alpha) * hard_sum, skipping a zero-weighted term."""
     return sum(w * v for w, v in ((alpha, soft_sum), (1 - alpha, hard_sum)) if w)

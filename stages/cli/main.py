@@ -7,6 +7,7 @@
     kd inspect data/labels/demo       # counts, bytes/token, one decoded sample
     kd export --labels DIR --format axolotl|distillkit|parquet --out DIR   # other trainers
     kd import --format distillkit --in DIR --teacher DIR --out DIR        # DistillKit datasets
+    kd merge-labels --labels A --labels B --weights 0.7,0.3 --out M       # teacher ensemble
 
 vLLM is imported only inside the commands that run it, so `kd verify` and
 `kd inspect` start fast and work on machines without vLLM.
@@ -23,6 +24,7 @@ from typing import Any, Callable
 import click
 
 from schemas.interop_config import ExportConfig, ImportConfig
+from schemas.merge_config import MergeConfig
 from schemas.student_config import EvalConfig, StudentConfig
 from schemas.teacher_config import TeacherConfig
 from stages.cli.config_options import options_from
@@ -204,6 +206,22 @@ def import_labels(cfg: ImportConfig) -> None:
     try:
         click.echo(run_import(cfg).line())
     except (ConfigError, DistillKitFormatError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("merge-labels")
+@options_from(MergeConfig)
+def merge_labels(cfg: MergeConfig) -> None:
+    """Mix several teachers' outputs of the same samples into one output (a teacher ensemble):
+    weighted mean of probabilities (--mix-rule mean) or of logprobs, renormalised (geometric)."""
+    from pipeline.store.manifest import ManifestError
+    from pipeline.store.output_alignment import MisalignedOutputs
+    from pipeline.teacher.merge_labels import run_merge
+    from schemas.config_base import ConfigError
+
+    try:
+        click.echo(run_merge(cfg).line())
+    except (ConfigError, ManifestError, MisalignedOutputs) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

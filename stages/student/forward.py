@@ -78,12 +78,15 @@ def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cf
     weighted = soft = hard = zero
     if plan.soft:
         spec = HeadLoss(vocab=vocab, alpha=cfg.alpha, kind=cfg.kd_loss, tail=cfg.tail,
-                        temperature=plan.temperature, beta=cfg.beta, chunk_size=cfg.loss_chunk)
+                        temperature=plan.temperature, beta=cfg.beta, chunk_size=cfg.loss_chunk,
+                        onpolicy_weight=cfg.onpolicy_weight)
         weights = None if token_weights is None else token_weights[batch["target_ids"]]
         weighted, soft, hard = head_losses(flat[batch["loss_rows"]],
                                            model.get_output_embeddings().weight,
                                            batch["teacher_ids"], batch["teacher_logprobs"],
-                                           batch["target_ids"], spec, weights)
+                                           batch["target_ids"], spec, weights,
+                                           batch["teacher_sampled_logprobs"],
+                                           batch.get("student_sampled_logprobs"))
     hidden, cosines, hidden_rows = zero, [], 0
     if need_hidden:
         for s_layer, t_layer in layer_map.items():

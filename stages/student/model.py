@@ -16,6 +16,7 @@ m = derive_from_teacher('data/models/smollm2-135m-instruct', 6); print(m.config.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,22 @@ def build_student(student: str, teacher: str, keep_layers: int, narrow_hidden_si
                 AutoTokenizer.from_pretrained(teacher))
     model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
     return model, AutoTokenizer.from_pretrained(student)
+
+
+def load_init_from(path: str, labels: Any) -> tuple[Any, Any]:
+    """(model in float32 on CPU, tokenizer) of an exported student, for `--init-from`.
+
+    Weights only: the optimizer and schedule start fresh. The tokenizer is checked
+    against the labels before the weights are read, so a mismatch stops at once.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"--init-from {path}: no config.json (give the model/ directory of an "
+                          "earlier kd train-student run)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_tokenizer(tokenizer, labels, f"--init-from {path}")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer
 
 
 def output_vocab_size(model: Any) -> int:

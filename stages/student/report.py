@@ -115,7 +115,7 @@ def write_report(out: Path, cfg: StudentConfig, evals: dict[str, dict[str, float
                          for a in alarms) or "none\n"
     (out / "report.md").write_text(
         f"# Student report\n\n{steps} steps in {seconds:.0f} s, labels {', '.join(cfg.labels)}, "
-        f"student `{cfg.student}`, loss {cfg.kd_loss} (alpha {cfg.alpha}, {schedule}), "
+        f"student `{cfg.student_source}`, loss {cfg.kd_loss} (alpha {cfg.alpha}, {schedule}), "
         f"phases: {phase_text} steps.\n\n"
         f"Held-out evaluation: {rows['teacher']['positions']} labelled positions, the same at "
         f"every evaluation (--eval-max-tokens {cfg.eval_max_tokens or 'unbounded'}, "

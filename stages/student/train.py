@@ -48,7 +48,7 @@ from stages.student.distributed import DistContext
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
 from stages.student.export import export_model, exportable
 from stages.student.forward import DistillationModule
-from stages.student.model import build_student, check_tokenizer, check_vocabulary
+from stages.student.model import build_student, check_tokenizer, check_vocabulary, load_init_from
 from stages.student.report import MetricsLog, write_report
 from stages.student.resources import memory_use
 from stages.student.step import drop_frozen_grads, frozen_parameters, step_plan, train_step
@@ -192,9 +192,12 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
     """Build or load the student, check it against the labels, place and wrap it."""
     teacher = cfg.teacher or labels.teacher
     torch.manual_seed(cfg.seed)
-    model, tokenizer = build_student(cfg.student, teacher, cfg.keep_layers, cfg.narrow_hidden_size,
-                                     cfg.seed)
-    check_tokenizer(tokenizer, labels, cfg.student if not cfg.derived_student else teacher)
+    if cfg.init_from is not None:
+        model, tokenizer = load_init_from(cfg.init_from, labels)
+    else:
+        model, tokenizer = build_student(cfg.student, teacher, cfg.keep_layers,
+                                         cfg.narrow_hidden_size, cfg.seed)
+        check_tokenizer(tokenizer, labels, cfg.student if not cfg.derived_student else teacher)
     vocab = check_vocabulary(model, labels.vocab_size)
     layer_map = resolve_layer_map(cfg, model.config.num_hidden_layers, labels)
     adapter = (HiddenStateAdapter(list(layer_map), model.config.hidden_size, labels.hidden_size)

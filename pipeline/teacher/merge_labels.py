@@ -1,0 +1,130 @@
+"""`kd merge-labels`: one output whose labels are the weighted mixture of several teachers'.
+
+The sources must label the same samples (see `pipeline.store.output_alignment`);
+each position's label is mixed by `pipeline.store.label_mixture` (rule `mean` or
+`geometric`). The first source's sharding and sample order are kept; hidden
+states are not carried (they are one teacher's). The output is built under a
+temporary name and renamed when complete; its manifest (mode `merged`) records
+every source directory, its teacher, weight and manifest sha256, and the
+`teacher` field names the first source's teacher (the model `--student
+from-teacher` derives from). CPU-sized example on two synthetic outputs:
+
+    PYTHONPATH=. python -m stages.cli.main merge-labels --labels data/labels/a \
+        --labels data/labels/b --weights 0.7,0.3 --out data/labels/merged
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.label_mixture import mix_labels
+from pipeline.store.manifest import Manifest, manifest_path, read_manifest, write_manifest
+from pipeline.store.output_alignment import (MisalignedOutputs, SampleLocator,
+                                             first_id_difference, first_manifest_difference,
+                                             sample_difference)
+from pipeline.store.sample import Sample
+from pipeline.store.sample_index import merge_index, write_index_part
+from pipeline.store.shard_reader import ShardReader, read_samples
+from pipeline.store.shard_writer import ShardAttrs, write_shard
+from pipeline.teacher.sample_filter import filter_samples, index_table
+from pipeline.teacher.synthetic_output import KEEP_ALL
+from schemas import shard_name
+from schemas.merge_config import MergeConfig
+
+
+@dataclass
+class MergeSummary:
+    out: str
+    sources: int
+    samples: int
+    labelled: int
+    seconds: float
+
+    def line(self) -> str:
+        return (f"merge-labels: {self.sources} teachers, {self.samples} samples, {self.labelled} "
+                f"labelled positions mixed in {self.seconds:.1f} s -> {self.out}")
+
+
+def open_sources(cfg: MergeConfig) -> tuple[dict[str, Manifest], list[SampleLocator]]:
+    """Manifests and sample locations of the sources; MisalignedOutputs at the first difference."""
+    manifests = {d: read_manifest(d) for d in cfg.labels}
+    problem = first_manifest_difference(manifests)
+    if problem:
+        raise MisalignedOutputs(f"kd merge-labels: {problem}")
+    locators = [SampleLocator(d, m) for d, m in manifests.items()]
+    for other in locators[1:]:
+        problem = first_id_difference(locators[0], other)
+        if problem:
+            raise MisalignedOutputs(f"kd merge-labels: {problem}")
+    return manifests, locators
+
+
+def merged_shard(reader: ShardReader, locators: list[SampleLocator], cfg: MergeConfig,
+                 vocab: int, k: int) -> list[Sample]:
+    """The first source's samples of one shard, labelled with the teachers' mixture."""
+    samples = read_samples(reader)
+    for s in samples:
+        s.hidden = {}
+        rows = [loc.sample(s.sample_id) for loc in locators]
+        for loc, row in zip(locators[1:], rows[1:]):
+            problem = sample_difference(s.sample_id, rows[0], row, locators[0].out, loc.out)
+            if problem:
+                raise MisalignedOutputs(f"kd merge-labels: {problem}")
+        s.topk_ids, lps, sampled = mix_labels(
+            [np.asarray(r["topk_ids"]) for r in rows],
+            [np.asarray(r["topk_logprobs"], np.float32) for r in rows], cfg.weight_values,
+            vocab, k, cfg.mix_rule, [np.asarray(r["sampled_logprobs"]) for r in rows])
+        # float16 storage of a logprob that rounds above 0 would fail kd verify
+        s.topk_logprobs = np.minimum(lps, 0.0).astype(np.float32)
+        s.sampled_logprobs = np.minimum(sampled, 0.0).astype(np.float32)
+    return samples
+
+
+def run_merge(cfg: MergeConfig) -> MergeSummary:
+    """Write the mixture of `cfg.labels` to `cfg.out`."""
+    cfg.validate()
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        raise MisalignedOutputs(f"--out {out}: exists and is not empty; choose a new directory")
+    manifests, locators = open_sources(cfg)
+    ref = next(iter(manifests.values()))
+    k = cfg.top_k or max(m.top_k for m in manifests.values())
+    if k > sum(m.top_k for m in manifests.values()):
+        raise MisalignedOutputs(f"--top-k {k} is more than the {sum(m.top_k for m in manifests.values())} "
+                                "ids the sources store together")
+    sources = [{"labels": d, "teacher": m.teacher, "weight": w, "top_k": m.top_k,
+                "manifest_sha256": sha256_file(manifest_path(d))}
+               for (d, m), w in zip(manifests.items(), cfg.weight_values)]
+    sampling = {"mode": "merged", "mix_rule": cfg.mix_rule,
+                "sources": [{"teacher": s["teacher"], "weight": s["weight"]} for s in sources]}
+    attrs = ShardAttrs(ref.teacher, ref.tokenizer_fingerprint, ref.vocab_size, k, sampling)
+    manifest = Manifest(teacher=ref.teacher, tokenizer_fingerprint=ref.tokenizer_fingerprint,
+                        vocab_size=ref.vocab_size, top_k=k, mode="merged",
+                        teacher_num_layers=ref.teacher_num_layers,
+                        config={"mix_rule": cfg.mix_rule, "top_k": k, "sources": sources})
+    tmp = temp_path_for(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for index, reader in enumerate(locators[0].readers):
+        samples = merged_shard(reader, locators, cfg, ref.vocab_size, k)
+        outcome = filter_samples(samples, KEEP_ALL)
+        record = write_shard(tmp / shard_name(index), index, samples, attrs)
+        record.index_sha256 = write_index_part(
+            tmp, index, index_table(samples, outcome.metrics, outcome.reasons, record.name))
+        record.generated = len(samples)
+        manifest.shards[index] = record
+    samples = manifest.totals()["samples"]
+    manifest.input_records = manifest.accepted_prompts = manifest.planned_samples = samples
+    manifest.complete = True
+    merge_index(tmp, sorted(manifest.shards))
+    write_manifest(tmp, manifest)
+    commit_path(tmp, out)
+    return MergeSummary(str(out), len(sources), samples, manifest.totals()["completion_tokens"],
+                        time.perf_counter() - start)
