@@ -68,7 +68,7 @@ def loss_panel(ax: Axes, train: Records) -> None:
 def eval_panel(ax: Axes, evals: Records, teacher: dict[str, float] | None) -> None:
     steps = [r["step"] for r in evals]
     ax.plot(steps, [r["eval"]["kl"] for r in evals], "o-", label="KL(teacher || student)")
-    ax.plot(steps, [r["eval"]["nll"] for r in evals], "s-", label="student NLL of teacher text")
+    ax.plot(steps, [r["eval"]["nll"] for r in evals], "s-", label="student NLL of the labelled tokens")
     if teacher is not None:
         ax.axhline(teacher["nll"], color="0.5", linestyle=":", label="teacher NLL")
     ax.set(title=PANEL_TITLES[1], xlabel="optimizer step", ylabel="nats per token (held out)")

@@ -131,6 +131,9 @@ def eval_model(cfg: EvalConfig) -> None:
     from pipeline.student.shard_gate import ShardVerificationError
     from schemas.config_base import ConfigError
     from stages.student.evaluate import format_table, run_eval
+    from stages.cli.engine_logs import quiet_transformers
+
+    quiet_transformers(click.get_current_context().find_root().obj["verbose"])
 
     try:
         click.echo(format_table(run_eval(cfg)))
