@@ -26,6 +26,7 @@ from schemas.config_base import AUTO, ConfigError, check_choice, field_docs, fla
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("generate", "score")
+LABEL_FORMATS = ("fp16", "q8")
 
 
 @dataclass
@@ -44,6 +45,8 @@ class TeacherConfig:
     """Optional system message prepended to every prompt before the chat template is applied."""
     top_k: int = 20
     """Number of teacher alternatives (token id, logprob) stored per completion token."""
+    label_format: str = "fp16"
+    """How top-k logprobs are stored: fp16 (2 bytes an entry) or q8 (1 byte an entry on a log scale, worst-case error (1 + |lp|) x 0.0073 nats; README: Compact labels)."""
     n: int = 1
     """Completions sampled per prompt."""
     max_tokens: int = 256
@@ -116,6 +119,7 @@ class TeacherConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         check_choice("mode", self.mode, MODES)
+        check_choice("label_format", self.label_format, LABEL_FORMATS)
         if self.mode == "score":
             self.validate_score()
         elif self.max_tokens >= self.max_model_len:
@@ -220,7 +224,15 @@ class TeacherConfig:
                 "max_model_len": self.max_model_len, "shard_size": self.shard_size,
                 "limit": self.limit, "hidden_layers": self.hidden_layers,
                 "num_workers": self.num_workers, "worker_index": self.worker_index,
-                "filter": self.filter_thresholds().to_dict(), **self.sampling()}
+                "filter": self.filter_thresholds().to_dict(), **self.sampling(),
+                **self.storage_identity()}
+
+    def storage_identity(self) -> dict[str, Any]:
+        """The storage formats, part of `identity()` (one output holds one format). Only
+        non-default values are listed, so outputs written before these flags existed
+        (whose config lacks them) still resume."""
+        defaults = {"label_format": "fp16"}
+        return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,6 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
 from schemas import SHARD_SCHEMAS, hidden_dataset_name
 
 
@@ -93,14 +94,20 @@ class ShardReader:
         if self.version not in SHARD_SCHEMAS:
             raise ShardFormatError(f"{self.path}: schema_version {self.version!r} is not one this "
                                    f"build reads ({', '.join(map(str, SHARD_SCHEMAS))})")
-        missing = [n for n, spec in SHARD_SCHEMAS[self.version]["datasets"].items()
-                   if n not in self.layouts and "utf8" not in spec["dtype"]]
+        lp_name = logprob_dataset(self.attrs)
+        required = [n for n, spec in SHARD_SCHEMAS[self.version]["datasets"].items()
+                    if "utf8" not in spec["dtype"] and n != "labels/topk_logprobs"] + [lp_name]
+        missing = [n for n in required if n not in self.layouts]
         if missing:
             raise ShardFormatError(f"{self.path}: missing dataset(s) {', '.join(missing)}")
         self.arrays = {n: memmap_dataset(self.path, lay) for n, lay in self.layouts.items()}
         if "labels/positions" not in self.arrays:
             self.arrays["labels/positions"] = suffix_positions(self.arrays)
         self.top_k = int(self.attrs["top_k"])
+        self.label_format = label_format(self.attrs)
+        self.stored_logprobs = self.arrays[lp_name]
+        """The top-k logprobs as stored (float16, or q8 codes); `logprobs()` decodes."""
+        self.decode_logprobs = decoder_of(self.attrs)
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
 
     def __len__(self) -> int:
@@ -118,8 +125,14 @@ class ShardReader:
         return ShardContents(self.path, self.strings("samples/ids"), lengths,
                              np.asarray(self.arrays["samples/prompt_lengths"], np.int32), counts)
 
+    def logprobs(self, rows: slice) -> np.ndarray:
+        """Top-k logprobs of label rows `rows`: the memmap view (fp16), or decoded float32 (q8)."""
+        if self.label_format == "fp16":
+            return self.stored_logprobs[rows]
+        return self.decode_logprobs(self.stored_logprobs[rows])
+
     def sample(self, i: int) -> dict[str, Any]:
-        """Sample i as arrays (views into the memmaps, no copy)."""
+        """Sample i as arrays (views into the memmaps, no copy; q8 logprobs decoded to float32)."""
         a = self.arrays
         t0, t1 = a["samples/offsets"][i], a["samples/offsets"][i + 1]
         l0, l1 = a["labels/offsets"][i], a["labels/offsets"][i + 1]
@@ -128,7 +141,7 @@ class ShardReader:
             "prompt_length": int(a["samples/prompt_lengths"][i]),
             "positions": a["labels/positions"][l0:l1],
             "topk_ids": a["labels/topk_ids"][l0:l1],
-            "topk_logprobs": a["labels/topk_logprobs"][l0:l1],
+            "topk_logprobs": self.logprobs(slice(l0, l1)),
             "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
         }
         for layer in self.hidden_layers:

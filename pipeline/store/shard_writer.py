@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.label_codec import Q8_DATASET, encode_q8, q8_attrs
 from pipeline.store.sample import Sample
 from schemas import topk_id_dtype, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name
 
@@ -36,6 +37,8 @@ class ShardAttrs:
     sampling: dict[str, Any]
     hidden_layers: tuple[int, ...] = ()
     hidden_size: int = 0
+    label_format: str = "fp16"
+    """How top-k logprobs are stored: fp16 or q8 (`pipeline.store.label_codec`)."""
 
 
 @dataclass
@@ -89,7 +92,10 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
         parts = [np.asarray(getattr(s, attr)) for s in samples]
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
     arrays["labels/topk_ids"] = stack("topk_ids", (0, k), topk_id_dtype(attrs.vocab_size))
-    arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
+    if attrs.label_format == "q8":
+        arrays[Q8_DATASET] = encode_q8(stack("topk_logprobs", (0, k), np.float32))
+    else:
+        arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
     for layer in attrs.hidden_layers:
         parts = [s.hidden[layer] for s in samples]
@@ -120,6 +126,10 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             f.attrs["shard_index"] = index
             f.attrs["hidden_layers"] = json.dumps(list(attrs.hidden_layers))
             f.attrs["hidden_size"] = attrs.hidden_size
+            # fp16 writes no label_format attribute: its files stay byte-identical to
+            # those of earlier builds (absent means fp16 to every reader).
+            for key, value in (q8_attrs() if attrs.label_format == "q8" else {}).items():
+                f.attrs[key] = value
             for name, data in arrays.items():
                 f.create_dataset(name, data=data)
             f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 
 from pipeline.store.checksum import sha256_file
+from pipeline.store.label_codec import Q8_DATASET, label_format, logprob_dataset
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
@@ -87,6 +88,13 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
     for key in SHARD_SCHEMAS[manifest.schema_version]["root_attributes"]:
         if key not in a:
             errors.append(f"root attribute {key} is missing")
+    if label_format(a) != manifest.label_format:
+        errors.append(f"label_format is {label_format(a)!r}, manifest says {manifest.label_format!r}")
+    if label_format(a) == "q8":
+        consts = [a.get("label_q8_max_nats"), a.get("label_q8_knee")]
+        if not all(isinstance(c, (int, float)) and np.isfinite(c) and c > 0 for c in consts):
+            errors.append(f"q8 constants label_q8_max_nats, label_q8_knee are {consts}, "
+                          "expected finite and positive")
     layers = json.loads(a.get("hidden_layers", "[]"))
     if layers != manifest.shards[index].hidden_layers:
         errors.append(f"hidden layers {layers}, manifest says {manifest.shards[index].hidden_layers}")
@@ -104,7 +112,9 @@ def check_structure(r: ShardReader) -> list[str]:
     want_id_dtype = topk_id_dtype(int(r.attrs["vocab_size"]))
     if a["labels/topk_ids"].dtype != want_id_dtype:
         errors.append(f"labels/topk_ids is {a['labels/topk_ids'].dtype}, expected {want_id_dtype}")
-    for name in ("labels/topk_ids", "labels/topk_logprobs"):
+    if r.label_format == "q8" and a[Q8_DATASET].dtype != np.uint8:
+        errors.append(f"{Q8_DATASET} has dtype {a[Q8_DATASET].dtype}, expected uint8")
+    for name in ("labels/topk_ids", logprob_dataset(r.attrs)):
         if a[name].shape != (comp, k):
             errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {k})")
     if a["labels/positions"].shape != (comp,):
@@ -161,7 +171,7 @@ def check_values(r: ShardReader) -> list[str]:
             errors.append(f"samples/token_ids has ids >= vocab_size {vocab}")
             break
     for sl in blocks(len(a["labels/sampled_logprobs"])):
-        ids, lps = a["labels/topk_ids"][sl], a["labels/topk_logprobs"][sl].astype(np.float32)
+        ids, lps = a["labels/topk_ids"][sl], r.logprobs(sl).astype(np.float32)
         sampled = a["labels/sampled_logprobs"][sl]
         if ids.max(initial=0) >= vocab:
             errors.append(f"labels/topk_ids has ids >= vocab_size {vocab} (rows {sl.start}..)")
@@ -171,7 +181,7 @@ def check_values(r: ShardReader) -> list[str]:
             errors.append(f"positive logprobs in rows {sl.start}..{sl.stop}")
         if np.any(np.diff(lps, axis=1) > 0):
             row = sl.start + int(np.argmax(np.any(np.diff(lps, axis=1) > 0, axis=1)))
-            errors.append(f"labels/topk_logprobs row {row} is not sorted descending")
+            errors.append(f"{logprob_dataset(r.attrs)} row {row} is not sorted descending")
         if errors:
             break
     for layer in r.hidden_layers:

@@ -1,0 +1,47 @@
+"""`--label-format q8` end to end with the fake engine: the run writes q8 shards that
+verify, decode within the codec's bound of an fp16 run of the same records, and batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TEACHER, require_teacher
+from fake_engine import run_fake
+from pipeline.store.label_codec import Q8_DATASET, q8_error_bound
+from pipeline.store.manifest import read_manifest
+from pipeline.store.shard_reader import ShardReader
+from pipeline.store.summary import summarise_output
+from pipeline.store.verify import verify_outputs
+
+
+def args(out, *extra):
+    return ["teacher-labels", "--teacher", str(TEACHER), "--prompts", "data/prompts/demo.jsonl",
+            "--limit", "6", "--shard-size", "4", "--top-k", "5", "--max-tokens", "16",
+            "--max-model-len", "256", "--min-mean-logprob", "none", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    require_teacher()
+    root = tmp_path_factory.mktemp("formats")
+    for fmt in ("fp16", "q8"):
+        proc = run_fake(args(root / fmt, "--label-format", fmt))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return root
+
+
+def test_q8_run_verifies_and_matches_fp16_within_the_bound(runs):
+    m = read_manifest(runs / "q8")
+    assert m.label_format == "q8" and m.config["label_format"] == "q8"
+    assert not verify_outputs([runs / "q8"]).problems
+    for rec in m.shards.values():
+        q8, fp16 = ShardReader(runs / "q8" / rec.name), ShardReader(runs / "fp16" / rec.name)
+        assert Q8_DATASET in q8.arrays and "labels/topk_logprobs" not in q8.arrays
+        assert np.array_equal(q8.arrays["labels/topk_ids"], fp16.arrays["labels/topk_ids"])
+        exact = np.asarray(fp16.stored_logprobs, np.float32)
+        got = q8.logprobs(slice(None))
+        slack = np.abs(exact) * 2.0**-10 + 2.0**-24  # fp16's own rounding of the reference
+        assert np.all(np.abs(got - exact) <= q8_error_bound(exact) + slack)
+    text = summarise_output(runs / "q8", decode=lambda ids: str(ids))
+    assert "labels q8:" in text and "3.00 per top-k entry" in text
