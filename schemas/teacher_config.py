@@ -27,6 +27,7 @@ DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("generate", "score")
 LABEL_FORMATS = ("fp16", "q8")
+HIDDEN_FORMATS = ("fp16", "int8")
 
 
 @dataclass
@@ -99,6 +100,8 @@ class TeacherConfig:
     """Abort when more than this fraction of generated samples had NaN/inf teacher values (checked per shard)."""
     hidden_layers: str | None = None
     """Teacher hidden states to store, comma-separated layer indices (0 = embeddings, -1 = final, after the last norm), e.g. "8,16,-1". Default: none."""
+    hidden_format: str = "fp16"
+    """How hidden states are stored: fp16 (2 bytes a value) or int8 (1 byte a value + a float32 scale per token row, square-root companded, error <= max|row| / 127; README: Compact labels)."""
     hidden_batch_tokens: int = 4096
     """Token budget of one teacher-forced forward batch when capturing hidden states."""
     num_workers: int = 1
@@ -120,6 +123,10 @@ class TeacherConfig:
                 raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         check_choice("mode", self.mode, MODES)
         check_choice("label_format", self.label_format, LABEL_FORMATS)
+        check_choice("hidden_format", self.hidden_format, HIDDEN_FORMATS)
+        if self.hidden_format != "fp16" and not self.hidden_layers:
+            raise ConfigError(f"--hidden-format {self.hidden_format} needs --hidden-layers: "
+                              "no hidden states are stored without it")
         if self.mode == "score":
             self.validate_score()
         elif self.max_tokens >= self.max_model_len:
@@ -231,7 +238,7 @@ class TeacherConfig:
         """The storage formats, part of `identity()` (one output holds one format). Only
         non-default values are listed, so outputs written before these flags existed
         (whose config lacks them) still resume."""
-        defaults = {"label_format": "fp16"}
+        defaults = {"label_format": "fp16", "hidden_format": "fp16"}
         return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
 
     def to_dict(self) -> dict[str, Any]:

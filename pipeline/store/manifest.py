@@ -54,6 +54,8 @@ class Manifest:
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     label_format: str = "fp16"
     """How the shards store top-k logprobs: fp16 or q8 (`pipeline.store.label_codec`); absent in older manifests."""
+    hidden_format: str = "fp16"
+    """How the shards store hidden states: fp16 or int8 (`pipeline.store.hidden_codec`); absent in older manifests."""
     planned_samples: int = 0
     """Samples the accepted records make (generate: records x n; score: their windows); 0 in v1."""
     shards: dict[int, ShardRecord] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.store.hidden_codec import decode_int8, hidden_format, scale_dataset_name
 from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
 from schemas import SHARD_SCHEMAS, hidden_dataset_name
 
@@ -108,6 +109,7 @@ class ShardReader:
         self.stored_logprobs = self.arrays[lp_name]
         """The top-k logprobs as stored (float16, or q8 codes); `logprobs()` decodes."""
         self.decode_logprobs = decoder_of(self.attrs)
+        self.hidden_format = hidden_format(self.attrs)
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
 
     def __len__(self) -> int:
@@ -145,8 +147,15 @@ class ShardReader:
             "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
         }
         for layer in self.hidden_layers:
-            out[f"hidden_{layer}"] = a[hidden_dataset_name(layer)][t0:t1]
+            out[f"hidden_{layer}"] = self.hidden(layer, slice(t0, t1))
         return out
+
+    def hidden(self, layer: int, rows: slice) -> np.ndarray:
+        """Hidden states of token rows `rows`: the memmap view (fp16), or decoded float32 (int8)."""
+        stored = self.arrays[hidden_dataset_name(layer)][rows]
+        if self.hidden_format == "int8":
+            return decode_int8(stored, self.arrays[scale_dataset_name(layer)][rows])
+        return stored
 
 
 def suffix_positions(arrays: dict[str, np.ndarray]) -> np.ndarray:

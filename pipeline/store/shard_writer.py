@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.hidden_codec import encode_int8, scale_dataset_name
 from pipeline.store.label_codec import Q8_DATASET, encode_q8, q8_attrs
 from pipeline.store.sample import Sample
 from schemas import topk_id_dtype, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name
@@ -39,6 +40,8 @@ class ShardAttrs:
     hidden_size: int = 0
     label_format: str = "fp16"
     """How top-k logprobs are stored: fp16 or q8 (`pipeline.store.label_codec`)."""
+    hidden_format: str = "fp16"
+    """How hidden states are stored: fp16 or int8 (`pipeline.store.hidden_codec`)."""
 
 
 @dataclass
@@ -99,9 +102,13 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
     for layer in attrs.hidden_layers:
         parts = [s.hidden[layer] for s in samples]
-        arrays[hidden_dataset_name(layer)] = (
-            np.concatenate(parts).astype(np.float16) if parts
-            else np.zeros((0, attrs.hidden_size), np.float16))
+        states = (np.concatenate(parts).astype(np.float32) if parts
+                  else np.zeros((0, attrs.hidden_size), np.float32))
+        if attrs.hidden_format == "int8":
+            arrays[hidden_dataset_name(layer)], arrays[scale_dataset_name(layer)] = \
+                encode_int8(states)
+        else:
+            arrays[hidden_dataset_name(layer)] = states.astype(np.float16)
     return arrays
 
 
@@ -130,6 +137,8 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             # those of earlier builds (absent means fp16 to every reader).
             for key, value in (q8_attrs() if attrs.label_format == "q8" else {}).items():
                 f.attrs[key] = value
+            if attrs.hidden_format != "fp16":
+                f.attrs["hidden_format"] = attrs.hidden_format
             for name, data in arrays.items():
                 f.create_dataset(name, data=data)
             f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)

@@ -59,9 +59,11 @@ def storage_bytes(out_dir: str | Path, m: Any) -> dict[str, float]:
     rows, tokens = max(t["completion_tokens"], 1), max(t["tokens"], 1)
     label = sum(v for k, v in sizes.items() if k.startswith("labels/"))
     entry = sum(sizes.get(k, 0) for k in ("labels/topk_ids", "labels/topk_logprobs", Q8_DATASET))
-    hidden = [v for k, v in sizes.items() if k.startswith("hidden/")]
+    # every hidden/ dataset (states, int8 scales) shared out over the stored layers
+    hidden = sum(v for k, v in sizes.items() if k.startswith("hidden/"))
+    layers = max(len(m.hidden_layers), 1)
     return {"label_token": label / rows, "topk_entry": entry / (rows * max(m.top_k, 1)),
-            "hidden_layer_token": (sum(hidden) / len(hidden) / tokens) if hidden else 0.0}
+            "hidden_layer_token": hidden / layers / tokens}
 
 
 def storage_lines(out_dir: Path, m: Any) -> list[str]:
@@ -69,7 +71,8 @@ def storage_lines(out_dir: Path, m: Any) -> list[str]:
     line = (f"storage      labels {m.label_format}: {b['label_token']:.1f} bytes per labelled token, "
             f"{b['topk_entry']:.2f} per top-k entry")
     if m.hidden_layers:
-        line += f"; hidden: {b['hidden_layer_token']:.0f} bytes per token per layer"
+        line += (f"; hidden {m.hidden_format}: {b['hidden_layer_token']:.0f} bytes per token "
+                 "per layer")
     return [line]
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 
 from pipeline.store.checksum import sha256_file
+from pipeline.store.hidden_codec import hidden_format, scale_dataset_name
 from pipeline.store.label_codec import Q8_DATASET, label_format, logprob_dataset
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
@@ -95,6 +96,8 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
         if not all(isinstance(c, (int, float)) and np.isfinite(c) and c > 0 for c in consts):
             errors.append(f"q8 constants label_q8_max_nats, label_q8_knee are {consts}, "
                           "expected finite and positive")
+    if hidden_format(a) != manifest.hidden_format:
+        errors.append(f"hidden_format is {hidden_format(a)!r}, manifest says {manifest.hidden_format!r}")
     layers = json.loads(a.get("hidden_layers", "[]"))
     if layers != manifest.shards[index].hidden_layers:
         errors.append(f"hidden layers {layers}, manifest says {manifest.shards[index].hidden_layers}")
@@ -140,6 +143,14 @@ def check_structure(r: ShardReader) -> list[str]:
         size = int(r.attrs.get("hidden_size", 0))
         if h is None or h.shape != (tokens, size):
             errors.append(f"{hidden_dataset_name(layer)}: expected shape ({tokens}, {size})")
+        want = np.int8 if r.hidden_format == "int8" else np.float16
+        if h is not None and h.dtype != want:
+            errors.append(f"{hidden_dataset_name(layer)} has dtype {h.dtype}, expected {np.dtype(want)} "
+                          f"(hidden_format {r.hidden_format})")
+        scale = a.get(scale_dataset_name(layer))
+        if r.hidden_format == "int8" and (scale is None or scale.shape != (tokens,)
+                                          or scale.dtype != np.float32):
+            errors.append(f"{scale_dataset_name(layer)}: expected float32 shape ({tokens},)")
     return errors
 
 
@@ -187,7 +198,13 @@ def check_values(r: ShardReader) -> list[str]:
     for layer in r.hidden_layers:
         h = a[hidden_dataset_name(layer)]
         for sl in blocks(len(h)):
-            if not np.all(np.isfinite(h[sl])):
+            if r.hidden_format == "int8":
+                scale = a[scale_dataset_name(layer)][sl]
+                if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+                    errors.append(f"{scale_dataset_name(layer)} has scales that are not finite "
+                                  "and positive")
+                    break
+            elif not np.all(np.isfinite(h[sl])):
                 errors.append(f"{hidden_dataset_name(layer)} has non-finite values")
                 break
     return errors

@@ -67,7 +67,7 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
     manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
                         vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
                         hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size,
-                        label_format=attrs.label_format,
+                        label_format=attrs.label_format, hidden_format=attrs.hidden_format,
                         config={"n": 1}, input_records=shards * per_shard,
                         accepted_prompts=shards * per_shard, planned_samples=shards * per_shard,
                         mode="score" if scored else "generate")

@@ -290,7 +290,7 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
         accepted_prompts=len(batch.accepted), rejected_prompts=len(batch.rejects),
         rejects_by_reason=batch.rejects_by_reason(), hidden_layers=layers,
         hidden_size=hidden_size if layers else 0, teacher_num_layers=num_layers,
-        label_format=cfg.label_format)
+        label_format=cfg.label_format, hidden_format=cfg.hidden_format)
 
 
 def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -> RunSummary:
@@ -323,7 +323,8 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
     write_text_atomic(out / CONFIG_NAME, json.dumps(manifest.config, indent=1) + "\n")
     write_manifest(out, manifest)
     attrs = ShardAttrs(cfg.teacher, manifest.tokenizer_fingerprint, manifest.vocab_size, cfg.top_k,
-                       cfg.sampling(), label_format=cfg.label_format)
+                       cfg.sampling(), label_format=cfg.label_format,
+                       hidden_format=cfg.hidden_format)
     todo = [p for p in plans if p.index not in keep]
     with PreemptionGuard() as guard:
         stats = generate_into(out, cfg, manifest, todo, job, attrs, guard, engine)

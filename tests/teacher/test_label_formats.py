@@ -1,5 +1,6 @@
-"""`--label-format q8` end to end with the fake engine: the run writes q8 shards that
-verify, decode within the codec's bound of an fp16 run of the same records, and batch."""
+"""`--label-format q8` and `--hidden-format int8` end to end with the fake engine (and the
+real transformers teacher for hidden states): the run writes shards that verify and
+decode within the codecs' bounds of an fp16 run of the same records."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from conftest import TEACHER, require_teacher
 from fake_engine import run_fake
+from pipeline.store.hidden_codec import int8_error_bound
 from pipeline.store.label_codec import Q8_DATASET, q8_error_bound
 from pipeline.store.manifest import read_manifest
 from pipeline.store.shard_reader import ShardReader
@@ -25,8 +27,9 @@ def args(out, *extra):
 def runs(tmp_path_factory):
     require_teacher()
     root = tmp_path_factory.mktemp("formats")
-    for fmt in ("fp16", "q8"):
-        proc = run_fake(args(root / fmt, "--label-format", fmt))
+    for fmt, hidden in (("fp16", "fp16"), ("q8", "int8")):
+        proc = run_fake(args(root / fmt, "--label-format", fmt, "--hidden-format", hidden,
+                             "--hidden-layers", "3,-1", "--dtype", "float32"))
         assert proc.returncode == 0, proc.stderr[-2000:]
     return root
 
@@ -45,3 +48,22 @@ def test_q8_run_verifies_and_matches_fp16_within_the_bound(runs):
         assert np.all(np.abs(got - exact) <= q8_error_bound(exact) + slack)
     text = summarise_output(runs / "q8", decode=lambda ids: str(ids))
     assert "labels q8:" in text and "3.00 per top-k entry" in text
+
+
+def test_int8_hidden_states_of_the_real_teacher(runs):
+    m = read_manifest(runs / "q8")
+    assert m.hidden_format == "int8" and not verify_outputs([runs / "q8"]).problems
+    cosines = []
+    for rec in m.shards.values():
+        q8, fp16 = ShardReader(runs / "q8" / rec.name), ShardReader(runs / "fp16" / rec.name)
+        n = len(q8.arrays["samples/token_ids"])
+        for layer in m.hidden_layers:
+            exact = fp16.hidden(layer, slice(0, n)).astype(np.float32)
+            got = q8.hidden(layer, slice(0, n))
+            fp16_error = np.abs(exact).max(1, keepdims=True) * 2.0**-10
+            assert np.all(np.abs(got - exact) <= int8_error_bound(exact) + 3 * fp16_error)
+            cosines.append((got * exact).sum(1) / np.linalg.norm(got, axis=1)
+                           / np.linalg.norm(exact, axis=1))
+    cos = np.concatenate(cosines)
+    print(f"int8 cosine to fp16: mean {cos.mean():.6f} min {cos.min():.6f}")
+    assert cos.min() >= 0.999
