@@ -28,6 +28,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("generate", "score")
 LABEL_FORMATS = ("fp16", "q8")
 HIDDEN_FORMATS = ("fp16", "int8")
+LABEL_KINDS = ("topk", "sampled")
+SAMPLED_SOURCE_K = 256
+"""--label-kind sampled draws from the engine's top-K with K = max(this, --top-k), plus a tail bucket."""
 
 
 @dataclass
@@ -46,6 +49,10 @@ class TeacherConfig:
     """Optional system message prepended to every prompt before the chat template is applied."""
     top_k: int = 20
     """Number of teacher alternatives (token id, logprob) stored per completion token."""
+    label_kind: str = "topk"
+    """topk: store the teacher's top-k per labelled position; sampled: draw --samples-per-position tokens from the teacher's raw distribution (its top-256 plus a tail bucket) and store the distinct ids with their counts, an unbiased target (README: Compact labels)."""
+    samples_per_position: int = 50
+    """--label-kind sampled: draws per labelled position, with replacement (1..255: counts are uint8)."""
     label_format: str = "fp16"
     """How top-k logprobs are stored: fp16 (2 bytes an entry) or q8 (1 byte an entry on a log scale, worst-case error (1 + |lp|) x 0.0073 nats; README: Compact labels)."""
     n: int = 1
@@ -124,6 +131,13 @@ class TeacherConfig:
         check_choice("mode", self.mode, MODES)
         check_choice("label_format", self.label_format, LABEL_FORMATS)
         check_choice("hidden_format", self.hidden_format, HIDDEN_FORMATS)
+        check_choice("label_kind", self.label_kind, LABEL_KINDS)
+        if not 1 <= self.samples_per_position <= 255:
+            raise ConfigError(f"--samples-per-position must be in 1..255 (counts are stored as "
+                              f"uint8), got {self.samples_per_position}")
+        if self.label_kind == "sampled" and self.label_format != "fp16":
+            raise ConfigError(f"--label-format {self.label_format} applies to --label-kind topk; "
+                              "sampled labels store counts, not logprobs")
         if self.hidden_format != "fp16" and not self.hidden_layers:
             raise ConfigError(f"--hidden-format {self.hidden_format} needs --hidden-layers: "
                               "no hidden states are stored without it")
@@ -238,8 +252,16 @@ class TeacherConfig:
         """The storage formats, part of `identity()` (one output holds one format). Only
         non-default values are listed, so outputs written before these flags existed
         (whose config lacks them) still resume."""
-        defaults = {"label_format": "fp16", "hidden_format": "fp16"}
-        return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
+        defaults = {"label_format": "fp16", "hidden_format": "fp16", "label_kind": "topk"}
+        out = {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
+        if self.label_kind == "sampled":
+            out["samples_per_position"] = self.samples_per_position
+        return out
+
+    @property
+    def engine_k(self) -> int:
+        """Logprobs per position asked of the engine: --top-k, or the sampling source K."""
+        return max(self.top_k, SAMPLED_SOURCE_K) if self.label_kind == "sampled" else self.top_k
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -56,6 +56,10 @@ class Manifest:
     """How the shards store top-k logprobs: fp16 or q8 (`pipeline.store.label_codec`); absent in older manifests."""
     hidden_format: str = "fp16"
     """How the shards store hidden states: fp16 or int8 (`pipeline.store.hidden_codec`); absent in older manifests."""
+    label_kind: str = "topk"
+    """topk, or sampled (`pipeline.store.sampled_codec`); absent in older manifests."""
+    samples_per_position: int = 0
+    """sampled: N, the draws per labelled position (0 for top-k labels)."""
     planned_samples: int = 0
     """Samples the accepted records make (generate: records x n; score: their windows); 0 in v1."""
     shards: dict[int, ShardRecord] = field(default_factory=dict)

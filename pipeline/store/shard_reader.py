@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.store.hidden_codec import decode_int8, hidden_format, scale_dataset_name
 from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
+from pipeline.store.sampled_codec import SAMPLED_DATASETS, label_kind, padded_rows
 from schemas import SHARD_SCHEMAS, hidden_dataset_name
 
 
@@ -95,9 +96,13 @@ class ShardReader:
         if self.version not in SHARD_SCHEMAS:
             raise ShardFormatError(f"{self.path}: schema_version {self.version!r} is not one this "
                                    f"build reads ({', '.join(map(str, SHARD_SCHEMAS))})")
+        self.label_kind = label_kind(self.attrs)
         lp_name = logprob_dataset(self.attrs)
+        topk = ("labels/topk_ids", "labels/topk_logprobs")
         required = [n for n, spec in SHARD_SCHEMAS[self.version]["datasets"].items()
-                    if "utf8" not in spec["dtype"] and n != "labels/topk_logprobs"] + [lp_name]
+                    if "utf8" not in spec["dtype"] and n not in topk]
+        required += (list(SAMPLED_DATASETS) if self.label_kind == "sampled"
+                     else ["labels/topk_ids", lp_name])
         missing = [n for n in required if n not in self.layouts]
         if missing:
             raise ShardFormatError(f"{self.path}: missing dataset(s) {', '.join(missing)}")
@@ -106,7 +111,8 @@ class ShardReader:
             self.arrays["labels/positions"] = suffix_positions(self.arrays)
         self.top_k = int(self.attrs["top_k"])
         self.label_format = label_format(self.attrs)
-        self.stored_logprobs = self.arrays[lp_name]
+        self.samples_per_position = int(self.attrs.get("samples_per_position", 0))
+        self.stored_logprobs = self.arrays.get(lp_name)
         """The top-k logprobs as stored (float16, or q8 codes); `logprobs()` decodes."""
         self.decode_logprobs = decoder_of(self.attrs)
         self.hidden_format = hidden_format(self.attrs)
@@ -133,6 +139,19 @@ class ShardReader:
             return self.stored_logprobs[rows]
         return self.decode_logprobs(self.stored_logprobs[rows])
 
+    def label_rows(self, l0: int, l1: int) -> dict[str, np.ndarray]:
+        """`topk_ids`, `topk_logprobs` of label rows l0..l1: top-k rows, or sampled rows
+        padded to N columns (log(count / N), -inf padding; `pipeline.store.sampled_codec`)."""
+        a = self.arrays
+        if self.label_kind == "sampled":
+            offsets = np.asarray(a["labels/sample_offsets"][l0:l1 + 1], np.int64)
+            e0, e1 = int(offsets[0]), int(offsets[-1])
+            ids, lps = padded_rows(offsets, a["labels/sample_ids"][e0:e1],
+                                   a["labels/sample_counts"][e0:e1], self.samples_per_position)
+            return {"topk_ids": ids, "topk_logprobs": lps}
+        return {"topk_ids": a["labels/topk_ids"][l0:l1],
+                "topk_logprobs": self.logprobs(slice(l0, l1))}
+
     def sample(self, i: int) -> dict[str, Any]:
         """Sample i as arrays (views into the memmaps, no copy; q8 logprobs decoded to float32)."""
         a = self.arrays
@@ -142,8 +161,7 @@ class ShardReader:
             "token_ids": a["samples/token_ids"][t0:t1],
             "prompt_length": int(a["samples/prompt_lengths"][i]),
             "positions": a["labels/positions"][l0:l1],
-            "topk_ids": a["labels/topk_ids"][l0:l1],
-            "topk_logprobs": self.logprobs(slice(l0, l1)),
+            **self.label_rows(l0, l1),
             "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
         }
         for layer in self.hidden_layers:

@@ -24,6 +24,7 @@ from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
 from pipeline.store.hidden_codec import encode_int8, scale_dataset_name
 from pipeline.store.label_codec import Q8_DATASET, encode_q8, q8_attrs
 from pipeline.store.sample import Sample
+from pipeline.store.sampled_codec import SAMPLED_DATASETS, ragged_rows
 from schemas import topk_id_dtype, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name
 
 
@@ -42,6 +43,12 @@ class ShardAttrs:
     """How top-k logprobs are stored: fp16 or q8 (`pipeline.store.label_codec`)."""
     hidden_format: str = "fp16"
     """How hidden states are stored: fp16 or int8 (`pipeline.store.hidden_codec`)."""
+    label_kind: str = "topk"
+    """topk, or sampled: counts of N draws per position (`pipeline.store.sampled_codec`)."""
+    samples_per_position: int = 0
+    """sampled: N, the draws per labelled position."""
+    label_source_k: int = 0
+    """sampled: the engine's top-K the draws were made from (plus one tail bucket)."""
 
 
 @dataclass
@@ -94,10 +101,17 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
     def stack(attr: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         parts = [np.asarray(getattr(s, attr)) for s in samples]
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
-    arrays["labels/topk_ids"] = stack("topk_ids", (0, k), topk_id_dtype(attrs.vocab_size))
-    if attrs.label_format == "q8":
+    id_dtype = topk_id_dtype(attrs.vocab_size)
+    if attrs.label_kind == "sampled":
+        n = attrs.samples_per_position
+        offsets, ids, counts, tail = ragged_rows(stack("topk_ids", (0, n), np.int64),
+                                                 stack("topk_logprobs", (0, n), np.float32), n)
+        arrays |= dict(zip(SAMPLED_DATASETS, (offsets, ids.astype(id_dtype), counts, tail)))
+    elif attrs.label_format == "q8":
+        arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
         arrays[Q8_DATASET] = encode_q8(stack("topk_logprobs", (0, k), np.float32))
     else:
+        arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
         arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
     for layer in attrs.hidden_layers:
@@ -139,6 +153,10 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
                 f.attrs[key] = value
             if attrs.hidden_format != "fp16":
                 f.attrs["hidden_format"] = attrs.hidden_format
+            if attrs.label_kind != "topk":
+                f.attrs["label_kind"] = attrs.label_kind
+                f.attrs["samples_per_position"] = attrs.samples_per_position
+                f.attrs["label_source_k"] = attrs.label_source_k
             for name, data in arrays.items():
                 f.create_dataset(name, data=data)
             f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)

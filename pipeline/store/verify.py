@@ -23,6 +23,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 from pipeline.store.checksum import sha256_file
 from pipeline.store.hidden_codec import hidden_format, scale_dataset_name
 from pipeline.store.label_codec import Q8_DATASET, label_format, logprob_dataset
+from pipeline.store.sampled_codec import label_kind
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
@@ -96,6 +97,11 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
         if not all(isinstance(c, (int, float)) and np.isfinite(c) and c > 0 for c in consts):
             errors.append(f"q8 constants label_q8_max_nats, label_q8_knee are {consts}, "
                           "expected finite and positive")
+    if label_kind(a) != manifest.label_kind:
+        errors.append(f"label_kind is {label_kind(a)!r}, manifest says {manifest.label_kind!r}")
+    elif label_kind(a) == "sampled" and a.get("samples_per_position") != manifest.samples_per_position:
+        errors.append(f"samples_per_position is {a.get('samples_per_position')!r}, manifest says "
+                      f"{manifest.samples_per_position!r}")
     if hidden_format(a) != manifest.hidden_format:
         errors.append(f"hidden_format is {hidden_format(a)!r}, manifest says {manifest.hidden_format!r}")
     layers = json.loads(a.get("hidden_layers", "[]"))
@@ -113,13 +119,16 @@ def check_structure(r: ShardReader) -> list[str]:
         if name in a and a[name].dtype.name not in spec["dtype"]:
             errors.append(f"{name} has dtype {a[name].dtype}, schema allows {spec['dtype']}")
     want_id_dtype = topk_id_dtype(int(r.attrs["vocab_size"]))
-    if a["labels/topk_ids"].dtype != want_id_dtype:
-        errors.append(f"labels/topk_ids is {a['labels/topk_ids'].dtype}, expected {want_id_dtype}")
-    if r.label_format == "q8" and a[Q8_DATASET].dtype != np.uint8:
-        errors.append(f"{Q8_DATASET} has dtype {a[Q8_DATASET].dtype}, expected uint8")
-    for name in ("labels/topk_ids", logprob_dataset(r.attrs)):
-        if a[name].shape != (comp, k):
-            errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {k})")
+    if r.label_kind == "sampled":
+        errors += check_sampled_structure(a, comp, want_id_dtype)
+    else:
+        if a["labels/topk_ids"].dtype != want_id_dtype:
+            errors.append(f"labels/topk_ids is {a['labels/topk_ids'].dtype}, expected {want_id_dtype}")
+        if r.label_format == "q8" and a[Q8_DATASET].dtype != np.uint8:
+            errors.append(f"{Q8_DATASET} has dtype {a[Q8_DATASET].dtype}, expected uint8")
+        for name in ("labels/topk_ids", logprob_dataset(r.attrs)):
+            if a[name].shape != (comp, k):
+                errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {k})")
     if a["labels/positions"].shape != (comp,):
         errors.append(f"labels/positions has shape {a['labels/positions'].shape}, expected ({comp},)")
     errors += check_offsets("samples/offsets", a["samples/offsets"], tokens, n)
@@ -154,6 +163,42 @@ def check_structure(r: ShardReader) -> list[str]:
     return errors
 
 
+def check_sampled_structure(a: dict[str, np.ndarray], rows: int, id_dtype: np.dtype) -> list[str]:
+    """Dtypes and offsets of sampled labels (`pipeline.store.sampled_codec`)."""
+    entries = len(a["labels/sample_ids"])
+    errors = check_offsets("labels/sample_offsets", a["labels/sample_offsets"], entries, rows)
+    want = {"labels/sample_ids": id_dtype, "labels/sample_counts": np.dtype(np.uint8),
+            "labels/sample_tail_counts": np.dtype(np.uint8)}
+    for name, dtype in want.items():
+        if a[name].dtype != dtype:
+            errors.append(f"{name} has dtype {a[name].dtype}, expected {dtype}")
+    if a["labels/sample_counts"].shape != (entries,):
+        errors.append(f"labels/sample_counts has shape {a['labels/sample_counts'].shape}, "
+                      f"expected ({entries},) like labels/sample_ids")
+    if a["labels/sample_tail_counts"].shape != (rows,):
+        errors.append(f"labels/sample_tail_counts has shape {a['labels/sample_tail_counts'].shape}, "
+                      f"expected ({rows},)")
+    return errors
+
+
+def check_sampled_values(r: ShardReader) -> list[str]:
+    """Every sampled row: ids below the vocabulary, counts >= 1, counts + tail = N."""
+    a, n, vocab = r.arrays, r.samples_per_position, int(r.attrs["vocab_size"])
+    if a["labels/sample_ids"].max(initial=0) >= vocab:
+        return [f"labels/sample_ids has ids >= vocab_size {vocab}"]
+    counts = np.asarray(a["labels/sample_counts"], np.int64)
+    if counts.size and counts.min() < 1:
+        return ["labels/sample_counts holds a zero count (only drawn ids are stored)"]
+    offsets = np.asarray(a["labels/sample_offsets"], np.int64)
+    cumulative = np.concatenate([[0], np.cumsum(counts)])
+    sums = cumulative[offsets[1:]] - cumulative[offsets[:-1]] + a["labels/sample_tail_counts"]
+    if np.any(sums != n):
+        row = int(np.argmax(sums != n))
+        return [f"label row {row}: sample counts plus tail sum to {int(sums[row])}, "
+                f"expected samples_per_position {n}"]
+    return []
+
+
 def check_positions(positions: np.ndarray, label_offsets: np.ndarray, prompt: np.ndarray,
                     lengths: np.ndarray) -> list[str]:
     """Each sample's labelled positions: the first is its prompt length, then strictly
@@ -181,7 +226,12 @@ def check_values(r: ShardReader) -> list[str]:
         if a["samples/token_ids"][sl].max(initial=0) >= vocab:
             errors.append(f"samples/token_ids has ids >= vocab_size {vocab}")
             break
-    for sl in blocks(len(a["labels/sampled_logprobs"])):
+    if r.label_kind == "sampled":
+        errors += check_sampled_values(r)
+        sampled = a["labels/sampled_logprobs"]
+        if not np.all(np.isfinite(sampled)) or sampled.max(initial=-1) > LOGPROB_MAX:
+            errors.append("labels/sampled_logprobs not finite and <= 0")
+    for sl in blocks(len(a["labels/sampled_logprobs"]) if r.label_kind == "topk" else 0):
         ids, lps = a["labels/topk_ids"][sl], r.logprobs(sl).astype(np.float32)
         sampled = a["labels/sampled_logprobs"][sl]
         if ids.max(initial=0) >= vocab:
@@ -349,8 +399,11 @@ def check_complete(out_dir: Path, m: Manifest, contents_into: Verification | Non
 
 def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
     """Outputs read together must share teacher, tokenizer, vocabulary, k and hidden layers."""
-    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "hidden_layers",
-              "hidden_size")
+    # label_format and hidden_format may differ: q8 and fp16 labels, int8 and fp16 states
+    # decode to the same float32 rows. label_kind may not: top-k rows and draw counts are
+    # different targets.
+    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "label_kind",
+              "samples_per_position", "hidden_layers", "hidden_size")
     problems = []
     (first, ref), *rest = manifests.items()
     for where, m in rest:

@@ -22,6 +22,7 @@ from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index, write_index_part
 from pipeline.store.shard_writer import ShardAttrs, write_shard
+from pipeline.teacher.label_sampling import sampled_sample
 from pipeline.teacher.sample_filter import FilterThresholds, filter_samples, index_table
 from schemas import shard_name
 
@@ -68,6 +69,7 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
                         vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
                         hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size,
                         label_format=attrs.label_format, hidden_format=attrs.hidden_format,
+                        label_kind=attrs.label_kind, samples_per_position=attrs.samples_per_position,
                         config={"n": 1}, input_records=shards * per_shard,
                         accepted_prompts=shards * per_shard, planned_samples=shards * per_shard,
                         mode="score" if scored else "generate")
@@ -78,6 +80,8 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
                                  scored=scored)
                    for j in range(per_shard)]
         outcome = filter_samples(samples, KEEP_ALL)
+        if attrs.label_kind == "sampled":  # as the teacher stage does: filter, then draw
+            samples = [sampled_sample(s, attrs.samples_per_position, seed) for s in samples]
         record = write_shard(out / shard_name(i), i, samples, attrs)
         record.index_sha256 = write_index_part(
             out, i, index_table(samples, outcome.metrics, outcome.reasons, record.name))

@@ -47,7 +47,7 @@ def test_q8_run_verifies_and_matches_fp16_within_the_bound(runs):
         slack = np.abs(exact) * 2.0**-10 + 2.0**-24  # fp16's own rounding of the reference
         assert np.all(np.abs(got - exact) <= q8_error_bound(exact) + slack)
     text = summarise_output(runs / "q8", decode=lambda ids: str(ids))
-    assert "labels q8:" in text and "3.00 per top-k entry" in text
+    assert "labels top-5 q8:" in text and "3.00 per top-k entry" in text
 
 
 def test_int8_hidden_states_of_the_real_teacher(runs):
@@ -67,3 +67,24 @@ def test_int8_hidden_states_of_the_real_teacher(runs):
     cos = np.concatenate(cosines)
     print(f"int8 cosine to fp16: mean {cos.mean():.6f} min {cos.min():.6f}")
     assert cos.min() >= 0.999
+
+
+@pytest.mark.parametrize("mode", ["generate", "score"])
+def test_sampled_run_is_reproducible_and_verifies(tmp_path, mode):
+    require_teacher()
+    extra = ["--label-kind", "sampled", "--samples-per-position", "30"]
+    if mode == "score":
+        extra += ["--mode", "score", "--prompts", "data/corpus/train.jsonl", "--max-model-len",
+                  "128", "--window-overlap", "16"]
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        proc = run_fake(args(out, *extra))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    m = read_manifest(outs[0])
+    assert (m.label_kind, m.samples_per_position) == ("sampled", 30)
+    assert not verify_outputs(outs[:1]).problems
+    for rec in m.shards.values():
+        a, b = ShardReader(outs[0] / rec.name), ShardReader(outs[1] / rec.name)
+        assert a.attrs["label_source_k"] == 256
+        for name in ("labels/sample_ids", "labels/sample_counts", "labels/sample_tail_counts"):
+            assert np.array_equal(a.arrays[name], b.arrays[name])  # seeded draws
