@@ -155,3 +155,15 @@ def test_config_flags():
     cfg = TeacherConfig(label_kind="sampled")
     assert cfg.engine_k == 256 and cfg.identity()["samples_per_position"] == 50
     assert "samples_per_position" not in TeacherConfig().identity()
+
+
+def test_sampled_labels_are_not_exported(tmp_path):
+    from click.testing import CliRunner
+
+    from stages.cli.main import main
+
+    write_fake_output(tmp_path / "s", attrs=sampled_attrs())
+    result = CliRunner().invoke(main, ["export", "--format", "parquet", "--labels",
+                                       str(tmp_path / "s"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "--label-kind sampled labels cannot be exported" in result.output
