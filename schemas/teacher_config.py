@@ -27,7 +27,7 @@ DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("generate", "score")
 LABEL_FORMATS = ("fp16", "q8")
-HIDDEN_FORMATS = ("fp16", "int8")
+HIDDEN_FORMATS = ("fp16", "int8", "pca")
 LABEL_KINDS = ("topk", "sampled")
 SAMPLED_SOURCE_K = 256
 """--label-kind sampled draws from the engine's top-K with K = max(this, --top-k), plus a tail bucket."""
@@ -108,7 +108,9 @@ class TeacherConfig:
     hidden_layers: str | None = None
     """Teacher hidden states to store, comma-separated layer indices (0 = embeddings, -1 = final, after the last norm), e.g. "8,16,-1". Default: none."""
     hidden_format: str = "fp16"
-    """How hidden states are stored: fp16 (2 bytes a value) or int8 (1 byte a value + a float32 scale per token row, square-root companded, error <= max|row| / 127; README: Compact labels)."""
+    """How hidden states are stored: fp16 (2 bytes a value), int8 (1 byte a value + a float32 scale per token row, square-root companded, error <= max|row| / 127) or pca (--hidden-rank coefficients per token on a basis fitted on the first shard, then int8; the student's adapter targets them). README: Compact labels."""
+    hidden_rank: int = 64
+    """--hidden-format pca: principal directions kept per stored layer, fitted on the run's first hidden-state shard (README: Compact labels)."""
     hidden_batch_tokens: int = 4096
     """Token budget of one teacher-forced forward batch when capturing hidden states."""
     num_workers: int = 1
@@ -138,6 +140,8 @@ class TeacherConfig:
         if self.label_kind == "sampled" and self.label_format != "fp16":
             raise ConfigError(f"--label-format {self.label_format} applies to --label-kind topk; "
                               "sampled labels store counts, not logprobs")
+        if self.hidden_rank < 1:
+            raise ConfigError(f"--hidden-rank must be at least 1, got {self.hidden_rank}")
         if self.hidden_format != "fp16" and not self.hidden_layers:
             raise ConfigError(f"--hidden-format {self.hidden_format} needs --hidden-layers: "
                               "no hidden states are stored without it")
@@ -256,6 +260,8 @@ class TeacherConfig:
         out = {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
         if self.label_kind == "sampled":
             out["samples_per_position"] = self.samples_per_position
+        if self.hidden_format == "pca":
+            out["hidden_rank"] = self.hidden_rank
         return out
 
     @property

@@ -171,7 +171,7 @@ class ShardReader:
     def hidden(self, layer: int, rows: slice) -> np.ndarray:
         """Hidden states of token rows `rows`: the memmap view (fp16), or decoded float32 (int8)."""
         stored = self.arrays[hidden_dataset_name(layer)][rows]
-        if self.hidden_format == "int8":
+        if self.hidden_format in ("int8", "pca"):  # pca: the coefficients, never expanded
             return decode_int8(stored, self.arrays[scale_dataset_name(layer)][rows])
         return stored
 

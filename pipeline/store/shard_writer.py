@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.hidden_basis import project
 from pipeline.store.hidden_codec import encode_int8, scale_dataset_name
 from pipeline.store.label_codec import Q8_DATASET, encode_q8, q8_attrs
 from pipeline.store.sample import Sample
@@ -42,7 +43,14 @@ class ShardAttrs:
     label_format: str = "fp16"
     """How top-k logprobs are stored: fp16 or q8 (`pipeline.store.label_codec`)."""
     hidden_format: str = "fp16"
-    """How hidden states are stored: fp16 or int8 (`pipeline.store.hidden_codec`)."""
+    """How hidden states are stored: fp16, int8 (`pipeline.store.hidden_codec`) or pca
+    (int8 coefficients on `hidden_basis`, `pipeline.store.hidden_basis`)."""
+    hidden_rank: int = 0
+    """pca: coefficients stored per token and layer."""
+    hidden_basis_sha256: str = ""
+    """pca: checksum of the output's `hidden_basis.h5`."""
+    hidden_basis: Any = field(default=None, compare=False, repr=False)
+    """pca: {layer: (mean, basis)} the writer projects with (from `hidden_basis.h5`)."""
     label_kind: str = "topk"
     """topk, or sampled: counts of N draws per position (`pipeline.store.sampled_codec`)."""
     samples_per_position: int = 0
@@ -118,7 +126,10 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
         parts = [s.hidden[layer] for s in samples]
         states = (np.concatenate(parts).astype(np.float32) if parts
                   else np.zeros((0, attrs.hidden_size), np.float32))
-        if attrs.hidden_format == "int8":
+        if attrs.hidden_format == "pca":
+            mean, basis = attrs.hidden_basis[layer]
+            states = project(states, mean, basis) if parts else np.zeros((0, len(basis)), np.float32)
+        if attrs.hidden_format in ("int8", "pca"):
             arrays[hidden_dataset_name(layer)], arrays[scale_dataset_name(layer)] = \
                 encode_int8(states)
         else:
@@ -153,6 +164,9 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
                 f.attrs[key] = value
             if attrs.hidden_format != "fp16":
                 f.attrs["hidden_format"] = attrs.hidden_format
+            if attrs.hidden_format == "pca":
+                f.attrs["hidden_rank"] = attrs.hidden_rank
+                f.attrs["hidden_basis_sha256"] = attrs.hidden_basis_sha256
             if attrs.label_kind != "topk":
                 f.attrs["label_kind"] = attrs.label_kind
                 f.attrs["samples_per_position"] = attrs.samples_per_position

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 
 from pipeline.store.checksum import sha256_file
+from pipeline.store.hidden_basis import BASIS_NAME
 from pipeline.store.hidden_codec import hidden_format, scale_dataset_name
 from pipeline.store.label_codec import Q8_DATASET, label_format, logprob_dataset
 from pipeline.store.sampled_codec import label_kind
@@ -104,6 +105,12 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
                       f"{manifest.samples_per_position!r}")
     if hidden_format(a) != manifest.hidden_format:
         errors.append(f"hidden_format is {hidden_format(a)!r}, manifest says {manifest.hidden_format!r}")
+    elif hidden_format(a) == "pca" and json.loads(a.get("hidden_layers", "[]")):
+        # (a shard still waiting for the hidden-state pass predates the basis)
+        for key in ("hidden_rank", "hidden_basis_sha256"):
+            if a.get(key) != getattr(manifest, key):
+                errors.append(f"attribute {key} is {a.get(key)!r}, manifest says "
+                              f"{getattr(manifest, key)!r}")
     layers = json.loads(a.get("hidden_layers", "[]"))
     if layers != manifest.shards[index].hidden_layers:
         errors.append(f"hidden layers {layers}, manifest says {manifest.shards[index].hidden_layers}")
@@ -149,15 +156,15 @@ def check_structure(r: ShardReader) -> list[str]:
         errors += check_positions(a["labels/positions"], a["labels/offsets"], prompt, lengths)
     for layer in r.hidden_layers:
         h = a.get(hidden_dataset_name(layer))
-        size = int(r.attrs.get("hidden_size", 0))
+        size = int(r.attrs.get("hidden_rank" if r.hidden_format == "pca" else "hidden_size", 0))
         if h is None or h.shape != (tokens, size):
             errors.append(f"{hidden_dataset_name(layer)}: expected shape ({tokens}, {size})")
-        want = np.int8 if r.hidden_format == "int8" else np.float16
+        want = np.int8 if r.hidden_format in ("int8", "pca") else np.float16
         if h is not None and h.dtype != want:
             errors.append(f"{hidden_dataset_name(layer)} has dtype {h.dtype}, expected {np.dtype(want)} "
                           f"(hidden_format {r.hidden_format})")
         scale = a.get(scale_dataset_name(layer))
-        if r.hidden_format == "int8" and (scale is None or scale.shape != (tokens,)
+        if r.hidden_format in ("int8", "pca") and (scale is None or scale.shape != (tokens,)
                                           or scale.dtype != np.float32):
             errors.append(f"{scale_dataset_name(layer)}: expected float32 shape ({tokens},)")
     return errors
@@ -248,7 +255,7 @@ def check_values(r: ShardReader) -> list[str]:
     for layer in r.hidden_layers:
         h = a[hidden_dataset_name(layer)]
         for sl in blocks(len(h)):
-            if r.hidden_format == "int8":
+            if r.hidden_format in ("int8", "pca"):
                 scale = a[scale_dataset_name(layer)][sl]
                 if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
                     errors.append(f"{scale_dataset_name(layer)} has scales that are not finite "
@@ -336,10 +343,24 @@ def verify_output(out_dir: str | Path, depth: Depth = "full") -> Verification:
             found.problems += problems
             found.shards += [contents] if contents is not None else []
         found.problems += check_index_part(out_dir, index, rec.index_sha256, depth == "full")
+    if manifest.hidden_format == "pca":
+        found.problems += check_basis(out_dir, manifest, depth == "full")
     if manifest.complete:
         found.problems += check_complete(out_dir, manifest, found if depth == "cheap" else None)
     found.problems = [replace(p, output=str(out_dir)) for p in found.problems]
     return found
+
+
+def check_basis(out_dir: Path, m: Manifest, checksum: bool) -> list[Problem]:
+    """A pca output's `hidden_basis.h5`: present once a shard uses it, and the manifest's."""
+    path = out_dir / BASIS_NAME
+    if not m.hidden_basis_sha256:
+        return []  # the hidden-state pass has not fitted it yet
+    if not path.is_file():
+        return [Problem(BASIS_NAME, "present", "pca basis named by the manifest is missing")]
+    if checksum and sha256_file(path) != m.hidden_basis_sha256:
+        return [Problem(BASIS_NAME, "sha256", "basis checksum differs from the manifest (corrupt)")]
+    return []
 
 
 def check_index_part(out_dir: Path, index: int, sha256: str, checksum: bool = True) -> list[Problem]:
@@ -402,8 +423,9 @@ def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
     # label_format and hidden_format may differ: q8 and fp16 labels, int8 and fp16 states
     # decode to the same float32 rows. label_kind may not: top-k rows and draw counts are
     # different targets.
+    # hidden_space may not: pca coefficients (or two bases) are not the teacher's states.
     fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "label_kind",
-              "samples_per_position", "hidden_layers", "hidden_size")
+              "samples_per_position", "hidden_layers", "hidden_size", "hidden_space")
     problems = []
     (first, ref), *rest = manifests.items()
     for where, m in rest:

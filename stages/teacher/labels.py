@@ -222,6 +222,8 @@ def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
         clear_output(out)
         return fresh
     fresh.shards = old.shards
+    # The pca basis the kept shards' coefficients are on (a refit would differ).
+    fresh.hidden_basis_sha256 = old.hidden_basis_sha256
     return fresh
 
 
@@ -292,7 +294,7 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
         rejects_by_reason=batch.rejects_by_reason(), hidden_layers=layers,
         hidden_size=hidden_size if layers else 0, teacher_num_layers=num_layers,
         label_format=cfg.label_format, hidden_format=cfg.hidden_format,
-        label_kind=cfg.label_kind,
+        label_kind=cfg.label_kind, hidden_rank=cfg.hidden_rank if cfg.hidden_format == "pca" else 0,
         samples_per_position=cfg.samples_per_position if cfg.label_kind == "sampled" else 0)
 
 
@@ -327,7 +329,8 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
     write_manifest(out, manifest)
     attrs = ShardAttrs(cfg.teacher, manifest.tokenizer_fingerprint, manifest.vocab_size, cfg.top_k,
                        cfg.sampling(), label_format=cfg.label_format,
-                       hidden_format=cfg.hidden_format, **sampled_attrs(cfg))
+                       hidden_format=cfg.hidden_format, **sampled_attrs(cfg),
+                       hidden_rank=manifest.hidden_rank)
     todo = [p for p in plans if p.index not in keep]
     with PreemptionGuard() as guard:
         stats = generate_into(out, cfg, manifest, todo, job, attrs, guard, engine)

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import TEACHER, require_teacher
 from fake_engine import run_fake
+from pipeline.store.checksum import sha256_file
+from pipeline.store.hidden_basis import BASIS_NAME, project, read_basis
 from pipeline.store.hidden_codec import int8_error_bound
 from pipeline.store.label_codec import Q8_DATASET, q8_error_bound
 from pipeline.store.manifest import read_manifest
@@ -27,9 +29,11 @@ def args(out, *extra):
 def runs(tmp_path_factory):
     require_teacher()
     root = tmp_path_factory.mktemp("formats")
-    for fmt, hidden in (("fp16", "fp16"), ("q8", "int8")):
-        proc = run_fake(args(root / fmt, "--label-format", fmt, "--hidden-format", hidden,
-                             "--hidden-layers", "3,-1", "--dtype", "float32"))
+    for name, fmt, hidden in (("fp16", "fp16", "fp16"), ("q8", "q8", "int8"),
+                              ("pca", "fp16", "pca")):
+        proc = run_fake(args(root / name, "--label-format", fmt, "--hidden-format", hidden,
+                             "--hidden-rank", "16", "--hidden-layers", "3,-1", "--dtype",
+                             "float32"))
         assert proc.returncode == 0, proc.stderr[-2000:]
     return root
 
@@ -88,3 +92,26 @@ def test_sampled_run_is_reproducible_and_verifies(tmp_path, mode):
         assert a.attrs["label_source_k"] == 256
         for name in ("labels/sample_ids", "labels/sample_counts", "labels/sample_tail_counts"):
             assert np.array_equal(a.arrays[name], b.arrays[name])  # seeded draws
+
+
+def test_pca_run_stores_coefficients_on_its_checksummed_basis(runs):
+    m = read_manifest(runs / "pca")
+    assert (m.hidden_format, m.hidden_rank) == ("pca", 16) and m.hidden_basis_sha256
+    assert sha256_file(runs / "pca" / BASIS_NAME) == m.hidden_basis_sha256
+    assert not verify_outputs([runs / "pca"]).problems
+    bases = read_basis(runs / "pca")
+    for rec in m.shards.values():
+        pca, fp16 = ShardReader(runs / "pca" / rec.name), ShardReader(runs / "fp16" / rec.name)
+        assert pca.attrs["hidden_basis_sha256"] == m.hidden_basis_sha256
+        n = len(pca.arrays["samples/token_ids"])
+        for layer in m.hidden_layers:
+            want = project(fp16.hidden(layer, slice(0, n)).astype(np.float32), *bases[layer])
+            got = pca.hidden(layer, slice(0, n))
+            slack = np.abs(want).max(1, keepdims=True) * 2.0**-8  # fp16 reference states
+            assert got.shape == (n, 16)
+            assert np.all(np.abs(got - want) <= int8_error_bound(want) + slack)
+    # a rerun reuses every shard and the basis
+    proc = run_fake(args(runs / "pca", "--hidden-format", "pca", "--hidden-rank", "16",
+                         "--hidden-layers", "3,-1", "--dtype", "float32"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_manifest(runs / "pca").hidden_basis_sha256 == m.hidden_basis_sha256
