@@ -54,7 +54,7 @@ class TeacherConfig:
     samples_per_position: int = 50
     """--label-kind sampled: draws per labelled position, with replacement (1..255: counts are uint8)."""
     label_format: str = "fp16"
-    """How top-k logprobs are stored: fp16 (2 bytes an entry) or q8 (1 byte an entry on a log scale, worst-case error (1 + |lp|) x 0.0073 nats; README: Compact labels)."""
+    """How top-k logprobs are stored: fp16 (2 bytes an entry) or q8 (1 byte an entry on a log scale, worst-case error (0.3 + |lp|) x 0.018 nats, mass-preserving per row; README: Compact labels)."""
     n: int = 1
     """Completions sampled per prompt."""
     max_tokens: int = 256
