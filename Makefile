@@ -55,7 +55,7 @@ BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
-	bench-student bench-startup bench-quality bench-score bench-interop clean
+	bench-student bench-startup bench-quality bench-score bench-interop bench-storage clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -145,6 +145,9 @@ bench-quality: models
 # Export speed and size per format (kd export), and kd import of the DistillKit export.
 bench-interop: models
 	$(PY) -m bench.interop
+
+bench-storage: models
+	$(PY) -m bench.storage
 
 clean:
 	rm -rf data/labels data/models

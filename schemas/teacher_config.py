@@ -26,6 +26,11 @@ from schemas.config_base import AUTO, ConfigError, check_choice, field_docs, fla
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("generate", "score")
+LABEL_FORMATS = ("fp16", "q8")
+HIDDEN_FORMATS = ("fp16", "int8", "pca")
+LABEL_KINDS = ("topk", "sampled")
+SAMPLED_SOURCE_K = 256
+"""--label-kind sampled draws from the engine's top-K with K = max(this, --top-k), plus a tail bucket."""
 
 
 @dataclass
@@ -44,6 +49,12 @@ class TeacherConfig:
     """Optional system message prepended to every prompt before the chat template is applied."""
     top_k: int = 20
     """Number of teacher alternatives (token id, logprob) stored per completion token."""
+    label_kind: str = "topk"
+    """topk: store the teacher's top-k per labelled position; sampled: draw --samples-per-position tokens from the teacher's raw distribution (its top-256 plus a tail bucket) and store the distinct ids with their counts, an unbiased target (README: Compact labels)."""
+    samples_per_position: int = 50
+    """--label-kind sampled: draws per labelled position, with replacement (1..255: counts are uint8)."""
+    label_format: str = "fp16"
+    """How top-k logprobs are stored: fp16 (2 bytes an entry) or q8 (1 byte an entry on a log scale, worst-case error (0.3 + |lp|) x 0.018 nats, mass-preserving per row; README: Compact labels)."""
     n: int = 1
     """Completions sampled per prompt."""
     max_tokens: int = 256
@@ -96,6 +107,10 @@ class TeacherConfig:
     """Abort when more than this fraction of generated samples had NaN/inf teacher values (checked per shard)."""
     hidden_layers: str | None = None
     """Teacher hidden states to store, comma-separated layer indices (0 = embeddings, -1 = final, after the last norm), e.g. "8,16,-1". Default: none."""
+    hidden_format: str = "fp16"
+    """How hidden states are stored: fp16 (2 bytes a value), int8 (1 byte a value + a float32 scale per token row, square-root companded, error <= max|row| / 127) or pca (--hidden-rank coefficients per token on a basis fitted on the first shard, then int8; the student's adapter targets them). README: Compact labels."""
+    hidden_rank: int = 64
+    """--hidden-format pca: principal directions kept per stored layer, fitted on the run's first hidden-state shard (README: Compact labels)."""
     hidden_batch_tokens: int = 4096
     """Token budget of one teacher-forced forward batch when capturing hidden states."""
     num_workers: int = 1
@@ -116,6 +131,20 @@ class TeacherConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         check_choice("mode", self.mode, MODES)
+        check_choice("label_format", self.label_format, LABEL_FORMATS)
+        check_choice("hidden_format", self.hidden_format, HIDDEN_FORMATS)
+        check_choice("label_kind", self.label_kind, LABEL_KINDS)
+        if not 1 <= self.samples_per_position <= 255:
+            raise ConfigError(f"--samples-per-position must be in 1..255 (counts are stored as "
+                              f"uint8), got {self.samples_per_position}")
+        if self.label_kind == "sampled" and self.label_format != "fp16":
+            raise ConfigError(f"--label-format {self.label_format} applies to --label-kind topk; "
+                              "sampled labels store counts, not logprobs")
+        if self.hidden_rank < 1:
+            raise ConfigError(f"--hidden-rank must be at least 1, got {self.hidden_rank}")
+        if self.hidden_format != "fp16" and not self.hidden_layers:
+            raise ConfigError(f"--hidden-format {self.hidden_format} needs --hidden-layers: "
+                              "no hidden states are stored without it")
         if self.mode == "score":
             self.validate_score()
         elif self.max_tokens >= self.max_model_len:
@@ -220,7 +249,25 @@ class TeacherConfig:
                 "max_model_len": self.max_model_len, "shard_size": self.shard_size,
                 "limit": self.limit, "hidden_layers": self.hidden_layers,
                 "num_workers": self.num_workers, "worker_index": self.worker_index,
-                "filter": self.filter_thresholds().to_dict(), **self.sampling()}
+                "filter": self.filter_thresholds().to_dict(), **self.sampling(),
+                **self.storage_identity()}
+
+    def storage_identity(self) -> dict[str, Any]:
+        """The storage formats, part of `identity()` (one output holds one format). Only
+        non-default values are listed, so outputs written before these flags existed
+        (whose config lacks them) still resume."""
+        defaults = {"label_format": "fp16", "hidden_format": "fp16", "label_kind": "topk"}
+        out = {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
+        if self.label_kind == "sampled":
+            out["samples_per_position"] = self.samples_per_position
+        if self.hidden_format == "pca":
+            out["hidden_rank"] = self.hidden_rank
+        return out
+
+    @property
+    def engine_k(self) -> int:
+        """Logprobs per position asked of the engine: --top-k, or the sampling source K."""
+        return max(self.top_k, SAMPLED_SOURCE_K) if self.label_kind == "sampled" else self.top_k
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -52,9 +52,32 @@ class Manifest:
     accepted_prompts: int = 0
     rejected_prompts: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    label_format: str = "fp16"
+    """How the shards store top-k logprobs: fp16 or q8 (`pipeline.store.label_codec`); absent in older manifests."""
+    hidden_format: str = "fp16"
+    """How the shards store hidden states: fp16 or int8 (`pipeline.store.hidden_codec`); absent in older manifests."""
+    hidden_rank: int = 0
+    """hidden_format pca: coefficients per token and layer (what the student's adapter targets)."""
+    hidden_basis_sha256: str = ""
+    """hidden_format pca: checksum of `hidden_basis.h5` (`pipeline.store.hidden_basis`)."""
+    label_kind: str = "topk"
+    """topk, or sampled (`pipeline.store.sampled_codec`); absent in older manifests."""
+    samples_per_position: int = 0
+    """sampled: N, the draws per labelled position (0 for top-k labels)."""
     planned_samples: int = 0
     """Samples the accepted records make (generate: records x n; score: their windows); 0 in v1."""
     shards: dict[int, ShardRecord] = field(default_factory=dict)
+
+    @property
+    def hidden_space(self) -> str:
+        """What the stored hidden states are vectors of: `teacher` (fp16 and int8 decode to
+        the teacher's states) or `pca:<basis sha256>` (coefficients on one basis)."""
+        return f"pca:{self.hidden_basis_sha256}" if self.hidden_format == "pca" else "teacher"
+
+    @property
+    def stored_hidden_size(self) -> int:
+        """Width of a stored hidden row: the teacher's hidden size, or the pca rank."""
+        return self.hidden_rank if self.hidden_format == "pca" else self.hidden_size
 
     def totals(self) -> dict[str, int]:
         keys = ("samples", "tokens", "completion_tokens", "bytes", "generated")

@@ -21,6 +21,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.store.hidden_codec import decode_int8, hidden_format, scale_dataset_name
+from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
+from pipeline.store.sampled_codec import SAMPLED_DATASETS, label_kind, padded_rows
 from schemas import SHARD_SCHEMAS, hidden_dataset_name
 
 
@@ -93,14 +96,26 @@ class ShardReader:
         if self.version not in SHARD_SCHEMAS:
             raise ShardFormatError(f"{self.path}: schema_version {self.version!r} is not one this "
                                    f"build reads ({', '.join(map(str, SHARD_SCHEMAS))})")
-        missing = [n for n, spec in SHARD_SCHEMAS[self.version]["datasets"].items()
-                   if n not in self.layouts and "utf8" not in spec["dtype"]]
+        self.label_kind = label_kind(self.attrs)
+        lp_name = logprob_dataset(self.attrs)
+        topk = ("labels/topk_ids", "labels/topk_logprobs")
+        required = [n for n, spec in SHARD_SCHEMAS[self.version]["datasets"].items()
+                    if "utf8" not in spec["dtype"] and n not in topk]
+        required += (list(SAMPLED_DATASETS) if self.label_kind == "sampled"
+                     else ["labels/topk_ids", lp_name])
+        missing = [n for n in required if n not in self.layouts]
         if missing:
             raise ShardFormatError(f"{self.path}: missing dataset(s) {', '.join(missing)}")
         self.arrays = {n: memmap_dataset(self.path, lay) for n, lay in self.layouts.items()}
         if "labels/positions" not in self.arrays:
             self.arrays["labels/positions"] = suffix_positions(self.arrays)
         self.top_k = int(self.attrs["top_k"])
+        self.label_format = label_format(self.attrs)
+        self.samples_per_position = int(self.attrs.get("samples_per_position", 0))
+        self.stored_logprobs = self.arrays.get(lp_name)
+        """The top-k logprobs as stored (float16, or q8 codes); `logprobs()` decodes."""
+        self.decode_logprobs = decoder_of(self.attrs)
+        self.hidden_format = hidden_format(self.attrs)
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
 
     def __len__(self) -> int:
@@ -118,8 +133,27 @@ class ShardReader:
         return ShardContents(self.path, self.strings("samples/ids"), lengths,
                              np.asarray(self.arrays["samples/prompt_lengths"], np.int32), counts)
 
+    def logprobs(self, rows: slice) -> np.ndarray:
+        """Top-k logprobs of label rows `rows`: the memmap view (fp16), or decoded float32 (q8)."""
+        if self.label_format == "fp16":
+            return self.stored_logprobs[rows]
+        return self.decode_logprobs(self.stored_logprobs[rows])
+
+    def label_rows(self, l0: int, l1: int) -> dict[str, np.ndarray]:
+        """`topk_ids`, `topk_logprobs` of label rows l0..l1: top-k rows, or sampled rows
+        padded to N columns (log(count / N), -inf padding; `pipeline.store.sampled_codec`)."""
+        a = self.arrays
+        if self.label_kind == "sampled":
+            offsets = np.asarray(a["labels/sample_offsets"][l0:l1 + 1], np.int64)
+            e0, e1 = int(offsets[0]), int(offsets[-1])
+            ids, lps = padded_rows(offsets, a["labels/sample_ids"][e0:e1],
+                                   a["labels/sample_counts"][e0:e1], self.samples_per_position)
+            return {"topk_ids": ids, "topk_logprobs": lps}
+        return {"topk_ids": a["labels/topk_ids"][l0:l1],
+                "topk_logprobs": self.logprobs(slice(l0, l1))}
+
     def sample(self, i: int) -> dict[str, Any]:
-        """Sample i as arrays (views into the memmaps, no copy)."""
+        """Sample i as arrays (views into the memmaps, no copy; q8 logprobs decoded to float32)."""
         a = self.arrays
         t0, t1 = a["samples/offsets"][i], a["samples/offsets"][i + 1]
         l0, l1 = a["labels/offsets"][i], a["labels/offsets"][i + 1]
@@ -127,13 +161,19 @@ class ShardReader:
             "token_ids": a["samples/token_ids"][t0:t1],
             "prompt_length": int(a["samples/prompt_lengths"][i]),
             "positions": a["labels/positions"][l0:l1],
-            "topk_ids": a["labels/topk_ids"][l0:l1],
-            "topk_logprobs": a["labels/topk_logprobs"][l0:l1],
+            **self.label_rows(l0, l1),
             "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
         }
         for layer in self.hidden_layers:
-            out[f"hidden_{layer}"] = a[hidden_dataset_name(layer)][t0:t1]
+            out[f"hidden_{layer}"] = self.hidden(layer, slice(t0, t1))
         return out
+
+    def hidden(self, layer: int, rows: slice) -> np.ndarray:
+        """Hidden states of token rows `rows`: the memmap view (fp16), or decoded float32 (int8)."""
+        stored = self.arrays[hidden_dataset_name(layer)][rows]
+        if self.hidden_format in ("int8", "pca"):  # pca: the coefficients, never expanded
+            return decode_int8(stored, self.arrays[scale_dataset_name(layer)][rows])
+        return stored
 
 
 def suffix_positions(arrays: dict[str, np.ndarray]) -> np.ndarray:

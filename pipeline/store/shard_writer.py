@@ -21,7 +21,11 @@ import h5py
 import numpy as np
 
 from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.hidden_basis import project
+from pipeline.store.hidden_codec import encode_int8, scale_dataset_name
+from pipeline.store.label_codec import Q8_DATASET, encode_q8, q8_attrs
 from pipeline.store.sample import Sample
+from pipeline.store.sampled_codec import SAMPLED_DATASETS, ragged_rows
 from schemas import topk_id_dtype, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name
 
 
@@ -36,6 +40,23 @@ class ShardAttrs:
     sampling: dict[str, Any]
     hidden_layers: tuple[int, ...] = ()
     hidden_size: int = 0
+    label_format: str = "fp16"
+    """How top-k logprobs are stored: fp16 or q8 (`pipeline.store.label_codec`)."""
+    hidden_format: str = "fp16"
+    """How hidden states are stored: fp16, int8 (`pipeline.store.hidden_codec`) or pca
+    (int8 coefficients on `hidden_basis`, `pipeline.store.hidden_basis`)."""
+    hidden_rank: int = 0
+    """pca: coefficients stored per token and layer."""
+    hidden_basis_sha256: str = ""
+    """pca: checksum of the output's `hidden_basis.h5`."""
+    hidden_basis: Any = field(default=None, compare=False, repr=False)
+    """pca: {layer: (mean, basis)} the writer projects with (from `hidden_basis.h5`)."""
+    label_kind: str = "topk"
+    """topk, or sampled: counts of N draws per position (`pipeline.store.sampled_codec`)."""
+    samples_per_position: int = 0
+    """sampled: N, the draws per labelled position."""
+    label_source_k: int = 0
+    """sampled: the engine's top-K the draws were made from (plus one tail bucket)."""
 
 
 @dataclass
@@ -88,14 +109,31 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
     def stack(attr: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         parts = [np.asarray(getattr(s, attr)) for s in samples]
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
-    arrays["labels/topk_ids"] = stack("topk_ids", (0, k), topk_id_dtype(attrs.vocab_size))
-    arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
+    id_dtype = topk_id_dtype(attrs.vocab_size)
+    if attrs.label_kind == "sampled":
+        n = attrs.samples_per_position
+        offsets, ids, counts, tail = ragged_rows(stack("topk_ids", (0, n), np.int64),
+                                                 stack("topk_logprobs", (0, n), np.float32), n)
+        arrays |= dict(zip(SAMPLED_DATASETS, (offsets, ids.astype(id_dtype), counts, tail)))
+    elif attrs.label_format == "q8":
+        arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
+        arrays[Q8_DATASET] = encode_q8(stack("topk_logprobs", (0, k), np.float32))
+    else:
+        arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
+        arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
     for layer in attrs.hidden_layers:
         parts = [s.hidden[layer] for s in samples]
-        arrays[hidden_dataset_name(layer)] = (
-            np.concatenate(parts).astype(np.float16) if parts
-            else np.zeros((0, attrs.hidden_size), np.float16))
+        states = (np.concatenate(parts).astype(np.float32) if parts
+                  else np.zeros((0, attrs.hidden_size), np.float32))
+        if attrs.hidden_format == "pca":
+            mean, basis = attrs.hidden_basis[layer]
+            states = project(states, mean, basis) if parts else np.zeros((0, len(basis)), np.float32)
+        if attrs.hidden_format in ("int8", "pca"):
+            arrays[hidden_dataset_name(layer)], arrays[scale_dataset_name(layer)] = \
+                encode_int8(states)
+        else:
+            arrays[hidden_dataset_name(layer)] = states.astype(np.float16)
     return arrays
 
 
@@ -120,6 +158,19 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             f.attrs["shard_index"] = index
             f.attrs["hidden_layers"] = json.dumps(list(attrs.hidden_layers))
             f.attrs["hidden_size"] = attrs.hidden_size
+            # fp16 writes no label_format attribute: its files stay byte-identical to
+            # those of earlier builds (absent means fp16 to every reader).
+            for key, value in (q8_attrs() if attrs.label_format == "q8" else {}).items():
+                f.attrs[key] = value
+            if attrs.hidden_format != "fp16":
+                f.attrs["hidden_format"] = attrs.hidden_format
+            if attrs.hidden_format == "pca":
+                f.attrs["hidden_rank"] = attrs.hidden_rank
+                f.attrs["hidden_basis_sha256"] = attrs.hidden_basis_sha256
+            if attrs.label_kind != "topk":
+                f.attrs["label_kind"] = attrs.label_kind
+                f.attrs["samples_per_position"] = attrs.samples_per_position
+                f.attrs["label_source_k"] = attrs.label_source_k
             for name, data in arrays.items():
                 f.create_dataset(name, data=data)
             f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from pipeline.store.manifest import read_manifest
 from pipeline.store.sample_index import part_name
-from pipeline.store.shard_reader import ShardReader
+from pipeline.store.label_codec import Q8_DATASET
+from pipeline.store.shard_reader import ShardReader, dataset_layouts
 
 Decode = Callable[[list[int]], str]
 
@@ -44,6 +45,45 @@ def locate_sample(out_dir: Path, shards: dict[int, Any], index: int) -> tuple[Sh
             return ShardReader(out_dir / shards[i].name), remaining
         remaining -= shards[i].samples
     raise IndexError(f"sample {index} is out of range: the output holds {index - remaining} samples")
+
+
+def storage_bytes(out_dir: str | Path, m: Any) -> dict[str, float]:
+    """What the stored data costs, from the shards' dataset sizes (no data read):
+    `label_token` (every labels/ dataset per labelled token), `topk_entry` (ids and
+    logprobs per top-k entry, or id and count per distinct drawn id), `entries_per_token`,
+    `hidden_layer_token` (one hidden layer per token)."""
+    sizes: dict[str, int] = {}
+    entries = 0
+    for rec in m.shards.values():
+        for name, lay in dataset_layouts(Path(out_dir) / rec.name)[1].items():
+            sizes[name] = sizes.get(name, 0) + int(np.prod(lay.shape)) * lay.dtype.itemsize
+            entries += lay.shape[0] if name == "labels/sample_ids" else 0
+    t = m.totals()
+    rows, tokens = max(t["completion_tokens"], 1), max(t["tokens"], 1)
+    label = sum(v for k, v in sizes.items() if k.startswith("labels/"))
+    entry = sum(sizes.get(k, 0) for k in ("labels/topk_ids", "labels/topk_logprobs", Q8_DATASET,
+                                          "labels/sample_ids", "labels/sample_counts"))
+    if m.label_kind != "sampled":  # an entry: one top-k alternative, or one distinct drawn id
+        entries = rows * max(m.top_k, 1)
+    # every hidden/ dataset (states, int8 scales) shared out over the stored layers
+    hidden = sum(v for k, v in sizes.items() if k.startswith("hidden/"))
+    layers = max(len(m.hidden_layers), 1)
+    return {"label_token": label / rows, "topk_entry": entry / max(entries, 1),
+            "entries_per_token": entries / rows,
+            "hidden_layer_token": hidden / layers / tokens}
+
+
+def storage_lines(out_dir: Path, m: Any) -> list[str]:
+    b = storage_bytes(out_dir, m)
+    what = (f"sampled N={m.samples_per_position}" if m.label_kind == "sampled"
+            else f"top-{m.top_k} {m.label_format}")
+    entry = "distinct drawn id" if m.label_kind == "sampled" else "top-k entry"
+    line = (f"storage      labels {what}: {b['label_token']:.1f} bytes per labelled token, "
+            f"{b['topk_entry']:.2f} per {entry} ({b['entries_per_token']:.1f} per token)")
+    if m.hidden_layers:
+        line += (f"; hidden {m.hidden_format}: {b['hidden_layer_token']:.0f} bytes per token "
+                 "per layer")
+    return [line]
 
 
 METRICS = ("mean_logprob", "min_logprob", "mean_entropy", "mean_tail_mass", "repetition_rate",
@@ -92,6 +132,7 @@ def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int 
         f"disk         {t['bytes'] / 2**20:.1f} MiB, {t['bytes'] / max(t['completion_tokens'], 1):.0f} "
         "bytes per labelled token",
     ]
+    lines += storage_lines(out_dir, m)
     lines += metric_lines(out_dir, m)
     if not t["samples"]:
         return "\n".join(lines)

@@ -21,6 +21,10 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 
 from pipeline.store.checksum import sha256_file
+from pipeline.store.hidden_basis import BASIS_NAME
+from pipeline.store.hidden_codec import hidden_format, scale_dataset_name
+from pipeline.store.label_codec import Q8_DATASET, label_format, logprob_dataset
+from pipeline.store.sampled_codec import label_kind
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
@@ -87,6 +91,26 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
     for key in SHARD_SCHEMAS[manifest.schema_version]["root_attributes"]:
         if key not in a:
             errors.append(f"root attribute {key} is missing")
+    if label_format(a) != manifest.label_format:
+        errors.append(f"label_format is {label_format(a)!r}, manifest says {manifest.label_format!r}")
+    if label_format(a) == "q8":
+        consts = [a.get("label_q8_max_nats"), a.get("label_q8_knee")]
+        if not all(isinstance(c, (int, float)) and np.isfinite(c) and c > 0 for c in consts):
+            errors.append(f"q8 constants label_q8_max_nats, label_q8_knee are {consts}, "
+                          "expected finite and positive")
+    if label_kind(a) != manifest.label_kind:
+        errors.append(f"label_kind is {label_kind(a)!r}, manifest says {manifest.label_kind!r}")
+    elif label_kind(a) == "sampled" and a.get("samples_per_position") != manifest.samples_per_position:
+        errors.append(f"samples_per_position is {a.get('samples_per_position')!r}, manifest says "
+                      f"{manifest.samples_per_position!r}")
+    if hidden_format(a) != manifest.hidden_format:
+        errors.append(f"hidden_format is {hidden_format(a)!r}, manifest says {manifest.hidden_format!r}")
+    elif hidden_format(a) == "pca" and json.loads(a.get("hidden_layers", "[]")):
+        # (a shard still waiting for the hidden-state pass predates the basis)
+        for key in ("hidden_rank", "hidden_basis_sha256"):
+            if a.get(key) != getattr(manifest, key):
+                errors.append(f"attribute {key} is {a.get(key)!r}, manifest says "
+                              f"{getattr(manifest, key)!r}")
     layers = json.loads(a.get("hidden_layers", "[]"))
     if layers != manifest.shards[index].hidden_layers:
         errors.append(f"hidden layers {layers}, manifest says {manifest.shards[index].hidden_layers}")
@@ -102,11 +126,16 @@ def check_structure(r: ShardReader) -> list[str]:
         if name in a and a[name].dtype.name not in spec["dtype"]:
             errors.append(f"{name} has dtype {a[name].dtype}, schema allows {spec['dtype']}")
     want_id_dtype = topk_id_dtype(int(r.attrs["vocab_size"]))
-    if a["labels/topk_ids"].dtype != want_id_dtype:
-        errors.append(f"labels/topk_ids is {a['labels/topk_ids'].dtype}, expected {want_id_dtype}")
-    for name in ("labels/topk_ids", "labels/topk_logprobs"):
-        if a[name].shape != (comp, k):
-            errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {k})")
+    if r.label_kind == "sampled":
+        errors += check_sampled_structure(a, comp, want_id_dtype)
+    else:
+        if a["labels/topk_ids"].dtype != want_id_dtype:
+            errors.append(f"labels/topk_ids is {a['labels/topk_ids'].dtype}, expected {want_id_dtype}")
+        if r.label_format == "q8" and a[Q8_DATASET].dtype != np.uint8:
+            errors.append(f"{Q8_DATASET} has dtype {a[Q8_DATASET].dtype}, expected uint8")
+        for name in ("labels/topk_ids", logprob_dataset(r.attrs)):
+            if a[name].shape != (comp, k):
+                errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {k})")
     if a["labels/positions"].shape != (comp,):
         errors.append(f"labels/positions has shape {a['labels/positions'].shape}, expected ({comp},)")
     errors += check_offsets("samples/offsets", a["samples/offsets"], tokens, n)
@@ -127,10 +156,54 @@ def check_structure(r: ShardReader) -> list[str]:
         errors += check_positions(a["labels/positions"], a["labels/offsets"], prompt, lengths)
     for layer in r.hidden_layers:
         h = a.get(hidden_dataset_name(layer))
-        size = int(r.attrs.get("hidden_size", 0))
+        size = int(r.attrs.get("hidden_rank" if r.hidden_format == "pca" else "hidden_size", 0))
         if h is None or h.shape != (tokens, size):
             errors.append(f"{hidden_dataset_name(layer)}: expected shape ({tokens}, {size})")
+        want = np.int8 if r.hidden_format in ("int8", "pca") else np.float16
+        if h is not None and h.dtype != want:
+            errors.append(f"{hidden_dataset_name(layer)} has dtype {h.dtype}, expected {np.dtype(want)} "
+                          f"(hidden_format {r.hidden_format})")
+        scale = a.get(scale_dataset_name(layer))
+        if r.hidden_format in ("int8", "pca") and (scale is None or scale.shape != (tokens,)
+                                          or scale.dtype != np.float32):
+            errors.append(f"{scale_dataset_name(layer)}: expected float32 shape ({tokens},)")
     return errors
+
+
+def check_sampled_structure(a: dict[str, np.ndarray], rows: int, id_dtype: np.dtype) -> list[str]:
+    """Dtypes and offsets of sampled labels (`pipeline.store.sampled_codec`)."""
+    entries = len(a["labels/sample_ids"])
+    errors = check_offsets("labels/sample_offsets", a["labels/sample_offsets"], entries, rows)
+    want = {"labels/sample_ids": id_dtype, "labels/sample_counts": np.dtype(np.uint8),
+            "labels/sample_tail_counts": np.dtype(np.uint8)}
+    for name, dtype in want.items():
+        if a[name].dtype != dtype:
+            errors.append(f"{name} has dtype {a[name].dtype}, expected {dtype}")
+    if a["labels/sample_counts"].shape != (entries,):
+        errors.append(f"labels/sample_counts has shape {a['labels/sample_counts'].shape}, "
+                      f"expected ({entries},) like labels/sample_ids")
+    if a["labels/sample_tail_counts"].shape != (rows,):
+        errors.append(f"labels/sample_tail_counts has shape {a['labels/sample_tail_counts'].shape}, "
+                      f"expected ({rows},)")
+    return errors
+
+
+def check_sampled_values(r: ShardReader) -> list[str]:
+    """Every sampled row: ids below the vocabulary, counts >= 1, counts + tail = N."""
+    a, n, vocab = r.arrays, r.samples_per_position, int(r.attrs["vocab_size"])
+    if a["labels/sample_ids"].max(initial=0) >= vocab:
+        return [f"labels/sample_ids has ids >= vocab_size {vocab}"]
+    counts = np.asarray(a["labels/sample_counts"], np.int64)
+    if counts.size and counts.min() < 1:
+        return ["labels/sample_counts holds a zero count (only drawn ids are stored)"]
+    offsets = np.asarray(a["labels/sample_offsets"], np.int64)
+    cumulative = np.concatenate([[0], np.cumsum(counts)])
+    sums = cumulative[offsets[1:]] - cumulative[offsets[:-1]] + a["labels/sample_tail_counts"]
+    if np.any(sums != n):
+        row = int(np.argmax(sums != n))
+        return [f"label row {row}: sample counts plus tail sum to {int(sums[row])}, "
+                f"expected samples_per_position {n}"]
+    return []
 
 
 def check_positions(positions: np.ndarray, label_offsets: np.ndarray, prompt: np.ndarray,
@@ -160,8 +233,13 @@ def check_values(r: ShardReader) -> list[str]:
         if a["samples/token_ids"][sl].max(initial=0) >= vocab:
             errors.append(f"samples/token_ids has ids >= vocab_size {vocab}")
             break
-    for sl in blocks(len(a["labels/sampled_logprobs"])):
-        ids, lps = a["labels/topk_ids"][sl], a["labels/topk_logprobs"][sl].astype(np.float32)
+    if r.label_kind == "sampled":
+        errors += check_sampled_values(r)
+        sampled = a["labels/sampled_logprobs"]
+        if not np.all(np.isfinite(sampled)) or sampled.max(initial=-1) > LOGPROB_MAX:
+            errors.append("labels/sampled_logprobs not finite and <= 0")
+    for sl in blocks(len(a["labels/sampled_logprobs"]) if r.label_kind == "topk" else 0):
+        ids, lps = a["labels/topk_ids"][sl], r.logprobs(sl).astype(np.float32)
         sampled = a["labels/sampled_logprobs"][sl]
         if ids.max(initial=0) >= vocab:
             errors.append(f"labels/topk_ids has ids >= vocab_size {vocab} (rows {sl.start}..)")
@@ -171,13 +249,19 @@ def check_values(r: ShardReader) -> list[str]:
             errors.append(f"positive logprobs in rows {sl.start}..{sl.stop}")
         if np.any(np.diff(lps, axis=1) > 0):
             row = sl.start + int(np.argmax(np.any(np.diff(lps, axis=1) > 0, axis=1)))
-            errors.append(f"labels/topk_logprobs row {row} is not sorted descending")
+            errors.append(f"{logprob_dataset(r.attrs)} row {row} is not sorted descending")
         if errors:
             break
     for layer in r.hidden_layers:
         h = a[hidden_dataset_name(layer)]
         for sl in blocks(len(h)):
-            if not np.all(np.isfinite(h[sl])):
+            if r.hidden_format in ("int8", "pca"):
+                scale = a[scale_dataset_name(layer)][sl]
+                if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+                    errors.append(f"{scale_dataset_name(layer)} has scales that are not finite "
+                                  "and positive")
+                    break
+            elif not np.all(np.isfinite(h[sl])):
                 errors.append(f"{hidden_dataset_name(layer)} has non-finite values")
                 break
     return errors
@@ -259,10 +343,24 @@ def verify_output(out_dir: str | Path, depth: Depth = "full") -> Verification:
             found.problems += problems
             found.shards += [contents] if contents is not None else []
         found.problems += check_index_part(out_dir, index, rec.index_sha256, depth == "full")
+    if manifest.hidden_format == "pca":
+        found.problems += check_basis(out_dir, manifest, depth == "full")
     if manifest.complete:
         found.problems += check_complete(out_dir, manifest, found if depth == "cheap" else None)
     found.problems = [replace(p, output=str(out_dir)) for p in found.problems]
     return found
+
+
+def check_basis(out_dir: Path, m: Manifest, checksum: bool) -> list[Problem]:
+    """A pca output's `hidden_basis.h5`: present once a shard uses it, and the manifest's."""
+    path = out_dir / BASIS_NAME
+    if not m.hidden_basis_sha256:
+        return []  # the hidden-state pass has not fitted it yet
+    if not path.is_file():
+        return [Problem(BASIS_NAME, "present", "pca basis named by the manifest is missing")]
+    if checksum and sha256_file(path) != m.hidden_basis_sha256:
+        return [Problem(BASIS_NAME, "sha256", "basis checksum differs from the manifest (corrupt)")]
+    return []
 
 
 def check_index_part(out_dir: Path, index: int, sha256: str, checksum: bool = True) -> list[Problem]:
@@ -322,8 +420,12 @@ def check_complete(out_dir: Path, m: Manifest, contents_into: Verification | Non
 
 def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
     """Outputs read together must share teacher, tokenizer, vocabulary, k and hidden layers."""
-    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "hidden_layers",
-              "hidden_size")
+    # label_format and hidden_format may differ: q8 and fp16 labels, int8 and fp16 states
+    # decode to the same float32 rows. label_kind may not: top-k rows and draw counts are
+    # different targets.
+    # hidden_space may not: pca coefficients (or two bases) are not the teacher's states.
+    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "label_kind",
+              "samples_per_position", "hidden_layers", "hidden_size", "hidden_space")
     problems = []
     (first, ref), *rest = manifests.items()
     for where, m in rest:

@@ -122,6 +122,22 @@ def student_logprobs_at(student_logits: Tensor, teacher_ids: Tensor, temperature
     return torch.cat([gathered, log_tail], dim=-1)
 
 
+def mask_padding(student: Tensor, teacher_logprobs: Tensor) -> Tensor:
+    """The student's gathered log-probs with -inf where the teacher's entry is -inf.
+
+    Sampled labels (`pipeline.store.sampled_codec`) pad each row with -inf teacher entries
+    at a repeated id; masking the student there keeps those columns out of its top-k
+    mass (its tail bucket stays exact) and out of every divergence (0 log 0 = 0).
+    Top-k labels are always finite, so this changes nothing for them.
+    """
+    pad = torch.isneginf(teacher_logprobs)
+    k = teacher_logprobs.shape[-1]
+    if not bool(pad.any()):
+        return student
+    head = student[..., :k].masked_fill(pad, float("-inf"))
+    return torch.cat([head, student[..., k:]], dim=-1)
+
+
 def soft_loss_from_gathered(teacher_logits: Tensor, lse_t: Tensor, teacher_logprobs: Tensor, *,
                             kind: str = "forward_kl", tail: str = "bucket",
                             temperature: float = 1.0, beta: float = 0.5,
@@ -136,7 +152,7 @@ def soft_loss_from_gathered(teacher_logits: Tensor, lse_t: Tensor, teacher_logpr
     tails below ~1e-6, whose share of the loss is then below the float32 noise anyway.
     `weights` (N,) multiplies each position's divergence (`--rare-token-weight`).
     """
-    gathered = teacher_logits / temperature - lse_t[:, None]
+    gathered = mask_padding(teacher_logits / temperature - lse_t[:, None], teacher_logprobs)
     if tail == "renormalize":
         student = gathered - torch.logsumexp(gathered, dim=-1, keepdim=True)
     else:
@@ -271,7 +287,9 @@ def soft_label_loss(student_logits: Tensor, teacher_ids: Tensor, teacher_logprob
     _check_soft_inputs(student_logits, teacher_ids, teacher_logprobs)
 
     def chunk_loss(logits: Tensor, ids: Tensor, lps: Tensor) -> Tensor:
-        student = student_logprobs_at(logits, ids, temperature, tail)
+        student = mask_padding(student_logprobs_at(logits, ids, temperature, tail), lps)
+        if tail == "renormalize" and bool(torch.isneginf(lps).any()):
+            student = student - torch.logsumexp(student, dim=-1, keepdim=True)  # pads left out
         teacher = retemper_teacher(lps.to(student.dtype), temperature, tail)
         return divergence(teacher, student, kind, beta).sum()
 

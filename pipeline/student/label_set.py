@@ -60,6 +60,7 @@ class LabelSet:
     top_k: int
     hidden_layers: list[int]
     hidden_size: int
+    """Width of the stored hidden rows the adapter targets: the teacher's, or the pca rank."""
     teacher_num_layers: int
     shard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -142,7 +143,7 @@ def open_label_set(dirs: Sequence[str | Path], verify: str = "full",
     refuse_unusable(dirs, found)
     ref = next(iter(found.manifests.values()))
     labels = LabelSet([], ref.teacher, ref.tokenizer_fingerprint, ref.vocab_size, ref.top_k,
-                      list(ref.hidden_layers), ref.hidden_size, ref.teacher_num_layers,
+                      list(ref.hidden_layers), ref.stored_hidden_size, ref.teacher_num_layers,
                       verify=verify, verify_cache=verify_cache)
     numbers = {(str(Path(d) / m.shards[i].name)): (m, i)
                for d, m in found.manifests.items() for i in m.shards}

@@ -14,14 +14,17 @@ index.parquet, manifest), so `kd verify` and every reader accept them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.store.hidden_basis import fit_basis, write_basis
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index, write_index_part
 from pipeline.store.shard_writer import ShardAttrs, write_shard
+from pipeline.teacher.label_sampling import sampled_sample
 from pipeline.teacher.sample_filter import FilterThresholds, filter_samples, index_table
 from schemas import shard_name
 
@@ -57,6 +60,19 @@ def random_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, voca
     return sample
 
 
+def fitted_attrs(out: Path, attrs: ShardAttrs, samples: list[Sample], manifest: Manifest
+                 ) -> ShardAttrs:
+    """`attrs` with a pca basis fitted on `samples`, written to the output as the teacher
+    stage does (`stages.teacher.hidden.with_basis`)."""
+    bases, explained = {}, {}
+    for layer in attrs.hidden_layers:
+        mean, basis, explained[layer] = fit_basis(
+            np.concatenate([s.hidden[layer] for s in samples]), attrs.hidden_rank)
+        bases[layer] = (mean, basis)
+    manifest.hidden_basis_sha256 = write_basis(out, bases, explained)
+    return replace(attrs, hidden_basis=bases, hidden_basis_sha256=manifest.hidden_basis_sha256)
+
+
 def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int, seed: int = 0,
                         prefix: str = "p", prompt_len: int | None = None,
                         comp_len: int | None = None, scored: bool = False) -> Manifest:
@@ -67,6 +83,9 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
     manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
                         vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
                         hidden_layers=list(attrs.hidden_layers), hidden_size=attrs.hidden_size,
+                        label_format=attrs.label_format, hidden_format=attrs.hidden_format,
+                        label_kind=attrs.label_kind, samples_per_position=attrs.samples_per_position,
+                        hidden_rank=attrs.hidden_rank,
                         config={"n": 1}, input_records=shards * per_shard,
                         accepted_prompts=shards * per_shard, planned_samples=shards * per_shard,
                         mode="score" if scored else "generate")
@@ -77,6 +96,10 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
                                  scored=scored)
                    for j in range(per_shard)]
         outcome = filter_samples(samples, KEEP_ALL)
+        if attrs.hidden_format == "pca" and attrs.hidden_basis is None:  # fit on the first shard
+            attrs = fitted_attrs(out, attrs, samples, manifest)
+        if attrs.label_kind == "sampled":  # as the teacher stage does: filter, then draw
+            samples = [sampled_sample(s, attrs.samples_per_position, seed) for s in samples]
         record = write_shard(out / shard_name(i), i, samples, attrs)
         record.index_sha256 = write_index_part(
             out, i, index_table(samples, outcome.metrics, outcome.reasons, record.name))

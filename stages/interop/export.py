@@ -108,6 +108,10 @@ def run_export(cfg: ExportConfig) -> ExportSummary:
     cfg.validate()
     start = time.perf_counter()
     labels = open_label_set(list(cfg.labels), verify="full")
+    sampled = [src.path for src in labels.sources if src.manifest.label_kind == "sampled"]
+    if sampled:  # the other trainers' formats hold top-k rows, not draw counts
+        raise LabelSetError(f"{Path(sampled[0]).parent}: --label-kind sampled labels cannot be "
+                            "exported (the export formats hold top-k rows); export a top-k output")
     if cfg.format == "axolotl" and cfg.max_length and cfg.long_samples == "refuse":
         refuse_long(labels, cfg.max_length)
     out = Path(cfg.out)

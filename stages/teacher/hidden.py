@@ -16,12 +16,16 @@ state *after* the model's last norm, i.e. exactly what the LM head sees.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.store.checksum import sha256_file
+from pipeline.store.hidden_basis import BASIS_NAME, FIT_TOKENS, fit_basis, read_basis, write_basis
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
 from pipeline.store.shard_reader import ShardReader, read_samples
@@ -91,6 +95,32 @@ def capture_hidden(model: Any, device: torch.device, samples: list[Sample], laye
                 samples[i].hidden[layer] = states[row, :len(seqs[row])]
 
 
+def with_basis(out: Path, manifest: Manifest, attrs: ShardAttrs, samples: Sequence[Sample],
+               rank: int) -> ShardAttrs:
+    """`attrs` carrying the output's pca basis: the one in `hidden_basis.h5` when the
+    manifest names it (a resumed run), else fitted now on these (the first) samples."""
+    if attrs.hidden_basis is not None:
+        return attrs
+    if manifest.hidden_basis_sha256:
+        if sha256_file(out / BASIS_NAME) != manifest.hidden_basis_sha256:
+            raise ConfigError(f"{out / BASIS_NAME}: checksum differs from the manifest; "
+                              "pass --overwrite to start the output again")
+        bases = read_basis(out)
+    else:
+        bases, explained = {}, {}
+        for layer in attrs.hidden_layers:
+            states = np.concatenate([s.hidden[layer] for s in samples])[:FIT_TOKENS]
+            if rank > min(states.shape):
+                raise ConfigError(f"--hidden-rank {rank} exceeds what the first shard's "
+                                  f"{len(states)} tokens x {states.shape[1]} dimensions can fit")
+            mean, basis, explained[layer] = fit_basis(states, rank)
+            bases[layer] = (mean, basis)
+        manifest.hidden_basis_sha256 = write_basis(out, bases, explained)
+        write_manifest(out, manifest)
+    return replace(attrs, hidden_basis=bases, hidden_rank=rank,
+                   hidden_basis_sha256=manifest.hidden_basis_sha256)
+
+
 def add_hidden_states(out: Path, cfg: TeacherConfig, manifest: Manifest, attrs: ShardAttrs,
                       stop_requested: Callable[[], bool]) -> int:
     """Rewrite every shard lacking the wanted layers; returns how many were rewritten."""
@@ -106,6 +136,8 @@ def add_hidden_states(out: Path, cfg: TeacherConfig, manifest: Manifest, attrs: 
         path = out / shard_name(index)
         samples = read_samples(ShardReader(path))
         capture_hidden(model, device, samples, layers, cfg.hidden_batch_tokens)
+        if cfg.hidden_format == "pca":
+            attrs = with_basis(out, manifest, attrs, samples, cfg.hidden_rank)
         old = manifest.shards[index]
         record = write_shard(path, index, samples, attrs)
         record.generated, record.dropped, record.index_sha256 = \

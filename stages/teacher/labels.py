@@ -36,6 +36,7 @@ from pipeline.store.sample_index import INDEX_PARTS_DIR, merge_index, write_inde
 from pipeline.store.shard_writer import ShardAttrs, ShardRecord, write_shard
 from pipeline.store.verify import check_index_part, verify_shard
 from pipeline.teacher.background_writer import BackgroundWriter
+from pipeline.teacher.label_sampling import sampled_sample
 from pipeline.teacher.partition import owner_of
 from pipeline.teacher.prompts import Prompt, load_prompts, require_accepted, write_rejects
 from pipeline.teacher.sample_filter import FilterOutcome, filter_samples, index_table
@@ -126,12 +127,12 @@ def generate_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
         from vllm import SamplingParams
 
         return SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                              max_tokens=cfg.max_tokens, seed=seed, logprobs=cfg.top_k,
+                              max_tokens=cfg.max_tokens, seed=seed, logprobs=cfg.engine_k,
                               detokenize=False, flat_logprobs=True)
 
     def to_samples(plan: ShardPlan, outputs: dict[str, Any]) -> list[Sample]:
         return [s for pid, _, _ in plan.requests
-                for s in samples_from_output(prompt_ids[pid], pid, outputs[pid], cfg.top_k)]
+                for s in samples_from_output(prompt_ids[pid], pid, outputs[pid], cfg.engine_k)]
 
     return LabelJob(batch, plan_shards(batch.accepted, cfg), len(batch.accepted) * cfg.n,
                     params, to_samples)
@@ -195,7 +196,7 @@ def build_llm(cfg: TeacherConfig) -> Any:
         tensor_parallel_size=cfg.tensor_parallel_size,
         pipeline_parallel_size=cfg.pipeline_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
-        max_logprobs=max(cfg.top_k, 20), logprobs_mode="raw_logprobs",
+        max_logprobs=max(cfg.engine_k, 20), logprobs_mode="raw_logprobs",
         enforce_eager=cfg.enforce_eager, **extra)
 
 
@@ -221,6 +222,8 @@ def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
         clear_output(out)
         return fresh
     fresh.shards = old.shards
+    # The pca basis the kept shards' coefficients are on (a refit would differ).
+    fresh.hidden_basis_sha256 = old.hidden_basis_sha256
     return fresh
 
 
@@ -289,7 +292,10 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
         prompts_sha256=sha256_file(cfg.prompts), input_records=batch.records_read,
         accepted_prompts=len(batch.accepted), rejected_prompts=len(batch.rejects),
         rejects_by_reason=batch.rejects_by_reason(), hidden_layers=layers,
-        hidden_size=hidden_size if layers else 0, teacher_num_layers=num_layers)
+        hidden_size=hidden_size if layers else 0, teacher_num_layers=num_layers,
+        label_format=cfg.label_format, hidden_format=cfg.hidden_format,
+        label_kind=cfg.label_kind, hidden_rank=cfg.hidden_rank if cfg.hidden_format == "pca" else 0,
+        samples_per_position=cfg.samples_per_position if cfg.label_kind == "sampled" else 0)
 
 
 def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -> RunSummary:
@@ -322,7 +328,9 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
     write_text_atomic(out / CONFIG_NAME, json.dumps(manifest.config, indent=1) + "\n")
     write_manifest(out, manifest)
     attrs = ShardAttrs(cfg.teacher, manifest.tokenizer_fingerprint, manifest.vocab_size, cfg.top_k,
-                       cfg.sampling())
+                       cfg.sampling(), label_format=cfg.label_format,
+                       hidden_format=cfg.hidden_format, **sampled_attrs(cfg),
+                       hidden_rank=manifest.hidden_rank)
     todo = [p for p in plans if p.index not in keep]
     with PreemptionGuard() as guard:
         stats = generate_into(out, cfg, manifest, todo, job, attrs, guard, engine)
@@ -343,6 +351,14 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
                       time.time() - start, manifest)
 
 
+def sampled_attrs(cfg: TeacherConfig) -> dict[str, Any]:
+    """The shard attributes of --label-kind sampled (none for top-k labels)."""
+    if cfg.label_kind != "sampled":
+        return {}
+    return {"label_kind": "sampled", "samples_per_position": cfg.samples_per_position,
+            "label_source_k": cfg.engine_k}
+
+
 def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[ShardPlan],
                   job: LabelJob, attrs: ShardAttrs, guard: PreemptionGuard,
                   engine: EngineSource) -> GenerationStats:
@@ -359,7 +375,10 @@ def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[
 
     def write(job: tuple[int, FilterOutcome, list[Sample]]) -> tuple[int, ShardRecord]:
         index, outcome, generated = job
-        record = write_shard(out / shard_name(index), index, outcome.kept, attrs)
+        kept = outcome.kept
+        if cfg.label_kind == "sampled":  # filtered on the top-K rows, stored as draws
+            kept = [sampled_sample(s, cfg.samples_per_position, cfg.seed) for s in kept]
+        record = write_shard(out / shard_name(index), index, kept, attrs)
         table = index_table(generated, outcome.metrics, outcome.reasons, record.name)
         record.index_sha256 = write_index_part(out, index, table)
         record.generated, record.dropped = len(generated), outcome.dropped_by_reason()

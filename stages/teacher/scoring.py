@@ -105,11 +105,11 @@ def score_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
     def params(seed: int) -> Any:
         from vllm import SamplingParams
 
-        return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=cfg.top_k,
+        return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=cfg.engine_k,
                               detokenize=False, flat_logprobs=True)
 
     def to_samples(plan: ShardPlan, outputs: dict[str, Any]) -> list[Sample]:
-        return [scored_sample(items[key], outputs[key], cfg.top_k) for key, _, _ in plan.requests]
+        return [scored_sample(items[key], outputs[key], cfg.engine_k) for key, _, _ in plan.requests]
 
     return LabelJob(batch, plan_score_shards(batch.accepted, cfg.shard_size), len(items),
                     params, to_samples)

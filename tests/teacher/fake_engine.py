@@ -65,8 +65,8 @@ class FakeEngine:
 
     def output(self, ids: list[int], seed: int) -> SimpleNamespace:
         if self.cfg.mode == "score":
-            return scored(ids, self.cfg.top_k)
-        return SimpleNamespace(outputs=[completion(seed, self.cfg.top_k, i)
+            return scored(ids, self.cfg.engine_k)
+        return SimpleNamespace(outputs=[completion(seed, self.cfg.engine_k, i)
                                         for i in range(self.cfg.n)])
 
     def step(self) -> list[tuple[str, Any]]:
