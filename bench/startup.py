@@ -40,7 +40,7 @@ from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index, write_index_part
 from pipeline.store.shard_writer import ShardAttrs, write_shard
 from pipeline.teacher.sample_filter import filter_samples, index_table
-from pipeline.teacher.synthetic_output import KEEP_ALL
+from pipeline.teacher.kept_shard import KEEP_ALL
 from schemas import shard_name
 
 SAMPLES = 20_000

@@ -78,15 +78,20 @@ def run_kd(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+def engine_output(tmp_path_factory, name: str, args) -> Path:
+    """Run the real teacher stage into a fresh session directory; its output."""
+    pytest.importorskip("vllm")
+    require_teacher()
+    out = tmp_path_factory.mktemp(name) / "out"
+    proc = run_kd(args(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 @pytest.fixture(scope="session")
 def engine_labels(tmp_path_factory) -> Path:
     """Real teacher labels from the vLLM CPU engine, made once per test session."""
-    pytest.importorskip("vllm")
-    require_teacher()
-    out = tmp_path_factory.mktemp("labels") / "out"
-    proc = run_kd(teacher_args(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return engine_output(tmp_path_factory, "labels", teacher_args)
 
 
 def score_args(out: Path, *extra: str) -> list[str]:
@@ -100,12 +105,7 @@ def score_args(out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def score_labels(tmp_path_factory) -> Path:
     """Real teacher labels of given text (`--mode score`), made once per test session."""
-    pytest.importorskip("vllm")
-    require_teacher()
-    out = tmp_path_factory.mktemp("scored") / "out"
-    proc = run_kd(score_args(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return engine_output(tmp_path_factory, "scored", score_args)
 
 
 @pytest.fixture(scope="session")

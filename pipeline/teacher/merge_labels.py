@@ -29,12 +29,10 @@ from pipeline.store.output_alignment import (MisalignedOutputs, SampleLocator,
                                              first_id_difference, first_manifest_difference,
                                              sample_difference)
 from pipeline.store.sample import Sample
-from pipeline.store.sample_index import merge_index, write_index_part
+from pipeline.store.sample_index import merge_index
 from pipeline.store.shard_reader import ShardReader, read_samples
-from pipeline.store.shard_writer import ShardAttrs, write_shard
-from pipeline.teacher.sample_filter import filter_samples, index_table
-from pipeline.teacher.synthetic_output import KEEP_ALL
-from schemas import shard_name
+from pipeline.store.shard_writer import ShardAttrs
+from pipeline.teacher.kept_shard import commit_kept_shard
 from schemas.merge_config import MergeConfig
 
 
@@ -113,13 +111,8 @@ def run_merge(cfg: MergeConfig) -> MergeSummary:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for index, reader in enumerate(locators[0].readers):
-        samples = merged_shard(reader, locators, cfg, ref.vocab_size, k)
-        outcome = filter_samples(samples, KEEP_ALL)
-        record = write_shard(tmp / shard_name(index), index, samples, attrs)
-        record.index_sha256 = write_index_part(
-            tmp, index, index_table(samples, outcome.metrics, outcome.reasons, record.name))
-        record.generated = len(samples)
-        manifest.shards[index] = record
+        commit_kept_shard(tmp, manifest, index,
+                          merged_shard(reader, locators, cfg, ref.vocab_size, k), attrs)
     samples = manifest.totals()["samples"]
     manifest.input_records = manifest.accepted_prompts = manifest.planned_samples = samples
     manifest.complete = True

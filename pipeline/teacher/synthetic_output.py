@@ -25,10 +25,10 @@ from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index, write_index_part
 from pipeline.store.shard_writer import ShardAttrs, write_shard
 from pipeline.teacher.label_sampling import sampled_sample
-from pipeline.teacher.sample_filter import FilterThresholds, filter_samples, index_table
+from pipeline.teacher.kept_shard import KEEP_ALL
+from pipeline.teacher.sample_filter import filter_samples, index_table
 from schemas import shard_name
 
-KEEP_ALL = FilterThresholds(drop_truncated=False, max_repetition=None, min_mean_logprob=None)
 
 
 def random_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, vocab: int = 1000,

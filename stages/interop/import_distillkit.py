@@ -35,11 +35,9 @@ from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
-from pipeline.store.sample_index import merge_index, write_index_part
-from pipeline.store.shard_writer import ShardAttrs, write_shard
-from pipeline.teacher.sample_filter import filter_samples, index_table
-from pipeline.teacher.synthetic_output import KEEP_ALL
-from schemas import shard_name
+from pipeline.store.sample_index import merge_index
+from pipeline.store.shard_writer import ShardAttrs
+from pipeline.teacher.kept_shard import commit_kept_shard
 from schemas.interop_config import ImportConfig
 
 COLUMNS = ("input_ids", "compressed_logprobs", "bytepacked_indices")
@@ -187,10 +185,4 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
 
 def write_imported_shard(out: Path, manifest: Manifest, attrs: ShardAttrs,
                          samples: list[Sample]) -> None:
-    index = len(manifest.shards)
-    outcome = filter_samples(samples, KEEP_ALL)
-    record = write_shard(out / shard_name(index), index, samples, attrs)
-    record.index_sha256 = write_index_part(
-        out, index, index_table(samples, outcome.metrics, outcome.reasons, record.name))
-    record.generated = len(samples)
-    manifest.shards[index] = record
+    commit_kept_shard(out, manifest, len(manifest.shards), samples, attrs)

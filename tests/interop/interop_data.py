@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.store.manifest import Manifest, write_manifest
-from pipeline.store.sample_index import merge_index, write_index_part
-from pipeline.store.shard_writer import ShardAttrs, write_shard
-from pipeline.teacher.sample_filter import filter_samples, index_table
-from pipeline.teacher.synthetic_output import KEEP_ALL, random_sample
-from schemas import shard_name
+from pipeline.store.sample_index import merge_index
+from pipeline.store.shard_writer import ShardAttrs
+from pipeline.teacher.kept_shard import commit_kept_shard
+from pipeline.teacher.synthetic_output import random_sample
 
 
 def write_distribution_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int,
@@ -43,12 +42,7 @@ def write_distribution_output(out: Path, attrs: ShardAttrs, shards: int, per_sha
             cut = len(s.prompt_token_ids)
             s.prompt_token_ids, s.completion_token_ids = tokens[:cut].tolist(), tokens[cut:].tolist()
             samples.append(s)
-        outcome = filter_samples(samples, KEEP_ALL)
-        record = write_shard(out / shard_name(i), i, samples, attrs)
-        record.index_sha256 = write_index_part(
-            out, i, index_table(samples, outcome.metrics, outcome.reasons, record.name))
-        record.generated = len(samples)
-        manifest.shards[i] = record
+        commit_kept_shard(out, manifest, i, samples, attrs)
     merge_index(out, range(shards))
     write_manifest(out, manifest)
     return manifest

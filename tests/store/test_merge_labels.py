@@ -1,8 +1,6 @@
 """kd merge-labels: closed-form mixtures of two tiny teachers (both rules, tails), refusals,
 and a merged output that kd verify accepts."""
 
-import json
-import math
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from pipeline.store.shard_reader import ShardReader
 from pipeline.store.shard_writer import ShardAttrs, write_shard
 from pipeline.teacher.merge_labels import run_merge
 from pipeline.teacher.sample_filter import filter_samples, index_table
-from pipeline.teacher.synthetic_output import KEEP_ALL
+from pipeline.teacher.kept_shard import KEEP_ALL
 from schemas.config_base import ConfigError
 from schemas.merge_config import MergeConfig
 from stages.cli.main import main
