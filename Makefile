@@ -9,7 +9,7 @@ STAMP := .venv/.installed
 TEACHER_DIR := data/models/smollm2-135m-instruct
 
 # Teacher-stage variables, passed one-to-one to `kd teacher-labels`. The
-# defaults are demo-sized so `make demo` ends in ~11 minutes on 2 CPU cores (after set-up)
+# defaults are demo-sized so `make demo` ends in ~12 minutes on 2 CPU cores (after set-up)
 # (LIMIT= with no value uses every shipped prompt). MODE=score labels given text
 # (PROMPTS=data/corpus/train.jsonl, say) instead of the teacher's completions.
 MODE           ?= generate
