@@ -87,6 +87,16 @@ def run_stage(stage: Stage, cfg: Any, *errors: type[Exception]) -> Any:
         sys.exit(EXIT_ENVIRONMENT)
 
 
+def echo_or_refuse(run: Callable[[], str], *refusals: type[Exception]) -> None:
+    """Print what a tool returns; an expected refusal (bad input, named) is one line, exit 1."""
+    from schemas.config_base import ConfigError
+
+    try:
+        click.echo(run())
+    except (ConfigError, *refusals) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command("teacher-labels")
 @options_from(TeacherConfig)
 def teacher_labels(cfg: TeacherConfig) -> None:
@@ -129,16 +139,12 @@ def eval_model(cfg: EvalConfig) -> None:
     agreement, NLL, perplexity, and how many labelled positions were read."""
     from pipeline.student.label_set import LabelSetError
     from pipeline.student.shard_gate import ShardVerificationError
-    from schemas.config_base import ConfigError
-    from stages.student.evaluate import format_table, run_eval
     from stages.cli.engine_logs import quiet_transformers
+    from stages.student.evaluate import format_table, run_eval
 
     quiet_transformers(click.get_current_context().find_root().obj["verbose"])
-
-    try:
-        click.echo(format_table(run_eval(cfg)))
-    except (ConfigError, LabelSetError, ShardVerificationError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    echo_or_refuse(lambda: format_table(run_eval(cfg)), LabelSetError, ShardVerificationError,
+                   OSError)
 
 
 @main.command()
@@ -188,13 +194,9 @@ def export_labels(cfg: ExportConfig) -> None:
     (compressed-logit Parquet) or a plain Parquet view (pyarrow, Hugging Face datasets)."""
     from pipeline.student.label_set import LabelSetError
     from pipeline.student.shard_gate import ShardVerificationError
-    from schemas.config_base import ConfigError
     from stages.interop.export import run_export
 
-    try:
-        click.echo(run_export(cfg).line())
-    except (ConfigError, LabelSetError, ShardVerificationError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    echo_or_refuse(lambda: run_export(cfg).line(), LabelSetError, ShardVerificationError)
 
 
 @main.command("import")
@@ -203,13 +205,9 @@ def import_labels(cfg: ImportConfig) -> None:
     """Decode a DistillKit compressed-logit dataset (any compression setting) into an ordinary
     offline-kd output that kd verify and kd train-student read."""
     from pipeline.interop.distillkit_config import DistillKitFormatError
-    from schemas.config_base import ConfigError
     from stages.interop.import_distillkit import run_import
 
-    try:
-        click.echo(run_import(cfg).line())
-    except (ConfigError, DistillKitFormatError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    echo_or_refuse(lambda: run_import(cfg).line(), DistillKitFormatError, OSError)
 
 
 @main.command("merge-labels")
@@ -220,12 +218,8 @@ def merge_labels(cfg: MergeConfig) -> None:
     from pipeline.store.manifest import ManifestError
     from pipeline.store.output_alignment import MisalignedOutputs
     from pipeline.teacher.merge_labels import run_merge
-    from schemas.config_base import ConfigError
 
-    try:
-        click.echo(run_merge(cfg).line())
-    except (ConfigError, ManifestError, MisalignedOutputs) as exc:
-        raise click.ClickException(str(exc)) from exc
+    echo_or_refuse(lambda: run_merge(cfg).line(), ManifestError, MisalignedOutputs)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,16 @@ def write_distribution_output(out: Path, attrs: ShardAttrs, shards: int, per_sha
     merge_index(out, range(shards))
     write_manifest(out, manifest)
     return manifest
+
+
+def originals(dirs) -> dict[str, dict]:
+    """Every sample of the outputs by sample id, as the reader gives it (arrays copied)."""
+    from pipeline.store.shard_reader import ShardReader
+
+    out = {}
+    for d in dirs:
+        for shard in sorted(Path(d).glob("shard-*.h5")):
+            reader = ShardReader(shard)
+            for i, sid in enumerate(reader.strings("samples/ids")):
+                out[sid] = {k: np.array(v) for k, v in reader.sample(i).items()}
+    return out

@@ -11,9 +11,8 @@ from click.testing import CliRunner
 
 from axolotl_reference import loss as axolotl_topk_kl
 from conftest import fake_attrs
-from interop_data import write_distribution_output
+from interop_data import originals, write_distribution_output
 from pipeline.interop.axolotl_rows import spans
-from pipeline.store.shard_reader import ShardReader
 from stages.cli.main import main
 
 VOCAB, K = 300, 8
@@ -31,14 +30,6 @@ def labels(tmp_path):
     return [gen, scored]
 
 
-def originals(dirs) -> dict[str, dict]:
-    out = {}
-    for d in dirs:
-        for shard in sorted(d.glob("shard-*.h5")):
-            reader = ShardReader(shard)
-            for i, sid in enumerate(reader.strings("samples/ids")):
-                out[sid] = {k: np.array(v) for k, v in reader.sample(i).items() if k != "prompt_length"}
-    return out
 
 
 def export(dirs, out, *extra) -> tuple[list[dict], list[str]]:

@@ -14,10 +14,9 @@ from click.testing import CliRunner
 
 import dk_reference as dk
 from conftest import TEACHER, fake_attrs, require_teacher
-from interop_data import write_distribution_output
+from interop_data import originals, write_distribution_output
 from pipeline.interop.distillkit_codec import decode_indices, decode_logprobs
 from pipeline.interop.distillkit_config import parse_config
-from pipeline.store.shard_reader import ShardReader
 from pipeline.student.label_set import open_label_set
 from stages.cli.main import main
 
@@ -73,14 +72,6 @@ def labels(tmp_path):
     return [gen, scored]
 
 
-def originals(dirs) -> dict[str, dict]:
-    out = {}
-    for d in dirs:
-        for shard in sorted(d.glob("shard-*.h5")):
-            reader = ShardReader(shard)
-            for i, sid in enumerate(reader.strings("samples/ids")):
-                out[sid] = {k: np.array(v) for k, v in reader.sample(i).items()}
-    return out
 
 
 def export(dirs, out):
