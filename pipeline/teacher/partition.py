@@ -14,7 +14,14 @@ record is accounted for by exactly one worker.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from pipeline.store.fingerprint import stable_hash
+
+
+def owned_by(worker_index: int, num_workers: int) -> Callable[[str | None, int], bool]:
+    """The `owns(record id, line)` predicate of one worker, as the record readers take it."""
+    return lambda record_id, line: owner_of(record_id, line, num_workers) == worker_index
 
 
 def owner_of(record_id: str | None, line: int, num_workers: int) -> int:

@@ -120,15 +120,20 @@ def messages_of(record: Any, system_prompt: str | None) -> tuple[str, Messages]:
     if record.get("messages") is not None:
         messages = check_messages(record["messages"])
     elif record.get("prompt") is not None:
-        text = record["prompt"]
-        if not isinstance(text, str):
-            raise RecordError("bad_prompt", f"`prompt` must be text, got {type(text).__name__}")
-        if not text.strip():
-            raise RecordError("empty_prompt", "`prompt` is empty or whitespace")
-        messages = [{"role": "user", "content": text}]
+        messages = [{"role": "user", "content": nonempty_text(record, "prompt")}]
     else:
         raise RecordError("missing_prompt", "record has neither `prompt` nor `messages`")
     return rid, with_system(messages, system_prompt)
+
+
+def nonempty_text(record: dict[str, Any], name: str) -> str:
+    """The text field `name` of a record, or RecordError `bad_<name>` / `empty_<name>`."""
+    value = record[name]
+    if not isinstance(value, str):
+        raise RecordError(f"bad_{name}", f"`{name}` must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise RecordError(f"empty_{name}", f"`{name}` is empty or whitespace")
+    return value
 
 
 def check_messages(messages: Any) -> Messages:

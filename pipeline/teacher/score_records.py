@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from pipeline.teacher.prompts import (Messages, PromptBatch, RecordError, check_messages,
-                                      read_records, with_system)
+                                      nonempty_text, read_records, with_system)
 
 WINDOW_PREFIX = "w"
 """Sample ids of scored items: `<record id>/w<window>`."""
@@ -147,15 +147,6 @@ def record_kind(record: dict[str, Any]) -> str:
         raise RecordError("missing_text", "record has none of `text`, `messages`, "
                           "`prompt` + `completion`")
     return {"text": "text", "messages": "chat"}.get(given[0], "completion")
-
-
-def nonempty_text(record: dict[str, Any], name: str) -> str:
-    value = record[name]
-    if not isinstance(value, str):
-        raise RecordError(f"bad_{name}", f"`{name}` must be text, got {type(value).__name__}")
-    if not value.strip():
-        raise RecordError(f"empty_{name}", f"`{name}` is empty or whitespace")
-    return value
 
 
 def score_items(rid: str, record: dict[str, Any], tok: ScoreTokenizer, width: int, overlap: int,

@@ -37,7 +37,7 @@ from pipeline.store.shard_writer import ShardAttrs, ShardRecord, write_shard
 from pipeline.store.verify import check_index_part, verify_shard
 from pipeline.teacher.background_writer import BackgroundWriter
 from pipeline.teacher.label_sampling import sampled_sample
-from pipeline.teacher.partition import owner_of
+from pipeline.teacher.partition import owned_by
 from pipeline.teacher.prompts import Prompt, load_prompts, require_accepted, write_rejects
 from pipeline.teacher.sample_filter import FilterOutcome, filter_samples, index_table
 from pipeline.teacher.seeding import seed_for_prompt
@@ -120,7 +120,7 @@ def generate_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
     """Generate mode's prompts, shard plans, sampling and sample conversion."""
     batch = load_prompts(cfg.prompts, render_prompt_tokens(tokenizer),
                          cfg.max_model_len - cfg.max_tokens, cfg.system_prompt, cfg.limit,
-                         owns=lambda rid, line: owner_of(rid, line, cfg.num_workers) == cfg.worker_index)
+                         owns=owned_by(cfg.worker_index, cfg.num_workers))
     prompt_ids = {p.id: p.token_ids for p in batch.accepted}
 
     def params(seed: int) -> Any:

@@ -24,7 +24,7 @@ from pipeline.store.sample import Sample
 from pipeline.teacher.prompts import PromptBatch
 from pipeline.teacher.score_records import WINDOW_PREFIX, ScoreItem, load_score_records
 from pipeline.teacher.shard_scheduler import ShardPlan
-from pipeline.teacher.partition import owner_of
+from pipeline.teacher.partition import owned_by
 from pipeline.teacher.soft_labels import split_flat_logprobs
 from schemas.teacher_config import ConfigError, TeacherConfig
 from stages.teacher.label_job import LabelJob
@@ -67,7 +67,7 @@ def load_score_input(cfg: TeacherConfig, tokenizer: Any) -> PromptBatch:
         raise ConfigError(str(exc)) from exc
     return load_score_records(
         cfg.prompts, tok, cfg.window_tokens, cfg.window_overlap, cfg.system_prompt, cfg.limit,
-        owns=lambda rid, line: owner_of(rid, line, cfg.num_workers) == cfg.worker_index)
+        owns=owned_by(cfg.worker_index, cfg.num_workers))
 
 
 def plan_score_shards(records: list[Any], shard_size: int) -> list[ShardPlan]:
