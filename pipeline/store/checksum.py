@@ -36,6 +36,15 @@ def temp_path_for(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+def fresh_temp_dir(path: str | Path) -> Path:
+    """An empty temporary directory to build `path` in, then `commit_path` it (a dead run's
+    leftover of this name is removed first)."""
+    tmp = temp_path_for(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def fsync_path(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -15,14 +15,13 @@ from-teacher` derives from). CPU-sized example on two synthetic outputs:
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.checksum import commit_path, fresh_temp_dir, sha256_file
 from pipeline.store.label_mixture import mix_labels
 from pipeline.store.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from pipeline.store.output_alignment import (MisalignedOutputs, SampleLocator,
@@ -107,9 +106,7 @@ def run_merge(cfg: MergeConfig) -> MergeSummary:
                         vocab_size=ref.vocab_size, top_k=k, mode="merged",
                         teacher_num_layers=ref.teacher_num_layers,
                         config={"mix_rule": cfg.mix_rule, "top_k": k, "sources": sources})
-    tmp = temp_path_for(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_temp_dir(out)
     for index, reader in enumerate(locators[0].readers):
         commit_kept_shard(tmp, manifest, index,
                           merged_shard(reader, locators, cfg, ref.vocab_size, k), attrs)

@@ -14,7 +14,6 @@ writes DistillKit's `compression_config.yaml`.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from pipeline.interop.distillkit_config import exact_config
 from pipeline.interop.distillkit_rows import DISTILLKIT_SCHEMA, distillkit_row
 from pipeline.interop.parquet_view import VIEW_SCHEMA, view_row
 from pipeline.interop.table_sink import TableSink
-from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.checksum import commit_path, fresh_temp_dir, sha256_file
 from pipeline.store.manifest import manifest_path
 from pipeline.student.label_set import LabelSet, LabelSetError, open_label_set
 from schemas.interop_config import ExportConfig
@@ -98,9 +97,7 @@ def prepare_out(out: Path) -> Path:
     """A fresh temporary directory for `out`; refuse to replace a directory that is not an export."""
     if out.exists() and any(out.iterdir()) and not (out / SIDECAR).is_file():
         raise LabelSetError(f"--out {out}: exists and is not a kd export; choose another directory")
-    tmp = temp_path_for(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return tmp
+    return fresh_temp_dir(out)
 
 
 def run_export(cfg: ExportConfig) -> ExportSummary:

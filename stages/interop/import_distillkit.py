@@ -18,7 +18,6 @@ name and renamed when complete.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import yaml
 
 from pipeline.interop.distillkit_config import DistillKitConfig, DistillKitFormatError, parse_config
 from pipeline.interop.distillkit_rows import labels_from_row
-from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.checksum import commit_path, fresh_temp_dir, sha256_file
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
@@ -155,9 +154,7 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
         config={"format": cfg.format, "source": str(source), "config_file": str(config_path),
                 "source_files": [{"path": str(f), "sha256": sha256_file(f)} for f in files],
                 "distillkit_config": config.to_yaml_dict()})
-    tmp = temp_path_for(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_temp_dir(out)
     rows = skipped = 0
     pending: list[Sample] = []
     for f in files:
