@@ -55,7 +55,7 @@ BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
-	bench-student bench-startup bench-quality bench-score bench-interop bench-storage clean
+	bench-student bench-startup bench-quality bench-score bench-interop bench-storage bench-ensemble bench-merge clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -148,6 +148,15 @@ bench-interop: models
 
 bench-storage: models
 	$(PY) -m bench.storage
+
+# Two teachers (the embedded one and a sibling fine-tuned here), their mixture,
+# and students trained on each (~20 minutes on 2 CPU cores).
+bench-ensemble: models
+	$(PY) -m bench.ensemble
+
+# kd merge-labels speed and peak memory at 1x, 4x and 16x the shards (synthetic outputs).
+bench-merge: models
+	$(PY) -m bench.merge
 
 clean:
 	rm -rf data/labels data/models
