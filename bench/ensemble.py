@@ -155,7 +155,7 @@ def format_report(result: dict[str, Any]) -> str:
         cells = " | ".join("-" if v is None else f"{v:.4f}" for v in row)
         m = evals["mixture"][name]
         lines.append(f"| {name} | {cells} | {m['top1_agreement']:.4f} | {m['nll']:.4f} |")
-    lines.append(f"| (the labels' own NLL: mixture, A, B) | | | | | "
+    lines.append("| (the labels' own NLL: mixture, A, B) | | | | | "
                  + ", ".join(f"{evals[r]['teacher']['nll']:.4f}" for r in ("mixture", "a", "b"))
                  + " |")
     return "\n".join(lines)

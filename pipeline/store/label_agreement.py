@@ -26,12 +26,14 @@ its sources, say; `bench/ensemble.py`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from pipeline.store.label_mixture import ROWS_PER_BLOCK, first_occurrence, probs_at, tail_mass
 from pipeline.store.manifest import read_manifest
-from pipeline.store.output_alignment import MisalignedOutputs, SampleLocator, sample_difference
+from pipeline.store.output_alignment import (MisalignedOutputs, SampleLocator,
+                                             first_id_difference, sample_difference)
 
 
 def top1_ids(ids: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
@@ -66,21 +68,29 @@ def label_agreement(ids_p: np.ndarray, lps_p: np.ndarray, ids_q: np.ndarray, lps
     return kl[:len(ids_p)], top1_ids(ids_p, lps_p) == top1_ids(ids_q, lps_q)
 
 
+def paired_samples(p: SampleLocator, q: SampleLocator) -> Iterator[tuple[dict, dict]]:
+    """Each sample of `p` with the same sample of `q`, in `p`'s order, one shard mapped at a
+    time; MisalignedOutputs naming the first sample that differs."""
+    problem = first_id_difference(p, q)
+    if problem:
+        raise MisalignedOutputs(problem)
+    for shard in range(len(p.paths)):
+        for row, sid in enumerate(p.ids(shard)):
+            a, b = p.reader(shard).sample(row), q.sample_like(sid, shard, row)
+            problem = sample_difference(sid, a, b, p.out, q.out)
+            if problem:
+                raise MisalignedOutputs(problem)
+            yield a, b
+
+
 def output_agreement(p_dir: str | Path, q_dir: str | Path) -> dict[str, float]:
-    """Mean KL(P || Q) and top-1 agreement over every labelled position of two outputs
-    holding the same samples; MisalignedOutputs naming the first sample that differs."""
+    """Mean KL(P || Q) (over the positions where it is finite) and top-1 agreement over every
+    labelled position of two outputs holding the same samples."""
     mp, mq = read_manifest(p_dir), read_manifest(q_dir)
     if mp.vocab_size != mq.vocab_size:
         raise MisalignedOutputs(f"{q_dir}: vocab_size {mq.vocab_size}, {p_dir} has {mp.vocab_size}")
-    p, q = SampleLocator(p_dir, mp), SampleLocator(q_dir, mq)
     kl_sum, agree, positions, infinite = 0.0, 0, 0, 0
-    for sid in p.order:
-        if sid not in q.rows:
-            raise MisalignedOutputs(f"{q_dir}: has no sample {sid!r}")
-        a, b = p.sample(sid), q.sample(sid)
-        problem = sample_difference(sid, a, b, str(p_dir), str(q_dir))
-        if problem:
-            raise MisalignedOutputs(problem)
+    for a, b in paired_samples(SampleLocator(p_dir, mp), SampleLocator(q_dir, mq)):
         kl, same = label_agreement(np.asarray(a["topk_ids"]), np.asarray(a["topk_logprobs"]),
                                    np.asarray(b["topk_ids"]), np.asarray(b["topk_logprobs"]),
                                    mp.vocab_size)
@@ -89,6 +99,6 @@ def output_agreement(p_dir: str | Path, q_dir: str | Path) -> dict[str, float]:
         kl_sum += float(kl[finite].sum())
         agree += int(same.sum())
         positions += len(kl)
-    n = max(positions, 1)
-    return {"top1_agreement": agree / n, "kl": kl_sum / max(positions - infinite, 1),
-            "positions": positions, "infinite_kl_positions": infinite}
+    return {"top1_agreement": agree / max(positions, 1),
+            "kl": kl_sum / max(positions - infinite, 1), "positions": positions,
+            "infinite_kl_positions": infinite}
