@@ -45,6 +45,8 @@ from pipeline.store.label_agreement import output_agreement
 TEACHER_A = "data/models/smollm2-135m-instruct"
 SOURCES = ("a", "b")
 STUDENTS = {"mixture": "mix", "teacher A alone": "a", "teacher B alone": "b"}
+SAME_RUN = ("labels", "teacher", "keep_layers", "steps", "batch_tokens", "lr", "alpha", "seed")
+"""Config fields of a finished student that must match for a rerun to reuse it."""
 
 
 def kd(*args: str) -> float:
@@ -115,11 +117,20 @@ def merge(labels: Path, split: str, weights: str) -> float:
               str(labels / f"b-{split}"), "--weights", weights, "--out", str(out))
 
 
-def train(labels: Path, out: Path, args: argparse.Namespace) -> float:
+def train(labels: Path, out: Path, args: argparse.Namespace, seed: int) -> float:
+    """Train one student (0 s: reused, a finished run with the same settings is there)."""
+    args_seen = {"labels": [str(labels)], "teacher": TEACHER_A, "keep_layers": 10,
+                 "steps": args.steps, "batch_tokens": args.batch_tokens, "lr": 2e-4,
+                 "alpha": 0.5, "seed": seed}
+    report = out / "report.json"
+    if report.exists() and (out / "model").is_dir():
+        config = json.loads(report.read_text())["config"]
+        if all(config.get(k) == v for k, v in args_seen.items()):
+            return 0.0
     return kd("train-student", "--labels", str(labels), "--student", "from-teacher", "--teacher",
               TEACHER_A, "--keep-layers", "10", "--out", str(out), "--steps", str(args.steps),
               "--batch-tokens", str(args.batch_tokens), "--lr", "2e-4", "--alpha", "0.5",
-              "--eval-every", str(args.steps), "--seed", str(args.seed), "--overwrite")
+              "--eval-every", str(args.steps), "--seed", str(seed), "--overwrite")
 
 
 def evaluate(labels: Path, models: dict[str, str], out: Path) -> dict[str, dict[str, float]]:
@@ -137,27 +148,28 @@ def agreement_table(labels: Path) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def format_report(result: dict[str, Any]) -> str:
-    lines = ["Per-position agreement, P vs Q (top-1: same most likely id; KL(P || Q), nats):",
-             "| labels | pair | top-1 agreement | mean KL(P || Q) | positions |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = ["Per-position agreement of labels P and Q (top-1: the same most likely id; "
+             "KL(P || Q) in nats, mean over the positions where it is finite):",
+             "| labels | P vs Q | top-1 agreement | mean KL(P || Q) | positions | infinite KL |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for split, rows in result["agreement"].items():
         lines += [f"| {split} | {pair} | {r['top1_agreement']:.4f} | {r['kl']:.4f} | "
-                  f"{r['positions']} |" for pair, r in rows.items()]
+                  f"{r['positions']} | {r['infinite_kl_positions']} |" for pair, r in rows.items()]
     evals = result["eval"]
-    lines += ["", "Held-out KL of each model to each teacher's labels (lower is better; "
-              "NLL: of the held-out text):",
+    lines += ["", "Held-out KL of each student to each label set (kd eval --all on the held-out "
+              "documents and chats; lower is better), its top-1 agreement with the mixture and "
+              "its NLL of the held-out text:",
               "| model | KL to mixture | KL to A | KL to B | top-1 vs mixture | NLL |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name in evals["mixture"]:
+    for name, m in evals["mixture"].items():
         if name == "teacher":
             continue
         row = [evals[ref].get(name, {}).get("kl") for ref in ("mixture", "a", "b")]
         cells = " | ".join("-" if v is None else f"{v:.4f}" for v in row)
-        m = evals["mixture"][name]
         lines.append(f"| {name} | {cells} | {m['top1_agreement']:.4f} | {m['nll']:.4f} |")
-    lines.append("| (the labels' own NLL: mixture, A, B) | | | | | "
-                 + ", ".join(f"{evals[r]['teacher']['nll']:.4f}" for r in ("mixture", "a", "b"))
-                 + " |")
+    lines.append("\nThe labels' own NLL of the held-out text: mixture "
+                 + ", A ".join(f"{evals[r]['teacher']['nll']:.4f}" for r in ("mixture", "a"))
+                 + f", B {evals['b']['teacher']['nll']:.4f}.")
     return "\n".join(lines)
 
 
@@ -192,10 +204,14 @@ def main() -> None:
         seconds[f"merge_{split}"] = merge(labels, split, args.weights)
     agreement = agreement_table(labels)
     for name, src in STUDENTS.items():
-        seconds[f"train_{src}"] = train(labels / f"{src}-train", students / src, args)
+        seconds[f"train_{src}"] = train(labels / f"{src}-train", students / src, args, args.seed)
+    # the same mixture run with the next seed: how far apart seeds alone put two students
+    seconds["train_mix_seed2"] = train(labels / "mix-train", students / "mix-seed2", args,
+                                       args.seed + 1)
     models = {"student before training": "from-teacher",
               **{f"student on {name}": str(students / src / "model")
-                 for name, src in STUDENTS.items()}}
+                 for name, src in STUDENTS.items()},
+              f"student on mixture, seed {args.seed + 1}": str(students / "mix-seed2" / "model")}
     evals = {}
     for ref in ("mix", "a", "b"):
         t0 = time.perf_counter()
@@ -205,6 +221,7 @@ def main() -> None:
             labels / f"{ref}-heldout", chosen, work / f"eval-{ref}.json")
         seconds[f"eval_{ref}"] = time.perf_counter() - t0
     kl = {name: evals["mixture"][f"student on {name}"]["kl"] for name in STUDENTS}
+    seed_spread = abs(kl["mixture"] - evals["mixture"][f"student on mixture, seed {args.seed + 1}"]["kl"])
     result = {
         "machine": describe_machine(),
         "settings": vars(args) | {"teacher_a": TEACHER_A, "teacher_b": str(teacher_b),
@@ -221,6 +238,9 @@ def main() -> None:
         "kl_to_mixture": kl,
         "mixture_student_best_on_mixture_kl": kl["mixture"] < min(kl["teacher A alone"],
                                                                   kl["teacher B alone"]),
+        "seed_spread_kl_to_mixture": seed_spread,
+        "difference_beyond_seed_spread": min(kl["teacher A alone"], kl["teacher B alone"])
+        - kl["mixture"] > seed_spread,
         "seconds": seconds | {"total": time.perf_counter() - start},
     }
     out = Path(args.output)
