@@ -150,7 +150,7 @@ bench-storage: models
 	$(PY) -m bench.storage
 
 # Two teachers (the embedded one and a sibling fine-tuned here), their mixture,
-# and students trained on each (~20 minutes on 2 CPU cores).
+# and students trained on each (25-45 minutes on 2 shared CPU cores).
 bench-ensemble: models
 	$(PY) -m bench.ensemble
 

@@ -19,13 +19,14 @@ mixes each pair with --weights (rule `mean`). Reported:
     stored tail spread uniformly (`pipeline.store.label_agreement`);
 (b) three students, same recipe as the demo's (from-teacher, --keep-layers 10,
     same steps, batch, seed; always derived from teacher A's weights), trained on
-    the mixture, on A alone and on B alone, then `kd eval --all` on the held-out
-    labels of the mixture, of A and of B.
+    the mixture, on A alone and on B alone, plus the mixture's with the next seed
+    (how far apart the seed alone puts two students), then `kd eval --all` on
+    the held-out labels of the mixture, of A and of B.
 
 Reruns reuse teacher B and the label sets when they are complete (the teacher
 stage resumes a complete output by generating nothing).
 
-    python -m bench.ensemble --train-docs 48 --steps 30     # ~20 minutes on 2 CPU cores
+    python -m bench.ensemble --train-docs 48 --steps 30     # 25-45 minutes on 2 shared CPU cores
 """
 
 from __future__ import annotations
