@@ -53,12 +53,12 @@ def test_tail_mass_is_kept_to_float16_rounding_of_c0():
     back = decode_q8poly(raw, K).astype(np.float64)
     c0 = np.ascontiguousarray(raw[:, HEAD:]).view("<f2")[:, 0].astype(np.float64)
     curve = np.ascontiguousarray(raw[:, HEAD:]).view("<f2").astype(np.float64) @ tail_terms(K).T
-    uncut = np.all(np.isclose(back[:, HEAD:], curve, atol=1e-5), axis=1)
-    assert uncut.mean() > 0.5  # the check below covers most rows
+    cut = ~np.all(np.isclose(back[:, HEAD:], curve, atol=1e-5), axis=1)
+    assert cut.sum() >= 20  # the cap binds in some rows: their mass is kept too
     exact_mass = np.exp(top[:, HEAD:]).sum(1)
     mass = np.exp(back[:, HEAD:]).sum(1)
-    bound = np.expm1(np.abs(c0) * 2.0**-11 + 1e-5) * exact_mass  # half a float16 ulp of c0
-    assert np.all(np.abs(mass - exact_mass)[uncut] <= bound[uncut])
+    bound = np.expm1(np.abs(c0) * 2.0**-10 + 1e-5) * exact_mass  # a float16 ulp of c0
+    assert np.all(np.abs(mass - exact_mass) <= bound)
 
 
 def test_a_tail_that_is_a_cubic_in_log_rank_decodes_to_itself():
