@@ -55,7 +55,8 @@ BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
-	bench-student bench-startup bench-quality bench-score bench-interop bench-storage bench-ensemble bench-merge clean
+	bench-student bench-startup bench-quality bench-score bench-interop bench-storage \
+	bench-storage-quality bench-ensemble bench-merge clean
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -157,6 +158,16 @@ bench-ensemble: models
 # kd merge-labels speed and peak memory at 1x, 4x and 16x the shards (synthetic outputs).
 bench-merge: models
 	$(PY) -m bench.merge
+
+# Students trained the same way on each label format (fp16/q8 top-20, sampled N=50, q8 at
+# sampled's bytes). Phase `labels` scores the corpus with vLLM into QUALITY_LABELS (a rerun
+# reuses it); phase `train` needs no vLLM: run it alone elsewhere (QUALITY_DEVICE=cuda).
+QUALITY_LABELS ?= data/labels/storage-quality
+QUALITY_DEVICE ?= cpu
+bench-storage-quality: models
+	$(PY) -m bench.storage_quality labels --labels-dir $(QUALITY_LABELS) --docs $(CORPUS_LIMIT)
+	$(PY) -m bench.storage_quality train --labels-dir $(QUALITY_LABELS) --steps $(STEPS) \
+	  --batch-tokens $(BATCH_TOKENS) --lr $(LR) --device $(QUALITY_DEVICE)
 
 clean:
 	rm -rf data/labels data/models
