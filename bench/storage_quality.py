@@ -1,4 +1,4 @@
-"""Quality at equal bytes: students trained the same way on each label format (`make bench-storage-quality`).
+"""Students trained alike on each label format, at equal bytes (`make bench-storage-quality`).
 
 Two phases, so that training can run on another machine (no vLLM, no network there):
 
@@ -7,8 +7,8 @@ Two phases, so that training can run on another machine (no vLLM, no network the
   sampled N = 50 (draws from the engine's top-256 + tail bucket), and q8 top-k with k
   chosen so its bytes per labelled token match sampled's (measured, not assumed); plus
   the reference, fp16 top-256 on every document of data/corpus/heldout.jsonl. Everything
-  goes under --labels-dir (default data/labels/storage-quality, ~20 MiB), which is
-  all the `train` phase reads besides the teacher's weights.
+  goes under --labels-dir (default data/labels/storage-quality, 14 MiB at 120 docs),
+  which is all the `train` phase reads besides the teacher's weights.
 - `train` (CPU or CUDA, imports no vLLM): per format, `kd train-student` from the teacher
   (--keep-layers 10, as the demo), same steps, batch tokens, learning rate and seed; then
   each student, and the untrained one, on the reference: KL to its top-256 + tail, NLL
@@ -19,7 +19,10 @@ Two phases, so that training can run on another machine (no vLLM, no network the
     python -m bench.storage_quality labels --docs 120
     python -m bench.storage_quality train --teacher-dir data/models/smollm2-135m-instruct \
         --labels-dir data/labels/storage-quality --steps 30 --device cpu
-    python -m bench.storage_quality train --steps 3 --batch-tokens 256 --out /tmp/q  # smoke
+    python -m bench.storage_quality train --teacher-dir /models/smollm2-135m-instruct \
+        --steps 300 --batch-tokens 4096 --device cuda --out bench/results/storage_quality_cuda
+    python -m bench.storage_quality train --steps 3 --batch-tokens 256 \
+        --runs-dir /tmp/q-runs --out /tmp/q                                   # smoke
 """
 
 from __future__ import annotations
