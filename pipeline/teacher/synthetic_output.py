@@ -75,9 +75,11 @@ def fitted_attrs(out: Path, attrs: ShardAttrs, samples: list[Sample], manifest: 
 
 def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int, seed: int = 0,
                         prefix: str = "p", prompt_len: int | None = None,
-                        comp_len: int | None = None, scored: bool = False) -> Manifest:
+                        comp_len: int | None = None, scored: bool = False,
+                        student_logprobs: bool = False) -> Manifest:
     """Write a complete output directory of random shards and return its manifest
-    (`scored`: samples labelled at scattered positions, as score mode writes chats)."""
+    (`scored`: samples labelled at scattered positions, as score mode writes chats;
+    `student_logprobs`: each label row also gets a random sampling-student logprob)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
@@ -95,6 +97,8 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
                                  prompt_len=prompt_len, comp_len=comp_len, hidden=sizes,
                                  scored=scored)
                    for j in range(per_shard)]
+        for s in samples if student_logprobs else ():
+            s.student_logprobs = -rng.exponential(1.0, s.label_count).astype(np.float32)
         outcome = filter_samples(samples, KEEP_ALL)
         if attrs.hidden_format == "pca" and attrs.hidden_basis is None:  # fit on the first shard
             attrs = fitted_attrs(out, attrs, samples, manifest)
