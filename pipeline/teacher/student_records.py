@@ -36,6 +36,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pipeline.store.fault_points import reach
 from pipeline.teacher.prompts import Messages, RecordError
 
 SAMPLES_NAME = "samples.jsonl"
@@ -86,6 +87,7 @@ def append_records(path: str | Path, records: Sequence[dict[str, Any]]) -> None:
         fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         fh.flush()
         os.fsync(fh.fileno())
+    reach("fsynced", path)  # the records are committed: a crash test's kill point
 
 
 def read_finished(path: str | Path) -> dict[str, dict[str, Any]]:

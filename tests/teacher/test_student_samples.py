@@ -232,3 +232,23 @@ def test_score_mode_labels_the_stored_ids_and_carries_the_student_logprobs(fake,
                                           np.float32(r["student_logprobs"]))
             seen += 1
     assert seen == len(records)
+
+
+def test_a_run_killed_after_a_committed_batch_resumes_to_the_uninterrupted_records(student_dir,
+                                                                                   tmp_path):
+    from fake_engine import run_fake
+
+    def args(out):
+        return ["student-samples", "--model", str(student_dir), "--prompts",
+                "tests/data/prompts_mixed.jsonl", "--limit", "6", "--max-tokens", "16",
+                "--max-model-len", "256", "--flush-every", "2", "--out", str(out)]
+
+    whole = run_fake(args(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run_fake(args(tmp_path / "part"), KD_CRASH_AT="fsynced:samples.jsonl@2")
+    assert killed.returncode == -9
+    assert len(lines(tmp_path / "part")) == 4
+    resumed = run_fake(args(tmp_path / "part"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "4 reused" in resumed.stdout
+    assert lines(tmp_path / "part") == lines(tmp_path / "whole")
