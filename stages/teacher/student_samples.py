@@ -18,6 +18,7 @@ CPU-sized example (the demo student, 8 prompts, 32 tokens):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -72,6 +73,14 @@ def check_model_dir(model: str) -> None:
                           f"({hint})")
 
 
+def model_sha256(model: str) -> str:
+    """sha256 over the model's config and weight files: samples of other weights at the same
+    path (a retrained round) are never reused; a re-export of the same weights is the same."""
+    files = sorted(p for p in Path(model).iterdir()
+                   if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+    return hashlib.sha256("".join(f"{p.name}:{sha256_file(p)}\n" for p in files).encode()).hexdigest()
+
+
 def run_student_samples(cfg: StudentSamplesConfig, engine: Any = None) -> SamplesSummary:
     """Sample what the output lacks, holding its writer lock; returns the summary."""
     cfg.validate()
@@ -107,6 +116,7 @@ def sample_output(cfg: StudentSamplesConfig, engine: Any) -> SamplesSummary:
     job = teacher_stage.generate_job(engine_cfg, tokenizer)
     fingerprint = tokenizer_fingerprint(tokenizer)
     identity = cfg.identity() | {"prompts_sha256": sha256_file(cfg.prompts),
+                                 "model_sha256": model_sha256(cfg.model),
                                  "tokenizer_fingerprint": fingerprint}
     open_samples(out, identity, cfg.overwrite)
     write_text_atomic(out / SAMPLES_CONFIG_NAME,

@@ -194,6 +194,16 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(fake, student_dir, t
     assert sample(student_dir, tmp_path / "s", max_tokens=8, seed=1, overwrite=True).reused == 0
 
 
+def test_samples_of_other_weights_at_the_same_path_are_not_reused(fake, student_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(student_dir, model)
+    sample(model, tmp_path / "s")
+    assert sample(model, tmp_path / "s").reused > 0   # the same weights: reused
+    (model / "model.safetensors").write_bytes(b"retrained")
+    with pytest.raises(ConfigError, match="different model_sha256"):
+        sample(model, tmp_path / "s")
+
+
 def test_a_missing_or_non_model_directory_is_refused_before_any_engine(tmp_path):
     from stages.teacher.student_samples import run_student_samples
 
