@@ -15,6 +15,10 @@ After every round, each arm's student is measured on
   the student writes for them, and the KL to the teacher on that text;
 - the held-out split of the teacher's labels (`kd eval` default split and bound):
   KL to the teacher, top-1 agreement, NLL.
+The teacher NLL of held-out text also comes as the mean over samples of each
+sample's per-token NLL, with its standard error over the samples: what a
+difference between two students must exceed to mean anything. A rerun reuses
+every finished stage (samples, scores, trained rounds through `--resume`).
 
     python -m bench.onpolicy --from data/student/demo/model --teacher-labels data/labels/demo
 """
@@ -29,7 +33,10 @@ import time
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.machine import describe_machine
+from pipeline.store.shard_reader import ShardReader
 from pipeline.teacher.student_records import SAMPLES_NAME
 
 TEACHER = "data/models/smollm2-135m-instruct"
@@ -53,7 +60,7 @@ def sample_and_score(model: str, prompts: Path, out: Path, args: argparse.Namesp
 def train(model: str, labels: str, out: Path, args: argparse.Namespace, *loss: str) -> str:
     kd("train-student", "--labels", labels, "--init-from", model, "--out", str(out), "--steps",
        str(args.steps), "--batch-tokens", str(args.batch_tokens), "--lr", str(args.lr),
-       "--eval-every", "0", "--overwrite", *loss)
+       "--eval-every", "0", "--resume", *loss)
     return str(out / "model")
 
 
@@ -63,15 +70,28 @@ def measure(model: str, heldout: Path, work: Path, args: argparse.Namespace) -> 
     kd("eval", "--all", "--labels", str(scored), "--model", f"m={model}", "--samples",
        f"m={scored}", "--output", str(work / "own_text.json"))
     own = json.loads((work / "own_text.json").read_text())["m"]
+    per_sample = sample_means(scored)
     kd("eval", "--labels", args.teacher_labels, "--model", f"m={model}", "--output",
        str(work / "teacher_labels.json"))
     labels = json.loads((work / "teacher_labels.json").read_text())["m"]
     return {"teacher_nll_of_heldout_samples": own["teacher_nll_of_samples"],
+            "teacher_nll_per_sample_mean": float(per_sample.mean()),
+            "teacher_nll_per_sample_stderr": float(per_sample.std(ddof=1) / len(per_sample) ** 0.5),
             "own_nll_of_heldout_samples": own["student_nll_of_samples"],
             "kl_on_own_heldout_text": own["kl"], "sample_positions": own["sample_positions"],
             "kl_on_heldout_teacher_labels": labels["kl"],
             "top1_on_heldout_teacher_labels": labels["top1_agreement"],
             "nll_on_heldout_teacher_labels": labels["nll"], "label_positions": labels["positions"]}
+
+
+def sample_means(scored: Path) -> np.ndarray:
+    """Each held-out sample's mean teacher NLL per token: the spread says how much of a
+    difference between students 32 samples can resolve."""
+    means = []
+    for shard in sorted(scored.glob("shard-*.h5")):
+        reader = ShardReader(shard)
+        means += [-float(np.mean(reader.sample(i)["sampled_logprobs"])) for i in range(len(reader))]
+    return np.asarray(means)
 
 
 def write_heldout(prompts: str, first: int, count: int, path: Path) -> None:
@@ -126,10 +146,11 @@ def main() -> None:
 
 
 def table(rows: dict, args: argparse.Namespace) -> str:
-    head = ("| student | teacher NLL of its held-out text | KL on its held-out text | "
-            "KL on held-out teacher labels | top-1 there | NLL there |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: |\n")
+    head = ("| student | teacher NLL of its held-out text | per-sample mean +- s.e. | "
+            "KL on its held-out text | KL on held-out teacher labels | top-1 there | NLL there |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     body = "".join(f"| {name} | {r['teacher_nll_of_heldout_samples']:.3f} | "
+                   f"{r['teacher_nll_per_sample_mean']:.2f} +- {r['teacher_nll_per_sample_stderr']:.2f} | "
                    f"{r['kl_on_own_heldout_text']:.3f} | {r['kl_on_heldout_teacher_labels']:.3f} | "
                    f"{r['top1_on_heldout_teacher_labels']:.3f} | "
                    f"{r['nll_on_heldout_teacher_labels']:.3f} |\n" for name, r in rows.items())
