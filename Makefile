@@ -66,8 +66,8 @@ BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
-	bench-student bench-startup bench-quality bench-score bench-interop bench-storage clean \
-	onpolicy bench-onpolicy
+	bench-student bench-startup bench-quality bench-score bench-interop bench-storage \
+	bench-storage-quality bench-ensemble bench-merge clean onpolicy bench-onpolicy
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -193,6 +193,25 @@ bench-onpolicy: models
 	$(PY) -m bench.onpolicy --from $(ONPOLICY_FROM) --teacher-labels $(OUT) --rounds 2 \
 	  --steps $(ONPOLICY_STEPS) --batch-tokens $(BATCH_TOKENS) --lr $(LR) \
 	  --max-tokens $(ONPOLICY_MAX_TOKENS)
+
+# Two teachers (the embedded one and a sibling fine-tuned here), their mixture,
+# and students trained on each (25-45 minutes on 2 shared CPU cores).
+bench-ensemble: models
+	$(PY) -m bench.ensemble
+
+# kd merge-labels speed and peak memory at 1x, 4x and 16x the shards (synthetic outputs).
+bench-merge: models
+	$(PY) -m bench.merge
+
+# Students trained the same way on each label format (fp16/q8 top-20, sampled N=50, q8 at
+# sampled's bytes). Phase `labels` scores the corpus with vLLM into QUALITY_LABELS (a rerun
+# reuses it); phase `train` needs no vLLM: run it alone elsewhere (QUALITY_DEVICE=cuda).
+QUALITY_LABELS ?= data/labels/storage-quality
+QUALITY_DEVICE ?= cpu
+bench-storage-quality: models
+	$(PY) -m bench.storage_quality labels --labels-dir $(QUALITY_LABELS) --docs $(CORPUS_LIMIT)
+	$(PY) -m bench.storage_quality train --labels-dir $(QUALITY_LABELS) --steps $(STEPS) \
+	  --batch-tokens $(BATCH_TOKENS) --lr $(LR) --device $(QUALITY_DEVICE)
 
 clean:
 	rm -rf data/labels data/models

@@ -26,7 +26,9 @@ from schemas.config_base import AUTO, ConfigError, check_choice, field_docs, fla
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODES = ("generate", "score")
-LABEL_FORMATS = ("fp16", "q8")
+LABEL_FORMATS = ("fp16", "q8", "q8poly")
+Q8POLY_MIN_TOP_K = 32
+"""--label-format q8poly keeps the first 16 logprobs in q8 and a 4-term curve for the rest: below k = 32 it saves little or nothing over q8."""
 HIDDEN_FORMATS = ("fp16", "int8", "pca")
 LABEL_KINDS = ("topk", "sampled")
 SAMPLED_SOURCE_K = 256
@@ -54,7 +56,7 @@ class TeacherConfig:
     samples_per_position: int = 50
     """--label-kind sampled: draws per labelled position, with replacement (1..255: counts are uint8)."""
     label_format: str = "fp16"
-    """How top-k logprobs are stored: fp16 (2 bytes an entry) or q8 (1 byte an entry on a log scale, worst-case error (0.3 + |lp|) x 0.018 nats, mass-preserving per row; README: Compact labels)."""
+    """How top-k logprobs are stored: fp16 (2 bytes an entry), q8 (1 byte an entry on a log scale, worst-case error (0.3 + |lp|) x 0.018 nats, mass-preserving per row) or q8poly (--top-k >= 32: the first 16 in q8, the sorted rest as a 4-term curve in log rank with the tail's mass kept, 24 bytes a row; README: Compact labels)."""
     n: int = 1
     """Completions sampled per prompt."""
     max_tokens: int = 256
@@ -140,6 +142,10 @@ class TeacherConfig:
         if self.label_kind == "sampled" and self.label_format != "fp16":
             raise ConfigError(f"--label-format {self.label_format} applies to --label-kind topk; "
                               "sampled labels store counts, not logprobs")
+        if self.label_format == "q8poly" and self.top_k < Q8POLY_MIN_TOP_K:
+            raise ConfigError(f"--label-format q8poly needs --top-k >= {Q8POLY_MIN_TOP_K} (it fits "
+                              f"a curve to the entries after the first 16), got {self.top_k}; "
+                              "use q8 for small k")
         if self.hidden_rank < 1:
             raise ConfigError(f"--hidden-rank must be at least 1, got {self.hidden_rank}")
         if self.hidden_format != "fp16" and not self.hidden_layers:

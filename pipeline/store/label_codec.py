@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 
 Q8_DATASET = "labels/topk_logprobs_q8"
+Q8POLY_DATASET = "labels/topk_logprobs_q8poly"
+"""label_format q8poly (`pipeline.store.q8poly_codec`): q8 head codes and tail coefficients."""
 MAX_NATS = 30.0
 KNEE = 0.3
 
@@ -100,6 +102,10 @@ def label_format(attrs: dict[str, Any]) -> str:
 
 def decoder_of(attrs: dict[str, Any]):
     """Function (raw stored rows -> float32 logprobs) for a shard with these root attributes."""
+    if label_format(attrs) == "q8poly":
+        from pipeline.store.q8poly_codec import q8poly_decoder  # it builds on this module
+
+        return q8poly_decoder(attrs)
     if label_format(attrs) == "q8":
         table = q8_table(float(attrs["label_q8_max_nats"]), float(attrs["label_q8_knee"]))
         return lambda codes: table[np.asarray(codes)]
@@ -108,4 +114,5 @@ def decoder_of(attrs: dict[str, Any]):
 
 def logprob_dataset(attrs: dict[str, Any]) -> str:
     """Which dataset holds the top-k logprobs of a shard with these root attributes."""
-    return Q8_DATASET if label_format(attrs) == "q8" else "labels/topk_logprobs"
+    return {"q8": Q8_DATASET, "q8poly": Q8POLY_DATASET}.get(label_format(attrs),
+                                                            "labels/topk_logprobs")

@@ -53,7 +53,7 @@ class Manifest:
     rejected_prompts: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     label_format: str = "fp16"
-    """How the shards store top-k logprobs: fp16 or q8 (`pipeline.store.label_codec`); absent in older manifests."""
+    """How the shards store top-k logprobs: fp16, q8 (`pipeline.store.label_codec`) or q8poly (`pipeline.store.q8poly_codec`); absent in older manifests."""
     hidden_format: str = "fp16"
     """How the shards store hidden states: fp16 or int8 (`pipeline.store.hidden_codec`); absent in older manifests."""
     hidden_rank: int = 0

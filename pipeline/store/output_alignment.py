@@ -14,8 +14,9 @@ same tokenizer and vocabulary; the order and sharding of the samples may differ.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -44,30 +45,80 @@ def first_manifest_difference(manifests: dict[str, Manifest]) -> str | None:
 
 
 class SampleLocator:
-    """Where each kept sample of one output lies: sample id -> (reader, row)."""
+    """Where each kept sample of one output lies.
+
+    Shards are mapped on demand and only the last `OPEN_SHARDS` stay mapped, so
+    reading every sample in shard order keeps the pages of two shards resident,
+    not of all of them. Outputs sharded alike (the same ids in the same shards and
+    rows, as the same records scored with the same settings give) are read
+    position by position (`sample_like`) without an index; otherwise the id index
+    (sample id -> shard, row: a dict entry per sample) is built on first use."""
+
+    OPEN_SHARDS = 2
 
     def __init__(self, out_dir: str | Path, manifest: Manifest):
         self.out = str(out_dir)
-        self.readers = [ShardReader(Path(out_dir) / manifest.shards[i].name)
-                        for i in sorted(manifest.shards)]
-        self.rows: dict[str, tuple[ShardReader, int]] = {}
-        self.order: list[str] = []
-        for reader in self.readers:
-            for row, sid in enumerate(reader.strings("samples/ids")):
-                self.rows[sid] = (reader, row)
-                self.order.append(sid)
+        self.paths = [Path(out_dir) / manifest.shards[i].name for i in sorted(manifest.shards)]
+        self._open: OrderedDict[int, tuple[ShardReader, list[str]]] = OrderedDict()
+        self._rows: dict[str, tuple[int, int]] | None = None
+
+    def _opened(self, shard: int) -> tuple[ShardReader, list[str]]:
+        if shard in self._open:
+            self._open.move_to_end(shard)
+        else:
+            reader = ShardReader(self.paths[shard])
+            self._open[shard] = (reader, reader.strings("samples/ids"))
+            while len(self._open) > self.OPEN_SHARDS:
+                self._open.popitem(last=False)
+        return self._open[shard]
+
+    def reader(self, shard: int) -> ShardReader:
+        """The reader of shard number `shard` (in manifest order), mapped if it is not."""
+        return self._opened(shard)[0]
+
+    def ids(self, shard: int) -> list[str]:
+        """The sample ids of shard number `shard`, in row order."""
+        return self._opened(shard)[1]
+
+    def order(self) -> Iterator[str]:
+        """Every sample id, shard by shard."""
+        for shard in range(len(self.paths)):
+            yield from self.ids(shard)
+
+    @property
+    def rows(self) -> dict[str, tuple[int, int]]:
+        """sample id -> (shard, row), built on first use."""
+        if self._rows is None:
+            self._rows = {sid: (shard, row) for shard in range(len(self.paths))
+                          for row, sid in enumerate(self.ids(shard))}
+        return self._rows
 
     def sample(self, sid: str) -> dict[str, Any]:
-        reader, row = self.rows[sid]
-        return reader.sample(row)
+        shard, row = self.rows[sid]
+        return self.reader(shard).sample(row)
+
+    def sample_like(self, sid: str, shard: int, row: int) -> dict[str, Any]:
+        """Sample `sid`, which another output holds at (shard, row): read there when this
+        output holds it there too (no index), else through the index."""
+        if shard < len(self.paths) and self.ids(shard)[row:row + 1] == [sid]:
+            return self.reader(shard).sample(row)
+        return self.sample(sid)
+
+
+def sharded_alike(ref: SampleLocator, other: SampleLocator) -> bool:
+    """Both outputs hold the same ids in the same shards and rows (one shard read at a time)."""
+    return (len(ref.paths) == len(other.paths)
+            and all(ref.ids(i) == other.ids(i) for i in range(len(ref.paths))))
 
 
 def first_id_difference(ref: SampleLocator, other: SampleLocator) -> str | None:
     """The first sample id (in `ref`'s order, then `other`'s) that only one output holds."""
-    for sid in ref.order:
+    if sharded_alike(ref, other):
+        return None
+    for sid in ref.order():
         if sid not in other.rows:
             return f"{other.out}: has no sample {sid!r} (first sample of {ref.out} it lacks)"
-    for sid in other.order:
+    for sid in other.order():
         if sid not in ref.rows:
             return f"{other.out}: has sample {sid!r}, which {ref.out} does not"
     return None

@@ -53,13 +53,15 @@ def write_index_part(out: str | Path, shard_index: int, table: pa.Table) -> str:
     return write_table_atomic(table, Path(out) / part_name(shard_index))
 
 
-def merge_index(out: str | Path, shard_indices: Sequence[int]) -> pa.Table:
-    """Concatenate the parts of `shard_indices`, in order, into `index.parquet`."""
+def merge_index(out: str | Path, shard_indices: Sequence[int]) -> None:
+    """Concatenate the parts of `shard_indices`, in order, into `index.parquet`, crash-safely,
+    holding one part in memory at a time (memory flat in the number of shards)."""
     out = Path(out)
-    parts = [pq.read_table(out / part_name(i), schema=INDEX_SCHEMA) for i in sorted(shard_indices)]
-    table = pa.concat_tables(parts) if parts else INDEX_SCHEMA.empty_table()
-    write_table_atomic(table, out / INDEX_NAME)
-    return table
+    tmp = temp_path_for(out / INDEX_NAME)
+    with pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
+        for i in sorted(shard_indices):
+            writer.write_table(pq.read_table(out / part_name(i), schema=INDEX_SCHEMA))
+    commit_path(tmp, out / INDEX_NAME)
 
 
 def read_index(out: str | Path, columns: Sequence[str] | None = None) -> pa.Table:

@@ -23,7 +23,8 @@ import numpy as np
 from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
 from pipeline.store.hidden_basis import project
 from pipeline.store.hidden_codec import encode_int8, scale_dataset_name
-from pipeline.store.label_codec import Q8_DATASET, encode_q8, q8_attrs
+from pipeline.store.label_codec import Q8_DATASET, Q8POLY_DATASET, encode_q8, q8_attrs
+from pipeline.store.q8poly_codec import encode_q8poly, q8poly_attrs
 from pipeline.store.sample import Sample
 from pipeline.store.sampled_codec import SAMPLED_DATASETS, ragged_rows
 from schemas import (STUDENT_LOGPROBS, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name,
@@ -42,7 +43,8 @@ class ShardAttrs:
     hidden_layers: tuple[int, ...] = ()
     hidden_size: int = 0
     label_format: str = "fp16"
-    """How top-k logprobs are stored: fp16 or q8 (`pipeline.store.label_codec`)."""
+    """How top-k logprobs are stored: fp16, q8 (`pipeline.store.label_codec`) or q8poly
+    (`pipeline.store.q8poly_codec`)."""
     hidden_format: str = "fp16"
     """How hidden states are stored: fp16, int8 (`pipeline.store.hidden_codec`) or pca
     (int8 coefficients on `hidden_basis`, `pipeline.store.hidden_basis`)."""
@@ -119,6 +121,9 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
     elif attrs.label_format == "q8":
         arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
         arrays[Q8_DATASET] = encode_q8(stack("topk_logprobs", (0, k), np.float32))
+    elif attrs.label_format == "q8poly":
+        arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
+        arrays[Q8POLY_DATASET] = encode_q8poly(stack("topk_logprobs", (0, k), np.float32))
     else:
         arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
         arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
@@ -167,7 +172,8 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             f.attrs["hidden_size"] = attrs.hidden_size
             # fp16 writes no label_format attribute: its files stay byte-identical to
             # those of earlier builds (absent means fp16 to every reader).
-            for key, value in (q8_attrs() if attrs.label_format == "q8" else {}).items():
+            format_attrs = {"q8": q8_attrs, "q8poly": q8poly_attrs}.get(attrs.label_format, dict)
+            for key, value in format_attrs().items():
                 f.attrs[key] = value
             if attrs.hidden_format != "fp16":
                 f.attrs["hidden_format"] = attrs.hidden_format

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.store.manifest import read_manifest
 from pipeline.store.sample_index import part_name
-from pipeline.store.label_codec import Q8_DATASET
+from pipeline.store.label_codec import Q8_DATASET, Q8POLY_DATASET
 from pipeline.store.shard_reader import ShardReader, dataset_layouts
 
 Decode = Callable[[list[int]], str]
@@ -62,7 +62,8 @@ def storage_bytes(out_dir: str | Path, m: Any) -> dict[str, float]:
     rows, tokens = max(t["completion_tokens"], 1), max(t["tokens"], 1)
     label = sum(v for k, v in sizes.items() if k.startswith("labels/"))
     entry = sum(sizes.get(k, 0) for k in ("labels/topk_ids", "labels/topk_logprobs", Q8_DATASET,
-                                          "labels/sample_ids", "labels/sample_counts"))
+                                          Q8POLY_DATASET, "labels/sample_ids",
+                                          "labels/sample_counts"))
     if m.label_kind != "sampled":  # an entry: one top-k alternative, or one distinct drawn id
         entries = rows * max(m.top_k, 1)
     # every hidden/ dataset (states, int8 scales) shared out over the stored layers

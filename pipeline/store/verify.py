@@ -23,7 +23,8 @@ import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 from pipeline.store.checksum import sha256_file
 from pipeline.store.hidden_basis import BASIS_NAME
 from pipeline.store.hidden_codec import hidden_format, scale_dataset_name
-from pipeline.store.label_codec import Q8_DATASET, label_format, logprob_dataset
+from pipeline.store.label_codec import label_format, logprob_dataset
+from pipeline.store.q8poly_codec import row_bytes
 from pipeline.store.sampled_codec import label_kind
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
@@ -93,11 +94,17 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
             errors.append(f"root attribute {key} is missing")
     if label_format(a) != manifest.label_format:
         errors.append(f"label_format is {label_format(a)!r}, manifest says {manifest.label_format!r}")
-    if label_format(a) == "q8":
+    if label_format(a) in ("q8", "q8poly"):
         consts = [a.get("label_q8_max_nats"), a.get("label_q8_knee")]
         if not all(isinstance(c, (int, float)) and np.isfinite(c) and c > 0 for c in consts):
             errors.append(f"q8 constants label_q8_max_nats, label_q8_knee are {consts}, "
                           "expected finite and positive")
+    if label_format(a) == "q8poly":
+        head, terms = a.get("label_poly_head"), a.get("label_poly_terms")
+        if not (isinstance(head, int) and isinstance(terms, int)
+                and 1 <= head < int(a.get("top_k", 0)) and terms >= 1):
+            errors.append(f"q8poly label_poly_head, label_poly_terms are {[head, terms]}, "
+                          f"expected 1 <= head < top_k {a.get('top_k')!r} and terms >= 1")
     if label_kind(a) != manifest.label_kind:
         errors.append(f"label_kind is {label_kind(a)!r}, manifest says {manifest.label_kind!r}")
     elif label_kind(a) == "sampled" and a.get("samples_per_position") != manifest.samples_per_position:
@@ -131,11 +138,14 @@ def check_structure(r: ShardReader) -> list[str]:
     else:
         if a["labels/topk_ids"].dtype != want_id_dtype:
             errors.append(f"labels/topk_ids is {a['labels/topk_ids'].dtype}, expected {want_id_dtype}")
-        if r.label_format == "q8" and a[Q8_DATASET].dtype != np.uint8:
-            errors.append(f"{Q8_DATASET} has dtype {a[Q8_DATASET].dtype}, expected uint8")
-        for name in ("labels/topk_ids", logprob_dataset(r.attrs)):
-            if a[name].shape != (comp, k):
-                errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {k})")
+        lp_name = logprob_dataset(r.attrs)
+        if r.label_format != "fp16" and a[lp_name].dtype != np.uint8:
+            errors.append(f"{lp_name} has dtype {a[lp_name].dtype}, expected uint8")
+        width = (row_bytes(int(r.attrs["label_poly_head"]), int(r.attrs["label_poly_terms"]))
+                 if r.label_format == "q8poly" else k)
+        for name, cols in (("labels/topk_ids", k), (lp_name, width)):
+            if a[name].shape != (comp, cols):
+                errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {cols})")
     if a["labels/positions"].shape != (comp,):
         errors.append(f"labels/positions has shape {a['labels/positions'].shape}, expected ({comp},)")
     student = a.get(STUDENT_LOGPROBS)
@@ -428,7 +438,7 @@ def check_complete(out_dir: Path, m: Manifest, contents_into: Verification | Non
 
 def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
     """Outputs read together must share teacher, tokenizer, vocabulary, k and hidden layers."""
-    # label_format and hidden_format may differ: q8 and fp16 labels, int8 and fp16 states
+    # label_format and hidden_format may differ: fp16, q8 and q8poly labels, int8 and fp16 states
     # decode to the same float32 rows. label_kind may not: top-k rows and draw counts are
     # different targets.
     # hidden_space may not: pca coefficients (or two bases) are not the teacher's states.

@@ -29,7 +29,7 @@ from pipeline.store.output_alignment import (MisalignedOutputs, SampleLocator,
                                              sample_difference)
 from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index
-from pipeline.store.shard_reader import ShardReader, read_samples
+from pipeline.store.shard_reader import read_samples
 from pipeline.store.shard_writer import ShardAttrs
 from pipeline.teacher.kept_shard import commit_kept_shard
 from schemas.merge_config import MergeConfig
@@ -62,15 +62,16 @@ def open_sources(cfg: MergeConfig) -> tuple[dict[str, Manifest], list[SampleLoca
     return manifests, locators
 
 
-def merged_shard(reader: ShardReader, locators: list[SampleLocator], cfg: MergeConfig,
-                 vocab: int, k: int) -> list[Sample]:
-    """The first source's samples of one shard, labelled with the teachers' mixture."""
-    samples = read_samples(reader)
-    for s in samples:
+def merged_shard(index: int, locators: list[SampleLocator], cfg: MergeConfig, vocab: int,
+                 k: int) -> list[Sample]:
+    """The first source's samples of shard `index`, labelled with the teachers' mixture."""
+    ref = locators[0]
+    samples = read_samples(ref.reader(index))
+    for row, s in enumerate(samples):
         s.hidden = {}
-        rows = [loc.sample(s.sample_id) for loc in locators]
-        for loc, row in zip(locators[1:], rows[1:]):
-            problem = sample_difference(s.sample_id, rows[0], row, locators[0].out, loc.out)
+        rows = [loc.sample_like(s.sample_id, index, row) for loc in locators]
+        for loc, other in zip(locators[1:], rows[1:]):
+            problem = sample_difference(s.sample_id, rows[0], other, ref.out, loc.out)
             if problem:
                 raise MisalignedOutputs(f"kd merge-labels: {problem}")
         s.topk_ids, lps, sampled = mix_labels(
@@ -107,9 +108,9 @@ def run_merge(cfg: MergeConfig) -> MergeSummary:
                         teacher_num_layers=ref.teacher_num_layers,
                         config={"mix_rule": cfg.mix_rule, "top_k": k, "sources": sources})
     tmp = fresh_temp_dir(out)
-    for index, reader in enumerate(locators[0].readers):
+    for index in range(len(locators[0].paths)):  # shard by shard: memory flat in their number
         commit_kept_shard(tmp, manifest, index,
-                          merged_shard(reader, locators, cfg, ref.vocab_size, k), attrs)
+                          merged_shard(index, locators, cfg, ref.vocab_size, k), attrs)
     samples = manifest.totals()["samples"]
     manifest.input_records = manifest.accepted_prompts = manifest.planned_samples = samples
     manifest.complete = True

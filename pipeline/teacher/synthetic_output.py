@@ -43,9 +43,7 @@ def random_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, voca
         rest = np.flatnonzero(rng.random(c - 1) < 0.5) + p + 1
         positions = np.concatenate([[p], rest]).astype(np.int64)
     rows = c if positions is None else len(positions)
-    # k distinct ids per row without a per-row permutation of the vocabulary.
-    topk_ids = (rng.integers(0, vocab, (rows, 1)) + np.arange(k) * (vocab // k)) % vocab
-    lps = -np.sort(rng.exponential(2.0, size=(rows, k)), axis=1).astype(np.float32)
+    topk_ids, lps = random_topk(rng, rows, vocab, k)
     completion = rng.integers(0, vocab, c)
     if positions is None:
         completion = topk_ids[:, 0]
@@ -57,6 +55,21 @@ def random_sample(rng: np.random.Generator, prompt_id: str, index: int = 0, voca
                     label_positions=positions, id_prefix="w" if scored else "")
     for layer, size in (hidden or {}).items():
         sample.hidden[layer] = rng.standard_normal((p + c, size)).astype(np.float32)
+    return sample
+
+
+def random_topk(rng: np.random.Generator, rows: int, vocab: int, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, k) distinct ids per row and descending logprobs <= 0."""
+    # k distinct ids per row without a per-row permutation of the vocabulary.
+    ids = (rng.integers(0, vocab, (rows, 1)) + np.arange(k) * (vocab // k)) % vocab
+    return ids, -np.sort(rng.exponential(2.0, size=(rows, k)), axis=1).astype(np.float32)
+
+
+def relabelled(sample: Sample, rng: np.random.Generator, vocab: int, k: int) -> Sample:
+    """`sample` with new random top-k rows at the same positions (tokens kept)."""
+    sample.topk_ids, sample.topk_logprobs = random_topk(rng, len(sample.topk_ids), vocab, k)
+    sample.sampled_logprobs = sample.topk_logprobs[:, 0].copy()
     return sample
 
 
@@ -76,11 +89,15 @@ def fitted_attrs(out: Path, attrs: ShardAttrs, samples: list[Sample], manifest: 
 def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int, seed: int = 0,
                         prefix: str = "p", prompt_len: int | None = None,
                         comp_len: int | None = None, scored: bool = False,
+                        label_seed: int | None = None,
                         student_logprobs: bool = False) -> Manifest:
     """Write a complete output directory of random shards and return its manifest
     (`scored`: samples labelled at scattered positions, as score mode writes chats;
+    `label_seed`: the same samples as `seed` gives, their labels drawn anew from this
+    seed, as a second teacher scoring the same text would label them;
     `student_logprobs`: each label row also gets a random sampling-student logprob)."""
     rng = np.random.default_rng(seed)
+    relabel = None if label_seed is None else np.random.default_rng(label_seed)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(teacher=attrs.teacher, tokenizer_fingerprint=attrs.tokenizer_fingerprint,
                         vocab_size=attrs.vocab_size, top_k=attrs.top_k, complete=True,
@@ -97,6 +114,8 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
                                  prompt_len=prompt_len, comp_len=comp_len, hidden=sizes,
                                  scored=scored)
                    for j in range(per_shard)]
+        if relabel is not None:
+            samples = [relabelled(s, relabel, attrs.vocab_size, attrs.top_k) for s in samples]
         for s in samples if student_logprobs else ():
             s.student_logprobs = -rng.exponential(1.0, s.label_count).astype(np.float32)
         outcome = filter_samples(samples, KEEP_ALL)

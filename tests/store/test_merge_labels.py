@@ -201,3 +201,60 @@ def test_every_merge_field_has_a_docstring_and_exactly_one_option():
     fields = [f.name for f in dataclasses.fields(MergeConfig)]
     assert set(field_docs(MergeConfig)) == set(fields)
     assert sorted(p.name for p in merge_labels.params) == sorted(fields)
+
+
+def synthetic_pair(tmp_path, shards=5, per_shard=3):
+    """Two teachers' outputs of the same random samples (labels from two seeds), several shards."""
+    from pipeline.teacher.synthetic_output import write_random_output
+
+    attrs = ShardAttrs("fake-teacher", "f" * 64, 1000, 4, {"mode": "score"})
+    dirs = [tmp_path / "A", tmp_path / "B"]
+    for out, label_seed in zip(dirs, (None, 1)):
+        write_random_output(out, attrs, shards, per_shard, seed=0, scored=True,
+                            label_seed=label_seed)
+    return dirs
+
+
+def test_a_merge_of_several_shards_is_each_samples_mixture(tmp_path):
+    a, b = synthetic_pair(tmp_path)
+    merge(a, b, tmp_path / "M")
+    m = read_manifest(tmp_path / "M")
+    assert len(m.shards) == 5 and m.totals()["samples"] == 15
+    for i in sorted(m.shards):
+        name = m.shards[i].name
+        ra, rb, rm = (ShardReader(d / name) for d in (a, b, tmp_path / "M"))
+        assert ra.strings("samples/ids") == rm.strings("samples/ids")
+        for row in range(len(rm)):
+            sa, sb, sm = ra.sample(row), rb.sample(row), rm.sample(row)
+            assert not np.array_equal(sa["topk_ids"], sb["topk_ids"])  # really two teachers
+            ids, lps = mix_labels([sa["topk_ids"], sb["topk_ids"]],
+                                  [np.asarray(sa["topk_logprobs"], np.float32),
+                                   np.asarray(sb["topk_logprobs"], np.float32)],
+                                  (0.5, 0.5), 1000, 4)
+            assert sm["topk_ids"].tolist() == ids.tolist()
+            np.testing.assert_allclose(sm["topk_logprobs"], lps, rtol=1e-3, atol=1e-3)
+
+
+def test_a_locator_maps_two_shards_at_most_and_needs_no_index_for_outputs_sharded_alike(tmp_path):
+    from pipeline.store.output_alignment import SampleLocator
+
+    a, b = synthetic_pair(tmp_path)
+    ref, other = (SampleLocator(d, read_manifest(d)) for d in (a, b))
+    for shard in range(5):
+        for row, sid in enumerate(ref.ids(shard)):
+            got = other.sample_like(sid, shard, row)
+            want = ShardReader(other.paths[shard]).sample(row)
+            assert got["topk_ids"].tolist() == want["topk_ids"].tolist()
+            assert len(other._open) <= SampleLocator.OPEN_SHARDS
+    assert other._rows is None  # read position by position, no id index built
+
+
+def test_a_locator_finds_a_sample_held_elsewhere_through_its_index(tmp_path):
+    from pipeline.store.output_alignment import SampleLocator
+
+    a, _ = synthetic_pair(tmp_path)
+    loc = SampleLocator(a, read_manifest(a))
+    sid = loc.ids(3)[2]
+    got = loc.sample_like(sid, 0, 0)  # as if another output held it first
+    assert got["token_ids"].tolist() == ShardReader(loc.paths[3]).sample(2)["token_ids"].tolist()
+    assert loc.rows[sid] == (3, 2)

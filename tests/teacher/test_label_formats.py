@@ -1,8 +1,10 @@
-"""`--label-format q8` and `--hidden-format int8` end to end with the fake engine (and the
+"""`--label-format q8`/`q8poly` and `--hidden-format int8` end to end with the fake engine (and the
 real transformers teacher for hidden states): the run writes shards that verify and
 decode within the codecs' bounds of an fp16 run of the same records."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ from fake_engine import run_fake
 from pipeline.store.checksum import sha256_file
 from pipeline.store.hidden_basis import BASIS_NAME, project, read_basis
 from pipeline.store.hidden_codec import int8_error_bound
-from pipeline.store.label_codec import Q8_DATASET, q8_error_bound
+from pipeline.store.label_codec import KNEE, Q8_DATASET, Q8POLY_DATASET, q8_error_bound, q8_step
 from pipeline.store.manifest import read_manifest
+from pipeline.store.q8poly_codec import HEAD
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.summary import summarise_output
 from pipeline.store.verify import verify_outputs
@@ -115,3 +118,35 @@ def test_pca_run_stores_coefficients_on_its_checksummed_basis(runs):
                          "--hidden-layers", "3,-1", "--dtype", "float32"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_manifest(runs / "pca").hidden_basis_sha256 == m.hidden_basis_sha256
+
+
+def test_q8poly_run_verifies_and_decodes_the_fp16_rows_as_the_codec_does(tmp_path):
+    require_teacher()
+    for name, fmt in (("fp16", "fp16"), ("q8poly", "q8poly")):
+        proc = run_fake([*args(tmp_path / name, "--label-format", fmt), "--top-k", "40"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    m = read_manifest(tmp_path / "q8poly")
+    assert (m.label_format, m.top_k, m.config["label_format"]) == ("q8poly", 40, "q8poly")
+    assert not verify_outputs([tmp_path / "q8poly"]).problems
+    for rec in m.shards.values():
+        poly = ShardReader(tmp_path / "q8poly" / rec.name)
+        fp16 = ShardReader(tmp_path / "fp16" / rec.name)
+        assert np.array_equal(poly.arrays["labels/topk_ids"], fp16.arrays["labels/topk_ids"])
+        exact = np.asarray(fp16.stored_logprobs, np.float32)
+        got = poly.logprobs(slice(None))
+        assert got.shape == exact.shape and poly.arrays[Q8POLY_DATASET].shape[1] == 24
+        # the run coded the engine's float32 rows, fp16 holds them rounded: the head is
+        # within q8's bound of them, and each row's total mass (what the tail bucket sees)
+        # within the sum of: fp16's rounding, the head's q8 remainder (one step of its top
+        # entry, as in test_label_q8) and a float16 ulp of c_0 on the tail's mass
+        slack = np.abs(exact) * 2.0**-10 + 2.0**-24
+        assert np.all(np.abs(got[:, :HEAD] - exact[:, :HEAD])
+                      <= q8_error_bound(exact[:, :HEAD]) + slack[:, :HEAD])
+        p = np.exp(exact.astype(np.float64))
+        c0 = np.ascontiguousarray(poly.arrays[Q8POLY_DATASET][:, HEAD:]).view("<f2")[:, 0]
+        bound = ((p * slack).sum(1) + p[:, 0] * math.expm1(q8_step()) * (KNEE - exact[:, 0])
+                 + p[:, HEAD:].sum(1) * np.expm1(np.abs(c0.astype(np.float64)) * 2.0**-10))
+        mass = np.exp(got.astype(np.float64)).sum(1) - p.sum(1)
+        assert np.all(np.abs(mass) <= 1.01 * bound)
+    text = summarise_output(tmp_path / "q8poly", decode=lambda ids: str(ids))
+    assert "labels top-40 q8poly:" in text and f"{(80 + 24) / 40:.2f} per top-k entry" in text
