@@ -188,7 +188,7 @@ bench-storage: models
 	$(PY) -m bench.storage
 
 # One and two on-policy rounds against as many off-policy steps, from the demo student and
-# on the demo labels (run `make demo` first); ~30 minutes on 2 CPU cores.
+# on the demo labels (run `make demo` first); ~40 minutes on 2 shared CPU cores (measured).
 bench-onpolicy: models
 	$(PY) -m bench.onpolicy --from $(ONPOLICY_FROM) --teacher-labels $(OUT) --rounds 2 \
 	  --steps $(ONPOLICY_STEPS) --batch-tokens $(BATCH_TOKENS) --lr $(LR) \
