@@ -51,12 +51,23 @@ EVAL_EVERY     ?= 5
 STUDENT_SEED   ?= 0
 STUDENT_ARGS   ?=
 
+# On-policy rounds (`make onpolicy ROUNDS=N`, README: On-policy rounds): CPU-sized defaults.
+ROUNDS              ?= 1
+ONPOLICY_FROM       ?= $(STUDENT_OUT)/model
+ONPOLICY_DIR        ?= data/onpolicy
+ONPOLICY_PROMPTS    ?= data/prompts/demo.jsonl
+ONPOLICY_LIMIT      ?= 32
+ONPOLICY_MAX_TOKENS ?= 64
+ONPOLICY_STEPS      ?= 10
+ONPOLICY_WEIGHT     ?= 1.0
+ONPOLICY_ARGS       ?=
+
 BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
 	bench-student bench-startup bench-quality bench-score bench-interop bench-storage \
-	bench-storage-quality bench-ensemble bench-merge clean
+	bench-storage-quality bench-ensemble bench-merge clean onpolicy bench-onpolicy
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -119,6 +130,32 @@ demo: teacher-labels
 	  --model "student before=$(STUDENT)" --model "student after=$(STUDENT_OUT)/model" \
 	  --output $(STUDENT_OUT)/heldout_text.json
 
+# ROUNDS on-policy rounds from ONPOLICY_FROM (the demo student: run `make demo` first).
+# Round i, in $(ONPOLICY_DIR)/round-i/: the previous student writes completions (samples/),
+# the teacher scores them (labels/), the previous student is evaluated on them
+# (eval.json: the teacher's NLL of its held-out text, KL on its held-out labels), and
+# the next student trains from the previous one (student/). Every stage resumes when
+# rerun; a stage can run on its own machine with the same command.
+onpolicy: models
+	@prev=$(ONPOLICY_FROM); \
+	test -f $$prev/config.json || { echo "make onpolicy: no student at $$prev (make demo, or ONPOLICY_FROM=DIR)"; exit 1; }; \
+	for i in $$(seq 1 $(ROUNDS)); do \
+	  r=$(ONPOLICY_DIR)/round-$$i; \
+	  echo "== on-policy round $$i of $(ROUNDS): from $$prev -> $$r"; \
+	  $(KD) student-samples --model $$prev --prompts $(ONPOLICY_PROMPTS) --out $$r/samples \
+	    --limit $(ONPOLICY_LIMIT) --max-tokens $(ONPOLICY_MAX_TOKENS) --seed $$i \
+	    --max-model-len $(MAX_MODEL_LEN) --enforce-eager && \
+	  $(KD) teacher-labels --mode score --teacher $(TEACHER) --prompts $$r/samples/samples.jsonl \
+	    --out $$r/labels --top-k $(TOP_K) --max-model-len $(MAX_MODEL_LEN) --enforce-eager && \
+	  $(KD) eval --labels $$r/labels --model "round-$$((i - 1))=$$prev" \
+	    --samples "round-$$((i - 1))=$$r/labels" --output $$r/eval.json && \
+	  $(KD) train-student --labels $$r/labels --init-from $$prev --out $$r/student --resume \
+	    --steps $(ONPOLICY_STEPS) --batch-tokens $(BATCH_TOKENS) --lr $(LR) --alpha 1 \
+	    --kd-loss $(KD_LOSS) --onpolicy-weight $(ONPOLICY_WEIGHT) --eval-every 0 \
+	    --seed $(STUDENT_SEED) $(ONPOLICY_ARGS) || exit $$?; \
+	  prev=$$r/student/model; \
+	done
+
 # The test suite, and the examples in every pipeline/ and schemas/ docstring.
 test: models
 	$(PY) -m pytest -q tests --doctest-modules pipeline schemas
@@ -149,6 +186,13 @@ bench-interop: models
 
 bench-storage: models
 	$(PY) -m bench.storage
+
+# One and two on-policy rounds against as many off-policy steps, from the demo student and
+# on the demo labels (run `make demo` first); ~40 minutes on 2 shared CPU cores (measured).
+bench-onpolicy: models
+	$(PY) -m bench.onpolicy --from $(ONPOLICY_FROM) --teacher-labels $(OUT) --rounds 2 \
+	  --steps $(ONPOLICY_STEPS) --batch-tokens $(BATCH_TOKENS) --lr $(LR) \
+	  --max-tokens $(ONPOLICY_MAX_TOKENS)
 
 # Two teachers (the embedded one and a sibling fine-tuned here), their mixture,
 # and students trained on each (25-45 minutes on 2 shared CPU cores).

@@ -32,6 +32,8 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_NAME = "offline-kd/manifest"
 REJECTS_NAME = "rejects.jsonl"
 CONFIG_NAME = "teacher_config.json"
+STUDENT_LOGPROBS = "labels/student_logprobs"
+"""Optional dataset: the sampling student's logprob of each labelled token (on-policy rounds)."""
 VERIFIED_SHARDS_CACHE = os.environ.get("KD_VERIFY_CACHE", "~/.cache/offline-kd/verified-shards")
 """Where readers remember shards verified in full (`pipeline.store.verified_shards`);
 the environment variable KD_VERIFY_CACHE moves it (the tests point it at a temporary folder)."""

@@ -313,6 +313,8 @@ class EvalConfig:
     """Teacher output directories (repeatable); the held-out split of their union is used (every sample with --all)."""
     model: tuple[str, ...] = ("data/student/demo/model",)
     """Model to evaluate (repeatable, one table row each) as [NAME=]MODEL: a Hugging Face directory or id whose tokenizer matches the labels', or `from-teacher` (the untrained student kd train-student starts from, see --keep-layers); NAME labels the row."""
+    samples: tuple[str, ...] = ()
+    """A model's own text, scored by the teacher (repeatable) as [NAME=]DIR: a score-mode output of its `kd student-samples` completions. Row NAME (a --model's, or a row of its own) gets the teacher's mean NLL of that text (lower is better) over the held-out split's prompts (every prompt with --all), and the reverse-KL estimate where the output stores the student's logprobs."""
     keep_layers: int = 10
     """For --model from-teacher: the teacher's decoder layers kept, as given to kd train-student."""
     eval_fraction: float = 0.1
@@ -336,6 +338,7 @@ class EvalConfig:
 
     def validate(self) -> "EvalConfig":
         self.named_models()
+        self.named_samples()
         if self.keep_layers < 1:
             raise ConfigError(f"--keep-layers must be at least 1, got {self.keep_layers}")
         if not self.all and not 0 < self.eval_fraction < 1:
@@ -347,6 +350,19 @@ class EvalConfig:
             raise ConfigError(f"--eval-max-tokens must be >= 0, got {self.eval_max_tokens}")
         check_choice("verify", self.verify, VERIFY_MODES)
         return self
+
+    def named_samples(self) -> dict[str, str]:
+        """Row name -> score-mode output of each --samples; a single unnamed one is the row
+        of the single --model (`model`)."""
+        named: dict[str, str] = {}
+        for spec in self.samples:
+            name, _, out = spec.rpartition("=")
+            name = name or ("model" if len(self.samples) == 1 and len(self.model) == 1 else "")
+            if not out or not name or name in named or name == "teacher":
+                raise ConfigError(f"--samples {spec!r}: give [NAME=]DIR, NAME once per row "
+                                  "(needed unless there is one --model and one --samples)")
+            named[name] = out
+        return named
 
     def named_models(self) -> dict[str, str]:
         """Row name -> model of each --model; a single unnamed one is the row `model`."""

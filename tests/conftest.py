@@ -111,12 +111,16 @@ def score_labels(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory, engine_labels) -> Path:
     """A 2-layer, 64-wide random student with the teacher's tokenizer: steps take milliseconds."""
+    return save_tiny_student(tmp_path_factory.mktemp("tiny") / "student")
+
+
+def save_tiny_student(path: Path) -> Path:
+    """Write the 2-layer, 64-wide random student (seed 0, the teacher's tokenizer) to `path`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from stages.student.model import narrow_config
 
-    path = tmp_path_factory.mktemp("tiny") / "student"
     torch.manual_seed(0)
     config = narrow_config(AutoConfig.from_pretrained(TEACHER), 64, 2)
     AutoModelForCausalLM.from_config(config).save_pretrained(path)

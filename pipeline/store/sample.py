@@ -50,6 +50,9 @@ class Sample:
     """Positions in `token_ids` that carry a label row, increasing; None: every completion token."""
     id_prefix: str = ""
     """Written before `index` in the sample id: "w" for a scored window (`doc/w0`)."""
+    student_logprobs: np.ndarray | None = None
+    """(label rows,) float32 logprob of each labelled token under the student that sampled
+    it (score mode on `kd student-samples` records), or None."""
 
     @property
     def sample_id(self) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.store.hidden_codec import decode_int8, hidden_format, scale_dataset_name
 from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
 from pipeline.store.sampled_codec import SAMPLED_DATASETS, label_kind, padded_rows
-from schemas import SHARD_SCHEMAS, hidden_dataset_name
+from schemas import SHARD_SCHEMAS, STUDENT_LOGPROBS, hidden_dataset_name
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,8 @@ class ShardReader:
             **self.label_rows(l0, l1),
             "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
         }
+        if STUDENT_LOGPROBS in a:
+            out["student_logprobs"] = a[STUDENT_LOGPROBS][l0:l1]
         for layer in self.hidden_layers:
             out[f"hidden_{layer}"] = self.hidden(layer, slice(t0, t1))
         return out
@@ -200,6 +202,8 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
                         np.array(s["topk_ids"]), np.array(s["topk_logprobs"], np.float32),
                         np.array(s["sampled_logprobs"], np.float32), reason,
                         label_positions=np.array(s["positions"], np.int64), id_prefix=prefix)
+        if "student_logprobs" in s:
+            sample.student_logprobs = np.array(s["student_logprobs"], np.float32)
         sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
         samples.append(sample)
     return samples

@@ -27,7 +27,8 @@ from pipeline.store.label_codec import Q8_DATASET, Q8POLY_DATASET, encode_q8, q8
 from pipeline.store.q8poly_codec import encode_q8poly, q8poly_attrs
 from pipeline.store.sample import Sample
 from pipeline.store.sampled_codec import SAMPLED_DATASETS, ragged_rows
-from schemas import topk_id_dtype, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name
+from schemas import (STUDENT_LOGPROBS, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name,
+                     topk_id_dtype)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,12 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
         arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
         arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
+    carried = [s.student_logprobs is not None for s in samples]
+    if any(carried):
+        if not all(carried):
+            raise ValueError(f"{carried.count(False)} of {len(samples)} samples lack the student "
+                             "logprobs the others carry: a shard stores them for every row or none")
+        arrays[STUDENT_LOGPROBS] = stack("student_logprobs", (0,), np.float32)
     for layer in attrs.hidden_layers:
         parts = [s.hidden[layer] for s in samples]
         states = (np.concatenate(parts).astype(np.float32) if parts

@@ -29,8 +29,8 @@ from pipeline.store.sampled_codec import label_kind
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
-from schemas import (MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, hidden_dataset_name,
-                     shard_name, topk_id_dtype)
+from schemas import (MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, STUDENT_LOGPROBS,
+                     hidden_dataset_name, shard_name, topk_id_dtype)
 
 # Rows checked per step: bounds memory on multi-GB shards.
 BLOCK_ROWS = 1 << 18
@@ -148,6 +148,10 @@ def check_structure(r: ShardReader) -> list[str]:
                 errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {cols})")
     if a["labels/positions"].shape != (comp,):
         errors.append(f"labels/positions has shape {a['labels/positions'].shape}, expected ({comp},)")
+    student = a.get(STUDENT_LOGPROBS)
+    if student is not None and (student.shape != (comp,) or student.dtype != np.float32):
+        errors.append(f"{STUDENT_LOGPROBS} has shape {student.shape}, dtype {student.dtype}; "
+                      f"expected ({comp},) float32, one per label row")
     errors += check_offsets("samples/offsets", a["samples/offsets"], tokens, n)
     errors += check_offsets("labels/offsets", a["labels/offsets"], comp, n)
     if errors:
@@ -248,6 +252,10 @@ def check_values(r: ShardReader) -> list[str]:
         sampled = a["labels/sampled_logprobs"]
         if not np.all(np.isfinite(sampled)) or sampled.max(initial=-1) > LOGPROB_MAX:
             errors.append("labels/sampled_logprobs not finite and <= 0")
+    student = a.get(STUDENT_LOGPROBS)
+    if student is not None and not (np.all(np.isfinite(student))
+                                    and student.max(initial=-1) <= LOGPROB_MAX):
+        errors.append(f"{STUDENT_LOGPROBS} not finite and <= 0")
     for sl in blocks(len(a["labels/sampled_logprobs"]) if r.label_kind == "topk" else 0):
         ids, lps = a["labels/topk_ids"][sl], r.logprobs(sl).astype(np.float32)
         sampled = a["labels/sampled_logprobs"][sl]

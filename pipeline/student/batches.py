@@ -11,6 +11,10 @@ collated into tensors; flat indices are b * T + t into the (B, T) grid:
 - `target_ids` (N,): the labelled tokens (sampled by the teacher, or the data's
   own in score mode); `teacher_ids` (N, k) int64,
   `teacher_logprobs` (N, k) float32, `teacher_sampled_logprobs` (N,) float32;
+- `student_sampled_logprobs` (N,) float32, only when a sample of the batch comes
+  from an output with `labels/student_logprobs` (score mode on `kd student-samples`
+  records): the sampling student's logprob of each target, NaN on rows of
+  samples without it (the on-policy loss takes rho = 1 there);
 - with `mask_prompt=False`: `prompt_rows` (P,) and `prompt_targets` (P,) for
   prompt tokens 1..p-1 (the tokens before the first label), hard labels only:
   the teacher scored no prompt token,
@@ -120,6 +124,10 @@ def collate(samples: list[dict[str, Any]], hidden_layers: Sequence[int] = (),
         "teacher_sampled_logprobs": torch.from_numpy(
             cat([s["sampled_logprobs"] for s in samples]).astype(np.float32)),
     }
+    if any("student_logprobs" in s for s in samples):
+        batch["student_sampled_logprobs"] = torch.from_numpy(cat([
+            np.asarray(s["student_logprobs"], np.float32) if "student_logprobs" in s
+            else np.full(len(s["positions"]), np.nan, np.float32) for s in samples]))
     if not mask_prompt:
         batch["prompt_rows"] = torch.from_numpy(cat(prompt_rows))
         batch["prompt_targets"] = torch.from_numpy(

@@ -10,6 +10,13 @@ Per loss position, from a model's logits and the teacher's top-k:
   sampled logprobs, so the teacher never has to be loaded.
 Sums are accumulated and divided once by the position count.
 
+On a model's own text (a score-mode output of its `kd student-samples`
+completions), `SampleScores` gives the number on-policy training is about: the
+teacher's mean NLL of the tokens the model wrote (lower: it writes what the
+teacher would), and, where the output stores the sampling student's logprobs,
+the model's own NLL of them and the mean per-token reverse-KL estimate
+log p_model(y) - log p_teacher(y) (its expectation is KL(model || teacher)).
+
     >>> import torch
     >>> from pipeline.student.eval_metrics import EvalTotals
     >>> t = EvalTotals(); t.add(kl=torch.tensor([0.5]), agree=torch.tensor([True]),
@@ -22,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pipeline.student.kd_losses import forward_kl, retemper_teacher, student_logprobs_at
@@ -58,3 +66,37 @@ class EvalTotals:
         n = max(self.positions, 1)
         return {"kl": self.kl / n, "top1_agreement": self.agree / n, "nll": self.nll / n,
                 "perplexity": math.exp(min(self.nll / n, 700.0)), "positions": self.positions}
+
+
+@dataclass
+class SampleScores:
+    """Running sums over the tokens of a model's own samples, scored by the teacher.
+
+        >>> s = SampleScores(); s.add(np.array([-1.0, -3.0]), np.array([-0.5, -0.5]))
+        >>> s.means()
+        {'teacher_nll_of_samples': 2.0, 'sample_positions': 2, 'student_nll_of_samples': 0.5, 'reverse_kl_estimate': 1.5}
+    """
+
+    teacher_nll: float = 0.0
+    student_nll: float = 0.0
+    positions: int = 0
+    with_student: int = 0
+
+    def add(self, teacher_logprobs: np.ndarray, student_logprobs: np.ndarray | None) -> None:
+        """One sample's (or shard's) teacher logprobs of the sampled tokens, and the
+        sampling student's where stored."""
+        self.teacher_nll -= float(np.sum(teacher_logprobs, dtype=np.float64))
+        self.positions += len(teacher_logprobs)
+        if student_logprobs is not None:
+            self.student_nll -= float(np.sum(student_logprobs, dtype=np.float64))
+            self.with_student += len(student_logprobs)
+
+    def means(self) -> dict[str, float]:
+        """Teacher NLL per token; the student's and the reverse-KL estimate only when every
+        token has the student's logprob (a partial mean would compare other tokens)."""
+        n = max(self.positions, 1)
+        out = {"teacher_nll_of_samples": self.teacher_nll / n, "sample_positions": self.positions}
+        if self.positions and self.with_student == self.positions:
+            out |= {"student_nll_of_samples": self.student_nll / n,
+                    "reverse_kl_estimate": (self.teacher_nll - self.student_nll) / n}
+        return out

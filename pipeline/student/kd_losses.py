@@ -390,14 +390,19 @@ def onpolicy_reverse_kl(student_logprobs: Tensor, teacher_logprobs: Tensor,
     has gradient rho_t * k_t * grad log p_current(y_t) and value sum rho_t k_t.
     `student_logprobs` are the CURRENT student's (from this forward pass, with
     gradient), `teacher_logprobs` the stored `labels/sampled_logprobs`. Without
-    behaviour logprobs rho_t = 1 (taken as on-policy) with the same gradient.
+    behaviour logprobs, or where one is NaN (a row of an output that does not
+    carry `labels/student_logprobs`), rho_t = 1 (taken as on-policy) with the
+    same gradient.
 
         >>> s = torch.tensor([-1.0, -2.0], requires_grad=True)
         >>> loss = onpolicy_reverse_kl(s, torch.tensor([-1.5, -1.0]))
         >>> loss.item(), (loss.backward(), s.grad.tolist())[1]
         (-0.5, [0.5, -1.0])
     """
-    behaviour = student_logprobs.detach() if behaviour_logprobs is None else behaviour_logprobs
+    behaviour = student_logprobs.detach()
+    if behaviour_logprobs is not None:
+        given = behaviour_logprobs.to(student_logprobs.dtype)
+        behaviour = torch.where(torch.isnan(given), behaviour, given)
     ratio = torch.exp(student_logprobs - behaviour.to(student_logprobs.dtype))
     return (ratio * (student_logprobs - teacher_logprobs.to(student_logprobs.dtype)).detach()).sum()
 

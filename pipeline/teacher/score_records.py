@@ -11,6 +11,11 @@ them carry labels):
 - `{"id", "messages"}`: a chat; only assistant turns are labelled (every turn,
   with its end-of-turn marker), the rest is context. Too long: rejected, never cut.
 - `{"id", "prompt", "completion"}`: the chat [user prompt, assistant completion].
+- Any of these with `prompt_token_ids` + `completion_token_ids` (and
+  `tokenizer_fingerprint`, equal to the teacher's): `kd student-samples`
+  records. The given ids are scored as they are, the completion's labelled,
+  never the text re-tokenised (`pipeline.teacher.student_records` says why);
+  their `student_logprobs`, if any, travel with the labels. Too long: rejected.
 
 Which tokens belong to an assistant turn is found from the rendered text, not
 guessed from token ids: the chat is rendered once, each assistant turn's
@@ -32,6 +37,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from pipeline.teacher.prompts import (Messages, PromptBatch, RecordError, check_messages,
                                       nonempty_text, read_records, with_system)
+from pipeline.teacher.student_records import check_token_fields
 
 WINDOW_PREFIX = "w"
 """Sample ids of scored items: `<record id>/w<window>`."""
@@ -46,6 +52,8 @@ class ScoreItem:
     token_ids: list[int]
     positions: list[int]
     """Labelled positions in `token_ids`, increasing, each >= 1 (position 0 has no context)."""
+    student_logprobs: list[float] | None = None
+    """One per labelled position: the sampling student's logprob of that token, if given."""
 
     @property
     def sample_id(self) -> str:
@@ -71,6 +79,9 @@ class ScoreTokenizer(Protocol):
 
     def encode(self, text: str, add_special_tokens: bool) -> tuple[list[int], list[int]]:
         """Token ids and each token's start character in `text`."""
+
+    fingerprint: str
+    """`pipeline.store.fingerprint.tokenizer_fingerprint`: what records with token ids must name."""
 
 
 def window_spans(n_tokens: int, width: int, overlap: int) -> list[tuple[int, int, int]]:
@@ -109,6 +120,27 @@ def assistant_positions(tok: ScoreTokenizer, messages: Messages) -> tuple[list[i
     ids, starts = tok.encode(text, add_special_tokens=False)
     positions = [t for t, c in enumerate(starts) if t and any(a <= c < b for a, b in spans)]
     return ids, positions
+
+
+def token_item(rid: str, prompt: list[int], completion: list[int],
+               student_logprobs: list[float] | None, width: int) -> ScoreItem:
+    """A record given as token ids: every completion token labelled, nothing re-tokenised."""
+    ids = prompt + completion
+    if len(ids) > width:
+        raise RecordError("too_long", f"the record has {len(ids)} tokens; at most {width} fit "
+                          "(--max-model-len - 1); token-id records are never cut")
+    return ScoreItem(rid, 0, ids, list(range(len(prompt), len(ids))), student_logprobs)
+
+
+def check_all_or_none(records: list[ScoreRecord]) -> None:
+    """Refuse records of which some carry student logprobs and some do not (ValueError naming
+    one of each): a shard stores them for every label row or for none."""
+    carried = {r.items[0].student_logprobs is not None: r for r in records}
+    if len(carried) == 2:
+        a, b = carried[True], carried[False]
+        raise ValueError(f"record {a.id!r} (line {a.line}) carries `student_logprobs` and record "
+                         f"{b.id!r} (line {b.line}) does not: an output holds the student's "
+                         "logprobs for every row or none; score them as two outputs")
 
 
 def chat_item(rid: str, tok: ScoreTokenizer, messages: Messages, width: int) -> ScoreItem:
@@ -153,6 +185,9 @@ def score_items(rid: str, record: dict[str, Any], tok: ScoreTokenizer, width: in
                 system_prompt: str | None = None) -> tuple[str, list[ScoreItem]]:
     """(kind, items) of one parsed record, or RecordError with the reason."""
     kind = record_kind(record)
+    given = check_token_fields(record, getattr(tok, "fingerprint", None))
+    if given is not None:
+        return kind, [token_item(rid, *given, width)]
     if kind == "text":
         ids, _ = tok.encode(nonempty_text(record, "text"), add_special_tokens=True)
         if len(ids) < 2:

@@ -89,11 +89,13 @@ def fitted_attrs(out: Path, attrs: ShardAttrs, samples: list[Sample], manifest: 
 def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int, seed: int = 0,
                         prefix: str = "p", prompt_len: int | None = None,
                         comp_len: int | None = None, scored: bool = False,
-                        label_seed: int | None = None) -> Manifest:
+                        label_seed: int | None = None,
+                        student_logprobs: bool = False) -> Manifest:
     """Write a complete output directory of random shards and return its manifest
     (`scored`: samples labelled at scattered positions, as score mode writes chats;
     `label_seed`: the same samples as `seed` gives, their labels drawn anew from this
-    seed, as a second teacher scoring the same text would label them)."""
+    seed, as a second teacher scoring the same text would label them;
+    `student_logprobs`: each label row also gets a random sampling-student logprob)."""
     rng = np.random.default_rng(seed)
     relabel = None if label_seed is None else np.random.default_rng(label_seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +116,8 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
                    for j in range(per_shard)]
         if relabel is not None:
             samples = [relabelled(s, relabel, attrs.vocab_size, attrs.top_k) for s in samples]
+        for s in samples if student_logprobs else ():
+            s.student_logprobs = -rng.exponential(1.0, s.label_count).astype(np.float32)
         outcome = filter_samples(samples, KEEP_ALL)
         if attrs.hidden_format == "pca" and attrs.hidden_basis is None:  # fit on the first shard
             attrs = fitted_attrs(out, attrs, samples, manifest)

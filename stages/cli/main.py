@@ -8,6 +8,7 @@
     kd export --labels DIR --format axolotl|distillkit|parquet --out DIR   # other trainers
     kd import --format distillkit --in DIR --teacher DIR --out DIR        # DistillKit datasets
     kd merge-labels --labels A --labels B --weights 0.7,0.3 --out M       # teacher ensemble
+    kd student-samples --model DIR --prompts P --out S   # on-policy: the student's completions
 
 vLLM is imported only inside the commands that run it, so `kd verify` and
 `kd inspect` start fast and work on machines without vLLM.
@@ -26,6 +27,7 @@ import click
 from schemas.interop_config import ExportConfig, ImportConfig
 from schemas.merge_config import MergeConfig
 from schemas.student_config import EvalConfig, StudentConfig
+from schemas.student_samples_config import StudentSamplesConfig
 from schemas.teacher_config import TeacherConfig
 from stages.cli.config_options import options_from
 from stages.cli.faults import resume_command, student_committed, teacher_committed
@@ -112,6 +114,23 @@ def teacher_labels(cfg: TeacherConfig) -> None:
     click.echo(run_stage(stage, cfg, NonFiniteError, NoUsableInput).line())
     if log is not None:
         click.echo(f"engine log: {log} (kd --verbose teacher-labels ... prints it instead)")
+
+
+@main.command("student-samples")
+@options_from(StudentSamplesConfig)
+def student_samples(cfg: StudentSamplesConfig) -> None:
+    """Write the student's completions of the prompts under vLLM, with its logprob of every
+    sampled token, as records for `kd teacher-labels --mode score` (on-policy rounds)."""
+    from stages.cli.engine_logs import route_engine_logs
+
+    log = route_engine_logs(cfg.out, click.get_current_context().find_root().obj["verbose"])
+    from pipeline.teacher.prompts import NoUsableInput
+    from stages.teacher.student_samples import run_student_samples, samples_committed
+
+    stage = Stage("student-samples", run_student_samples, samples_committed)
+    click.echo(run_stage(stage, cfg, NoUsableInput).line())
+    if log is not None:
+        click.echo(f"engine log: {log} (kd --verbose student-samples ... prints it instead)")
 
 
 @main.command("train-student")

@@ -8,10 +8,15 @@ the teacher's own row comes from the stored sampled logprobs (KL 0, agreement
 `kd train-student` holds out (same --eval-fraction and --seed), and one
 evaluation reads at most --eval-max-tokens labelled positions of it, the same
 ones `kd train-student` reads (`--all`: every sample of the labels, no bound).
+`--samples NAME=DIR` adds the teacher's mean NLL of the model's own text: DIR
+is a score-mode output of its `kd student-samples` completions, read over the
+same split's prompts (README: On-policy rounds).
 
     kd eval --labels data/labels/demo --model data/student/demo/model
     kd eval --all --labels data/labels/corpus-heldout --model before=from-teacher \
         --model after=data/student/demo/model     # perplexity on held-out text
+    kd eval --labels data/labels/demo --model data/onpolicy/round-1/student/model \
+        --samples data/onpolicy/round-2/labels    # + the teacher's NLL of the student's text
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 
 from pipeline.student.batch_plan import bounded_eval, plan_batches, split_by_prompt
 from pipeline.student.batches import PlannedBatches, to_device
-from pipeline.student.eval_metrics import EvalTotals
+from pipeline.student.eval_metrics import EvalTotals, SampleScores
 from pipeline.student.label_set import LabelSet, open_label_set
 from schemas.config_base import ConfigError
 from schemas.student_config import EvalConfig
@@ -71,6 +76,21 @@ def teacher_reference(labels: LabelSet, plan: list[np.ndarray]) -> dict[str, flo
             "positions": positions}
 
 
+def sample_scores(out: str, cfg: EvalConfig) -> dict[str, float]:
+    """The teacher's NLL of a model's own samples (a score-mode output of them), over the
+    held-out split's prompts (split as `kd train-student` splits, by prompt id), or all."""
+    labels = open_label_set([out], cfg.verify, cfg.verify_cache)
+    chosen = (np.arange(len(labels)) if cfg.all
+              else split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)[1])
+    scores = SampleScores()
+    for shard in np.unique(labels.shard[chosen]):
+        reader = labels.open_shard(int(shard))
+        for row in labels.row[chosen[labels.shard[chosen] == shard]]:
+            s = reader.sample(int(row))
+            scores.add(s["sampled_logprobs"], s.get("student_logprobs"))
+    return scores.means()
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     from stages.student.model import build_student, check_tokenizer, check_vocabulary
 
@@ -92,16 +112,26 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         vocab = check_vocabulary(model, labels.vocab_size)
         rows[name] = evaluate_model(model.to(device), labels, plan, vocab, cfg.loss_chunk, device)
         del model
+    for name, out in cfg.named_samples().items():
+        rows[name] = rows.get(name, {}) | sample_scores(out, cfg)
     if cfg.output:
         Path(cfg.output).write_text(json.dumps(rows, indent=1) + "\n")
     return rows
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """Markdown table of evaluation rows."""
-    lines = ["| model | KL to teacher | top-1 agreement | NLL | perplexity | positions |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    """Markdown table of evaluation rows; the columns of its own samples (`kd eval --samples`)
+    only when some row has them, "-" where a row has no such number."""
+    columns = [("KL to teacher", "kl", ".4f"), ("top-1 agreement", "top1_agreement", ".4f"),
+               ("NLL", "nll", ".4f"), ("perplexity", "perplexity", ".2f"),
+               ("positions", "positions", "d")]
+    if any("teacher_nll_of_samples" in r for r in rows.values()):
+        columns += [("teacher NLL of its samples", "teacher_nll_of_samples", ".4f"),
+                    ("reverse-KL estimate", "reverse_kl_estimate", ".4f"),
+                    ("sample positions", "sample_positions", "d")]
+    lines = ["| model | " + " | ".join(c[0] for c in columns) + " |",
+             "| --- |" + " ---: |" * len(columns)]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['kl']:.4f} | {r['top1_agreement']:.4f} | {r['nll']:.4f} | "
-                     f"{r['perplexity']:.2f} | {r.get('positions', 0)} |")
+        cells = [format(r[key], spec) if key in r else "-" for _, key, spec in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

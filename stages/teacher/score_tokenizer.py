@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.teacher.prompts import Messages
 
 PLAIN_SEPARATOR = "\n\n"
@@ -28,6 +29,7 @@ class HfScoreTokenizer:
             raise ValueError("--mode score needs a fast tokenizer (offset mappings locate the "
                              "assistant turns); this teacher's tokenizer is a slow one")
         self.tokenizer = tokenizer
+        self.fingerprint = tokenizer_fingerprint(tokenizer)
 
     def render(self, messages: Messages, add_generation_prompt: bool) -> str:
         if getattr(self.tokenizer, "chat_template", None):

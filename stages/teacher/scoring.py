@@ -22,7 +22,8 @@ import numpy as np
 
 from pipeline.store.sample import Sample
 from pipeline.teacher.prompts import PromptBatch
-from pipeline.teacher.score_records import WINDOW_PREFIX, ScoreItem, load_score_records
+from pipeline.teacher.score_records import (WINDOW_PREFIX, ScoreItem, check_all_or_none,
+                                            load_score_records)
 from pipeline.teacher.shard_scheduler import ShardPlan
 from pipeline.teacher.partition import owned_by
 from pipeline.teacher.soft_labels import split_flat_logprobs
@@ -65,9 +66,14 @@ def load_score_input(cfg: TeacherConfig, tokenizer: Any) -> PromptBatch:
         tok = HfScoreTokenizer(tokenizer)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    return load_score_records(
+    batch = load_score_records(
         cfg.prompts, tok, cfg.window_tokens, cfg.window_overlap, cfg.system_prompt, cfg.limit,
         owns=owned_by(cfg.worker_index, cfg.num_workers))
+    try:
+        check_all_or_none(batch.accepted)
+    except ValueError as exc:
+        raise ConfigError(f"--prompts {cfg.prompts}: {exc}") from exc
+    return batch
 
 
 def plan_score_shards(records: list[Any], shard_size: int) -> list[ShardPlan]:
@@ -92,9 +98,11 @@ def scored_sample(item: ScoreItem, output: Any, k: int) -> Sample:
         flat.token_ids, flat.logprobs, np.asarray(flat.start_indices)[positions],
         np.asarray(flat.end_indices)[positions], [item.token_ids[p] for p in positions], k)
     first = item.positions[0]
+    student = (None if item.student_logprobs is None
+               else np.asarray(item.student_logprobs, np.float32))
     return Sample(item.record_id, item.window, item.token_ids[:first], item.token_ids[first:],
                   top_ids, top_lps, actual, "scored", label_positions=positions,
-                  id_prefix=WINDOW_PREFIX)
+                  id_prefix=WINDOW_PREFIX, student_logprobs=student)
 
 
 def score_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
