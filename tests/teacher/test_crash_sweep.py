@@ -13,6 +13,7 @@ takes one point (engine marker).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shlex
 import signal
@@ -20,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -41,6 +44,41 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     m = read_manifest(out)
     assert m.complete
     return {rec.name: (out / rec.name).read_bytes() for rec in m.shards.values()}
+
+
+def h5_items(data: bytes) -> dict[str, tuple[dict, np.ndarray | None]]:
+    """Every group's and dataset's attributes and values of an HDF5 file held in memory."""
+    items = {}
+    with h5py.File(io.BytesIO(data), "r") as f:
+        items["/"] = (dict(f.attrs), None)
+        f.visititems(lambda name, obj: items.__setitem__(
+            name, (dict(obj.attrs), obj[()] if isinstance(obj, h5py.Dataset) else None)))
+    return items
+
+
+def assert_same_shards(got: dict[str, bytes], want: dict[str, bytes]) -> None:
+    """Byte-identical shards, except that recomputed hidden states may differ by float16 rounding.
+
+    A shard rewritten for hidden states but not yet re-sealed is recomputed on resume
+    (never trusted), by a transformers forward pass on the CPU, whose float32 sums are not
+    bit-reproducible from run to run (MKL picks kernels by buffer alignment), so the
+    float16 states can land one rounding step apart; everything else must match exactly.
+    """
+    assert got.keys() == want.keys()
+    for name in want:
+        if got[name] == want[name]:
+            continue
+        a, b = h5_items(got[name]), h5_items(want[name])
+        assert a.keys() == b.keys(), name
+        for key, (attrs, values) in b.items():
+            assert str(a[key][0]) == str(attrs), (name, key)
+            if values is None:
+                continue
+            if key.startswith("hidden/") and values.dtype == np.float16:
+                np.testing.assert_allclose(a[key][1].astype(np.float32), values.astype(np.float32),
+                                           rtol=4e-3, atol=1e-3, err_msg=f"{name}: {key}")
+            else:
+                np.testing.assert_array_equal(a[key][1], values, err_msg=f"{name}: {key}")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +115,7 @@ def check_then_resume(out: Path, hidden: bool, reference) -> None:
     rerun = run_fake(teacher_args(out, hidden))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     shards, rows = reference[hidden]
-    assert shard_bytes(out) == shards
+    assert_same_shards(shard_bytes(out), shards)
     assert pq.read_table(out / "index.parquet").to_pylist() == rows
     assert verify_outputs([out]).problems == []
 
