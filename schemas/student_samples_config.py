@@ -15,12 +15,11 @@ the teacher stage uses.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from schemas.config_base import ConfigError, flag
-from schemas.teacher_config import DTYPES, TeacherConfig
+from schemas.teacher_config import TeacherConfig, check_sampling_and_engine
 
 SAMPLES_CONFIG_NAME = "student_samples_config.json"
 
@@ -72,19 +71,7 @@ class StudentSamplesConfig:
         if self.max_tokens >= self.max_model_len:
             raise ConfigError(f"--max-tokens ({self.max_tokens}) must be smaller than "
                               f"--max-model-len ({self.max_model_len}): no room for the prompt")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got "
-                              f"{self.gpu_memory_utilization}")
-        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
-            raise ConfigError(f"--kv-cache-gib must be positive, got {self.kv_cache_gib}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_sampling_and_engine(self)
         for name in ("model", "prompts", "out"):
             if not getattr(self, name):
                 raise ConfigError(f"{flag(name)} is required")

@@ -35,6 +35,23 @@ SAMPLED_SOURCE_K = 256
 """--label-kind sampled draws from the engine's top-K with K = max(this, --top-k), plus a tail bucket."""
 
 
+def check_sampling_and_engine(cfg: Any) -> None:
+    """The sampling and vLLM engine fields a generating stage shares (`kd teacher-labels`,
+    `kd student-samples`): temperature, top-p, GPU memory share, KV cache, limit, dtype."""
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
+        raise ConfigError(f"--temperature must be a finite number >= 0, got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {cfg.top_p}")
+    if not 0 < cfg.gpu_memory_utilization <= 1:
+        raise ConfigError(
+            f"--gpu-memory-utilization must be in (0, 1], got {cfg.gpu_memory_utilization}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {cfg.limit}")
+    if cfg.kv_cache_gib is not None and cfg.kv_cache_gib <= 0:
+        raise ConfigError(f"--kv-cache-gib must be positive, got {cfg.kv_cache_gib}")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+
 @dataclass
 class TeacherConfig:
     """Everything that decides what `kd teacher-labels` generates and writes."""
@@ -157,19 +174,7 @@ class TeacherConfig:
             raise ConfigError(
                 f"--max-tokens ({self.max_tokens}) must be smaller than --max-model-len "
                 f"({self.max_model_len}): no room would be left for the prompt")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ConfigError(f"--temperature must be a finite number >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(
-                f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
-        if self.kv_cache_gib is not None and self.kv_cache_gib <= 0:
-            raise ConfigError(f"--kv-cache-gib must be positive, got {self.kv_cache_gib}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_sampling_and_engine(self)
         if self.temperature == 0 and self.n > 1:
             raise ConfigError("--n > 1 needs --temperature > 0: greedy decoding gives n identical samples")
         if not 0 <= self.worker_index < self.num_workers:
