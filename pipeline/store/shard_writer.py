@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
 from pipeline.store.hidden_basis import project
 from pipeline.store.hidden_codec import encode_int8, scale_dataset_name
-from pipeline.store.label_codec import Q8_DATASET, Q8POLY_DATASET, encode_q8, q8_attrs
+from pipeline.store.label_codec import encode_q8, logprob_dataset, q8_attrs
 from pipeline.store.q8poly_codec import encode_q8poly, q8poly_attrs
 from pipeline.store.sample import Sample
 from pipeline.store.sampled_codec import SAMPLED_DATASETS, ragged_rows
@@ -118,15 +118,12 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
         offsets, ids, counts, tail = ragged_rows(stack("topk_ids", (0, n), np.int64),
                                                  stack("topk_logprobs", (0, n), np.float32), n)
         arrays |= dict(zip(SAMPLED_DATASETS, (offsets, ids.astype(id_dtype), counts, tail)))
-    elif attrs.label_format == "q8":
-        arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
-        arrays[Q8_DATASET] = encode_q8(stack("topk_logprobs", (0, k), np.float32))
-    elif attrs.label_format == "q8poly":
-        arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
-        arrays[Q8POLY_DATASET] = encode_q8poly(stack("topk_logprobs", (0, k), np.float32))
     else:
         arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
-        arrays["labels/topk_logprobs"] = stack("topk_logprobs", (0, k), np.float16)
+        encode = {"q8": encode_q8, "q8poly": encode_q8poly}.get(attrs.label_format)
+        arrays[logprob_dataset({"label_format": attrs.label_format})] = (
+            encode(stack("topk_logprobs", (0, k), np.float32)) if encode
+            else stack("topk_logprobs", (0, k), np.float16))
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
     carried = [s.student_logprobs is not None for s in samples]
     if any(carried):
