@@ -21,10 +21,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.store.hidden_codec import decode_int8, hidden_format, scale_dataset_name
-from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
-from pipeline.store.sampled_codec import SAMPLED_DATASETS, label_kind, padded_rows
-from schemas import SHARD_SCHEMAS, STUDENT_LOGPROBS, hidden_dataset_name
+from pipeline.store.codecs import UnknownFormat, hidden_format_of, label_format_of, label_kind_of
+from schemas import SHARD_SCHEMAS, STUDENT_LOGPROBS
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,11 @@ class ShardContents:
     """Tokens before the first labelled position per sample, int32."""
     label_counts: np.ndarray
     """Label rows per sample, int32 (= length - prompt length in a generated sample)."""
+
+
+SCHEMA_LABEL_DATASETS = ("labels/topk_ids", "labels/topk_logprobs")
+"""The label datasets the schema lists (fp16 top-k rows): required only of shards of that kind
+and format."""
 
 
 class ShardFormatError(ValueError):
@@ -96,13 +99,16 @@ class ShardReader:
         if self.version not in SHARD_SCHEMAS:
             raise ShardFormatError(f"{self.path}: schema_version {self.version!r} is not one this "
                                    f"build reads ({', '.join(map(str, SHARD_SCHEMAS))})")
-        self.label_kind = label_kind(self.attrs)
-        lp_name = logprob_dataset(self.attrs)
-        topk = ("labels/topk_ids", "labels/topk_logprobs")
+        try:
+            self.kind_codec = label_kind_of(self.attrs)
+            self.label_codec = label_format_of(self.attrs)
+            self.hidden_codec = hidden_format_of(self.attrs)
+        except UnknownFormat as exc:
+            raise ShardFormatError(f"{self.path}: {exc}") from None
+        # the schema lists the fp16 top-k datasets; the kind and format say which this shard needs
         required = [n for n, spec in SHARD_SCHEMAS[self.version]["datasets"].items()
-                    if "utf8" not in spec["dtype"] and n not in topk]
-        required += (list(SAMPLED_DATASETS) if self.label_kind == "sampled"
-                     else ["labels/topk_ids", lp_name])
+                    if "utf8" not in spec["dtype"] and n not in SCHEMA_LABEL_DATASETS]
+        required += self.kind_codec.datasets(self.label_codec)
         missing = [n for n in required if n not in self.layouts]
         if missing:
             raise ShardFormatError(f"{self.path}: missing dataset(s) {', '.join(missing)}")
@@ -110,12 +116,13 @@ class ShardReader:
         if "labels/positions" not in self.arrays:
             self.arrays["labels/positions"] = suffix_positions(self.arrays)
         self.top_k = int(self.attrs["top_k"])
-        self.label_format = label_format(self.attrs)
+        self.label_kind = self.kind_codec.name
+        self.label_format = self.label_codec.name
+        self.hidden_format = self.hidden_codec.name
         self.samples_per_position = int(self.attrs.get("samples_per_position", 0))
-        self.stored_logprobs = self.arrays.get(lp_name)
+        self.stored_logprobs = self.arrays.get(self.label_codec.dataset)
         """The top-k logprobs as stored (float16, or q8 codes); `logprobs()` decodes."""
-        self.decode_logprobs = decoder_of(self.attrs)
-        self.hidden_format = hidden_format(self.attrs)
+        self.decode_logprobs = self.label_codec.decoder(self.attrs)
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
 
     def __len__(self) -> int:
@@ -134,23 +141,13 @@ class ShardReader:
                              np.asarray(self.arrays["samples/prompt_lengths"], np.int32), counts)
 
     def logprobs(self, rows: slice) -> np.ndarray:
-        """Top-k logprobs of label rows `rows`: the memmap view (fp16), or decoded float32 (q8)."""
-        if self.label_format == "fp16":
-            return self.stored_logprobs[rows]
+        """Top-k logprobs of label rows `rows`: the memmap view (fp16), or decoded float32."""
         return self.decode_logprobs(self.stored_logprobs[rows])
 
     def label_rows(self, l0: int, l1: int) -> dict[str, np.ndarray]:
-        """`topk_ids`, `topk_logprobs` of label rows l0..l1: top-k rows, or sampled rows
-        padded to N columns (log(count / N), -inf padding; `pipeline.store.sampled_codec`)."""
-        a = self.arrays
-        if self.label_kind == "sampled":
-            offsets = np.asarray(a["labels/sample_offsets"][l0:l1 + 1], np.int64)
-            e0, e1 = int(offsets[0]), int(offsets[-1])
-            ids, lps = padded_rows(offsets, a["labels/sample_ids"][e0:e1],
-                                   a["labels/sample_counts"][e0:e1], self.samples_per_position)
-            return {"topk_ids": ids, "topk_logprobs": lps}
-        return {"topk_ids": a["labels/topk_ids"][l0:l1],
-                "topk_logprobs": self.logprobs(slice(l0, l1))}
+        """`topk_ids`, `topk_logprobs` of label rows l0..l1, as the label kind reads them
+        (sampled rows padded to N columns: `pipeline.store.codecs.kind_sampled`)."""
+        return self.kind_codec.rows(self, l0, l1)
 
     def sample(self, i: int) -> dict[str, Any]:
         """Sample i as arrays (views into the memmaps, no copy; q8 logprobs decoded to float32)."""
@@ -171,11 +168,9 @@ class ShardReader:
         return out
 
     def hidden(self, layer: int, rows: slice) -> np.ndarray:
-        """Hidden states of token rows `rows`: the memmap view (fp16), or decoded float32 (int8)."""
-        stored = self.arrays[hidden_dataset_name(layer)][rows]
-        if self.hidden_format in ("int8", "pca"):  # pca: the coefficients, never expanded
-            return decode_int8(stored, self.arrays[scale_dataset_name(layer)][rows])
-        return stored
+        """Hidden states of token rows `rows`: the memmap view (fp16), or decoded float32
+        (int8; pca: the coefficients, never expanded)."""
+        return self.hidden_codec.decode(self.arrays, layer, rows)
 
 
 def suffix_positions(arrays: dict[str, np.ndarray]) -> np.ndarray:
