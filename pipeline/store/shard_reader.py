@@ -21,8 +21,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.store.codecs import UnknownFormat, hidden_format_of, label_format_of, label_kind_of
-from schemas import SHARD_SCHEMAS, STUDENT_LOGPROBS
+from pipeline.store.codecs import (ROW_FIELDS, UnknownFormat, hidden_format_of, label_format_of,
+                                   label_kind_of)
+from schemas import SHARD_SCHEMAS
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class ShardReader:
         """The top-k logprobs as stored (float16, or q8 codes); `logprobs()` decodes."""
         self.decode_logprobs = self.label_codec.decoder(self.attrs)
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
+        self.row_fields = [f for f in ROW_FIELDS.values() if f.dataset in self.arrays]
+        """The optional per-row datasets this shard holds (`pipeline.store.codecs.ROW_FIELDS`)."""
 
     def __len__(self) -> int:
         return len(self.arrays["samples/prompt_lengths"])
@@ -161,8 +164,9 @@ class ShardReader:
             **self.label_rows(l0, l1),
             "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
         }
-        if STUDENT_LOGPROBS in a:
-            out["student_logprobs"] = a[STUDENT_LOGPROBS][l0:l1]
+        spans = {"label_rows": slice(l0, l1), "tokens": slice(t0, t1)}
+        for row_field in self.row_fields:
+            out[row_field.name] = a[row_field.dataset][spans[row_field.rows]]
         for layer in self.hidden_layers:
             out[f"hidden_{layer}"] = self.hidden(layer, slice(t0, t1))
         return out
@@ -197,8 +201,8 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
                         np.array(s["topk_ids"]), np.array(s["topk_logprobs"], np.float32),
                         np.array(s["sampled_logprobs"], np.float32), reason,
                         label_positions=np.array(s["positions"], np.int64), id_prefix=prefix)
-        if "student_logprobs" in s:
-            sample.student_logprobs = np.array(s["student_logprobs"], np.float32)
+        for row_field in reader.row_fields:
+            setattr(sample, row_field.name, np.array(s[row_field.name], row_field.dtype))
         sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
         samples.append(sample)
     return samples

@@ -21,9 +21,10 @@ import h5py
 import numpy as np
 
 from pipeline.store.atomic_commit import commit_path, sha256_file, temp_path_for
-from pipeline.store.codecs import hidden_format_named, label_format_named, label_kind_named
+from pipeline.store.codecs import (ROW_FIELDS, hidden_format_named, label_format_named,
+                                   label_kind_named)
 from pipeline.store.sample import Sample
-from schemas import STUDENT_LOGPROBS, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, topk_id_dtype
+from schemas import SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, topk_id_dtype
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,14 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
     arrays |= label_kind_named(attrs.label_kind).pack(
         stack, attrs, label_format_named(attrs.label_format), topk_id_dtype(attrs.vocab_size))
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
-    carried = [s.student_logprobs is not None for s in samples]
-    if any(carried):
-        if not all(carried):
-            raise ValueError(f"{carried.count(False)} of {len(samples)} samples lack the student "
-                             "logprobs the others carry: a shard stores them for every row or none")
-        arrays[STUDENT_LOGPROBS] = stack("student_logprobs", (0,), np.float32)
+    for row_field in ROW_FIELDS.values():
+        carried = [getattr(s, row_field.name, None) is not None for s in samples]
+        if any(carried):
+            if not all(carried):
+                raise ValueError(f"{carried.count(False)} of {len(samples)} samples lack the "
+                                 f"{row_field.what} the others carry: a shard stores them for "
+                                 "every row or none")
+            arrays[row_field.dataset] = stack(row_field.name, (0,), row_field.dtype)
     hidden = hidden_format_named(attrs.hidden_format)
     for layer in attrs.hidden_layers:
         parts = [s.hidden[layer] for s in samples]

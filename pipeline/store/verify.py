@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -24,13 +24,12 @@ from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.codecs import (MUST_MATCH, UnknownFormat, hidden_format_name,
                                    hidden_format_named, label_format_name, label_format_named,
                                    label_kind_name, label_kind_named)
-from pipeline.store.codecs.array_checks import blocks, check_offsets, nonpositive_logprobs
+from pipeline.store.codecs.array_checks import blocks, check_offsets
 from pipeline.store.codecs.base import Sidecar
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
-from schemas import (MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, STUDENT_LOGPROBS,
-                     shard_name, topk_id_dtype)
+from schemas import MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, shard_name, topk_id_dtype
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,8 @@ def codec_errors(check) -> list[str]:
 
 def check_structure(r: ShardReader) -> list[str]:
     """Shapes and dtypes of every dataset, and the offsets that tie them together."""
-    errors = check_schema_dtypes(r) + check_label_layout(r) + check_offset_arrays(r)
+    errors = (check_schema_dtypes(r) + check_label_layout(r) + check_row_fields(r)
+              + check_offset_arrays(r))
     if errors:
         return errors
     return check_sample_spans(r) + check_hidden_layout(r)
@@ -122,17 +122,21 @@ def check_schema_dtypes(r: ShardReader) -> list[str]:
 
 
 def check_label_layout(r: ShardReader) -> list[str]:
-    """The label kind's datasets, positions and student logprobs: one row per label row."""
+    """The label kind's datasets and the positions: one row per label row."""
     a, rows = r.arrays, len(r.arrays["labels/sampled_logprobs"])
     errors = r.kind_codec.check_structure(a, r.attrs, r.label_codec, rows,
                                           topk_id_dtype(int(r.attrs["vocab_size"])))
     if a["labels/positions"].shape != (rows,):
         errors.append(f"labels/positions has shape {a['labels/positions'].shape}, expected ({rows},)")
-    student = a.get(STUDENT_LOGPROBS)
-    if student is not None and (student.shape != (rows,) or student.dtype != np.float32):
-        errors.append(f"{STUDENT_LOGPROBS} has shape {student.shape}, dtype {student.dtype}; "
-                      f"expected ({rows},) float32, one per label row")
     return errors
+
+
+def check_row_fields(r: ShardReader) -> list[str]:
+    """The optional per-row datasets the shard holds: one value per token or label row."""
+    rows = {"label_rows": len(r.arrays["labels/sampled_logprobs"]),
+            "tokens": len(r.arrays["samples/token_ids"])}
+    return [e for f in r.row_fields
+            for e in f.check_structure(r.arrays[f.dataset], rows[f.rows])]
 
 
 def check_offset_arrays(r: ShardReader) -> list[str]:
@@ -188,16 +192,15 @@ def check_positions(positions: np.ndarray, label_offsets: np.ndarray, prompt: np
 
 def check_values(r: ShardReader) -> list[str]:
     """Token ids below the vocabulary; the label kind's rows (finite logprobs, sorted,
-    ids in range); student logprobs finite and <= 0; hidden states finite."""
+    ids in range); the optional per-row datasets' values; hidden states finite."""
     a, vocab, errors = r.arrays, int(r.attrs["vocab_size"]), []
     for sl in blocks(len(a["samples/token_ids"])):
         if a["samples/token_ids"][sl].max(initial=0) >= vocab:
             errors.append(f"samples/token_ids has ids >= vocab_size {vocab}")
             break
     errors += r.kind_codec.check_values(r)
-    student = a.get(STUDENT_LOGPROBS)
-    if student is not None and not nonpositive_logprobs(student):
-        errors.append(f"{STUDENT_LOGPROBS} not finite and <= 0")
+    for row_field in r.row_fields:
+        errors += row_field.check_values(a[row_field.dataset])
     for layer in r.hidden_layers:
         errors += r.hidden_codec.check_values(a, layer)
     return errors

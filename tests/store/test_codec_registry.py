@@ -5,8 +5,9 @@
 - Every combination of registered label format, label kind and hidden format writes
   shards that `kd verify` accepts and that read back what was written: a new codec is
   covered here by registering it.
-- A format added as one object and one registry entry (a test-only float32 label format)
-  goes through writer, reader and `kd verify` with no other change.
+- A format added as one object and one registry entry (a test-only float32 label format,
+  a test-only per-token dataset) goes through writer, reader and `kd verify` with no
+  other change.
 - Outside the codecs package, pipeline/ and stages/ compare format names in at most
   `MAX_FORMAT_BRANCHES` places.
 """
@@ -20,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.synthetic_output import write_random_output
+from bench.synthetic_output import random_sample, write_random_output
 from pipeline.store import codecs
-from pipeline.store.codecs.base import HiddenFormat, LabelFormat, LabelKind
-from pipeline.store.shard_reader import ShardReader
-from pipeline.store.shard_writer import ShardAttrs
-from pipeline.store.verify import verify_outputs
+from pipeline.store.codecs.base import HiddenFormat, LabelFormat, LabelKind, RowField
+from pipeline.store.shard_reader import ShardReader, read_samples
+from pipeline.store.shard_writer import ShardAttrs, write_shard
+from pipeline.store.verify import check_structure, check_values, verify_outputs
 from schemas import teacher_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,6 +119,36 @@ def test_a_new_format_is_one_object_and_one_registry_entry(tmp_path, monkeypatch
     got = exact.sample(0)["topk_logprobs"]
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got.astype(np.float16), rounded.sample(0)["topk_logprobs"])
+
+
+class TokenBytes(RowField):
+    """A per-token field this build does not ship (the bytes each token decodes to)."""
+
+    name = "token_bytes"
+    dataset = "samples/token_bytes"
+    rows = "tokens"
+    dtype = np.uint16
+    what = "token byte lengths"
+
+    def check_values(self, values):
+        return [] if values.min(initial=1) >= 1 else [f"{self.dataset} holds a token of 0 bytes"]
+
+
+def test_a_new_per_token_dataset_is_one_object_and_one_registry_entry(tmp_path, monkeypatch):
+    monkeypatch.setitem(codecs.ROW_FIELDS, "token_bytes", TokenBytes())
+    rng = np.random.default_rng(3)
+    samples = [random_sample(rng, f"p{i}", vocab=100, k=4) for i in range(3)]
+    for s in samples:
+        s.token_bytes = rng.integers(1, 9, len(s.token_ids))
+    write_shard(tmp_path / "shard-00000.h5", 0, samples, ShardAttrs("t", "f", 100, 4, {}))
+    reader = ShardReader(tmp_path / "shard-00000.h5")
+    assert check_structure(reader) == [] and check_values(reader) == []
+    for s, back in zip(samples, read_samples(reader)):
+        np.testing.assert_array_equal(back.token_bytes, s.token_bytes)
+        assert back.token_bytes.dtype == np.uint16
+    samples[1].token_bytes = None
+    with pytest.raises(ValueError, match="1 of 3 samples lack the token byte lengths"):
+        write_shard(tmp_path / "shard-00001.h5", 1, samples, ShardAttrs("t", "f", 100, 4, {}))
 
 
 def format_branches(path: Path, root: Path = ROOT) -> list[str]:

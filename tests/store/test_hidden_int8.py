@@ -10,7 +10,7 @@ import pytest
 
 from conftest import fake_attrs, write_fake_output
 from pipeline.store.codecs.hidden_int8 import (decode_int8, encode_int8, int8_error_bound,
-                                         scale_dataset_name)
+                                               scale_dataset_name)
 from pipeline.store.manifest import read_manifest, write_manifest
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.summary import storage_bytes

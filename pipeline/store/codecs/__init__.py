@@ -2,7 +2,8 @@
 
 The writer, the reader, `kd verify`, `kd inspect`, `kd export` and the manifest
 ask this registry for the object of a name and call its methods; none of them
-compares format names. Adding a format is one module (a subclass of
+compares format names. `ROW_FIELDS` lists the optional datasets of one value per
+token or label row (`RowField`) that the writer stores when the samples carry them. Adding a format is one module (a subclass of
 `LabelFormat`, `LabelKind` or `HiddenFormat` from `pipeline.store.codecs.base`,
 and its instance) and one line below; docs/codecs.md walks through it. The
 names a user may choose are also listed in `schemas.teacher_config` (schemas
@@ -29,7 +30,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, TypeVar
 
-from pipeline.store.codecs.base import HiddenFormat, LabelFormat, LabelKind
+from pipeline.store.codecs.base import HiddenFormat, LabelFormat, LabelKind, RowField
+from pipeline.store.codecs.field_student_logprobs import STUDENT_LOGPROBS_FIELD
 from pipeline.store.codecs.hidden_fp16 import FP16_HIDDEN
 from pipeline.store.codecs.hidden_int8 import INT8
 from pipeline.store.codecs.hidden_pca import PCA
@@ -45,6 +47,9 @@ LABEL_KINDS: dict[str, LabelKind] = {c.name: c for c in (TOPK, SAMPLED)}
 """What a label row holds (`--label-kind`); the first is the default."""
 HIDDEN_FORMATS: dict[str, HiddenFormat] = {c.name: c for c in (FP16_HIDDEN, INT8, PCA)}
 """How hidden states are stored (`--hidden-format`); the first is the default."""
+
+ROW_FIELDS: dict[str, RowField] = {c.name: c for c in (STUDENT_LOGPROBS_FIELD,)}
+"""Optional per-token or per-label-row datasets, by their `Sample` attribute."""
 
 MUST_MATCH: tuple[str, ...] = LabelFormat.must_match + LabelKind.must_match + HiddenFormat.must_match
 """Manifest fields, beyond teacher, tokenizer, vocabulary and k, that outputs read together

@@ -11,6 +11,8 @@ verify`, `kd inspect` and `kd export` look the object up by name
 - `LabelKind`: what a label row is (top-k rows, or counts of sampled ids);
   top-k rows store their logprobs in a `LabelFormat`.
 - `HiddenFormat`: how one layer's hidden states are stored (fp16, int8, pca).
+- `RowField`: an optional dataset of one value per token or per label row that a
+  shard holds for every sample or for none (the sampling student's logprobs).
 
 Methods take plain values (root attributes as a dict, arrays by dataset name,
 a manifest or a reader as any object with the named fields), so no codec
@@ -192,4 +194,33 @@ class HiddenFormat:
 
     def sidecars(self, manifest: Any) -> list[Sidecar]:
         """Files beside the shards this format needs (none but pca's basis)."""
+        return []
+
+
+ROW_UNITS = {"tokens": "token", "label_rows": "label row"}
+"""What a `RowField` has one value per (the schema's shape names), and its words in messages."""
+
+
+class RowField:
+    """An optional dataset of one value per token or per label row, carried by a `Sample`
+    attribute of the same name; a shard stores it for every sample or for none."""
+
+    name: str = ""
+    """The `Sample` attribute the writer reads, and the key `ShardReader.sample()` fills."""
+    dataset: str = ""
+    rows: str = "label_rows"
+    """A key of `ROW_UNITS`: what one stored value belongs to."""
+    dtype: Any = np.float32
+    what: str = ""
+    """What the values are, in messages."""
+
+    def check_structure(self, values: np.ndarray, rows: int) -> list[str]:
+        """`kd verify`: one value of `dtype` per row."""
+        if values.shape != (rows,) or values.dtype != self.dtype:
+            return [f"{self.dataset} has shape {values.shape}, dtype {values.dtype}; expected "
+                    f"({rows},) {np.dtype(self.dtype)}, one per {ROW_UNITS[self.rows]}"]
+        return []
+
+    def check_values(self, values: np.ndarray) -> list[str]:
+        """`kd verify`: what is wrong with the stored values."""
         return []
