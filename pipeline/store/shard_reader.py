@@ -21,8 +21,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.store.codecs import (ROW_FIELDS, UnknownFormat, hidden_format_of, label_format_of,
-                                   label_kind_of)
+from pipeline.store.codecs import (ROW_FIELDS, SAMPLE_TEXTS, UnknownFormat, hidden_format_of,
+                                   label_format_of, label_kind_of)
+from pipeline.store.codecs.base import SampleText
 from schemas import SHARD_SCHEMAS
 
 
@@ -136,6 +137,13 @@ class ShardReader:
         with h5py.File(self.path, "r") as f:
             return [s.decode("utf-8") if isinstance(s, bytes) else s for s in f[name][()]]
 
+    def sample_texts(self) -> list[SampleText]:
+        """The optional per-sample strings this shard holds (`pipeline.store.codecs.SAMPLE_TEXTS`)."""
+        if not SAMPLE_TEXTS:
+            return []
+        with h5py.File(self.path, "r") as f:
+            return [t for t in SAMPLE_TEXTS.values() if t.dataset in f]
+
     def contents(self) -> ShardContents:
         """Sample ids and lengths, from the ids and the small offset arrays only."""
         lengths = np.diff(np.asarray(self.arrays["samples/offsets"], np.int64)).astype(np.int32)
@@ -191,6 +199,7 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
     from pipeline.store.sample import Sample
 
     ids, reasons = reader.strings("samples/ids"), reader.strings("samples/finish_reasons")
+    texts = {t.name: reader.strings(t.dataset) for t in reader.sample_texts()}
     samples = []
     for i, (sid, reason) in enumerate(zip(ids, reasons)):
         s = reader.sample(i)
@@ -203,6 +212,8 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
                         label_positions=np.array(s["positions"], np.int64), id_prefix=prefix)
         for row_field in reader.row_fields:
             setattr(sample, row_field.name, np.array(s[row_field.name], row_field.dtype))
+        for name, values in texts.items():
+            setattr(sample, name, values[i])
         sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
         samples.append(sample)
     return samples

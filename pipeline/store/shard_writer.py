@@ -21,8 +21,8 @@ import h5py
 import numpy as np
 
 from pipeline.store.atomic_commit import commit_path, sha256_file, temp_path_for
-from pipeline.store.codecs import (ROW_FIELDS, hidden_format_named, label_format_named,
-                                   label_kind_named)
+from pipeline.store.codecs import (ROW_FIELDS, SAMPLE_TEXTS, hidden_format_named,
+                                   label_format_named, label_kind_named)
 from pipeline.store.sample import Sample
 from schemas import SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, topk_id_dtype
 
@@ -110,12 +110,7 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
         stack, attrs, label_format_named(attrs.label_format), topk_id_dtype(attrs.vocab_size))
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
     for row_field in ROW_FIELDS.values():
-        carried = [getattr(s, row_field.name, None) is not None for s in samples]
-        if any(carried):
-            if not all(carried):
-                raise ValueError(f"{carried.count(False)} of {len(samples)} samples lack the "
-                                 f"{row_field.what} the others carry: a shard stores them for "
-                                 "every row or none")
+        if carried_by_all(samples, row_field.name, row_field.what):
             arrays[row_field.dataset] = stack(row_field.name, (0,), row_field.dtype)
     hidden = hidden_format_named(attrs.hidden_format)
     for layer in attrs.hidden_layers:
@@ -124,6 +119,25 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
                   else np.zeros((0, attrs.hidden_size), np.float32))
         arrays |= hidden.encode(states, layer, attrs)
     return arrays
+
+
+def carried_by_all(samples: Sequence[Sample], name: str, what: str) -> bool:
+    """Whether the samples carry the optional field `name`; ValueError if only some do."""
+    carried = [getattr(s, name, None) is not None for s in samples]
+    if any(carried) and not all(carried):
+        raise ValueError(f"{carried.count(False)} of {len(samples)} samples lack the {what} the "
+                         "others carry: a shard stores them for every row or none")
+    return any(carried)
+
+
+def pack_texts(samples: Sequence[Sample]) -> dict[str, list[str]]:
+    """The shard's UTF-8 string datasets (one string per sample), keyed by dataset path."""
+    texts = {"samples/ids": [s.sample_id for s in samples],
+             "samples/finish_reasons": [s.finish_reason for s in samples]}
+    for text_field in SAMPLE_TEXTS.values():
+        if carried_by_all(samples, text_field.name, text_field.what):
+            texts[text_field.dataset] = [getattr(s, text_field.name) for s in samples]
+    return texts
 
 
 def format_attrs(attrs: ShardAttrs) -> dict[str, Any]:
@@ -140,7 +154,7 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
                 attrs: ShardAttrs) -> ShardRecord:
     """Write `samples` to `path` atomically and return its manifest record."""
     path = Path(path)
-    arrays = pack_samples(samples, attrs)
+    arrays, texts = pack_samples(samples, attrs), pack_texts(samples)
     tmp = temp_path_for(path)
     text = h5py.string_dtype("utf-8")
     try:
@@ -161,9 +175,8 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
                 f.attrs[key] = value
             for name, data in arrays.items():
                 f.create_dataset(name, data=data)
-            f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)
-            f.create_dataset("samples/finish_reasons",
-                             data=[s.finish_reason for s in samples], dtype=text)
+            for name, values in texts.items():
+                f.create_dataset(name, data=values, dtype=text)
         commit_path(tmp, path)
     finally:
         if tmp.exists():

@@ -111,7 +111,7 @@ def check_structure(r: ShardReader) -> list[str]:
               + check_offset_arrays(r))
     if errors:
         return errors
-    return check_sample_spans(r) + check_hidden_layout(r)
+    return check_sample_spans(r) + check_hidden_layout(r) + check_sample_texts(r)
 
 
 def check_schema_dtypes(r: ShardReader) -> list[str]:
@@ -168,6 +168,16 @@ def check_hidden_layout(r: ShardReader) -> list[str]:
     tokens = len(r.arrays["samples/token_ids"])
     return [e for layer in r.hidden_layers
             for e in r.hidden_codec.check_structure(r.arrays, layer, tokens, r.attrs)]
+
+
+def check_sample_texts(r: ShardReader) -> list[str]:
+    """The optional per-sample strings the shard holds: one per sample, each valid."""
+    errors = []
+    for text_field in r.sample_texts():
+        texts = r.strings(text_field.dataset)
+        errors += ([f"{text_field.dataset} holds {len(texts)} strings for {len(r)} samples"]
+                   if len(texts) != len(r) else text_field.check_values(texts))
+    return errors
 
 
 def check_positions(positions: np.ndarray, label_offsets: np.ndarray, prompt: np.ndarray,

@@ -6,8 +6,8 @@
   shards that `kd verify` accepts and that read back what was written: a new codec is
   covered here by registering it.
 - A format added as one object and one registry entry (a test-only float32 label format,
-  a test-only per-token dataset) goes through writer, reader and `kd verify` with no
-  other change.
+  a test-only per-token dataset, a test-only per-sample string) goes through writer,
+  reader and `kd verify` with no other change.
 - Outside the codecs package, pipeline/ and stages/ compare format names in at most
   `MAX_FORMAT_BRANCHES` places.
 """
@@ -23,7 +23,7 @@ import pytest
 
 from bench.synthetic_output import random_sample, write_random_output
 from pipeline.store import codecs
-from pipeline.store.codecs.base import HiddenFormat, LabelFormat, LabelKind, RowField
+from pipeline.store.codecs.base import HiddenFormat, LabelFormat, LabelKind, RowField, SampleText
 from pipeline.store.shard_reader import ShardReader, read_samples
 from pipeline.store.shard_writer import ShardAttrs, write_shard
 from pipeline.store.verify import check_structure, check_values, verify_outputs
@@ -149,6 +149,34 @@ def test_a_new_per_token_dataset_is_one_object_and_one_registry_entry(tmp_path, 
     samples[1].token_bytes = None
     with pytest.raises(ValueError, match="1 of 3 samples lack the token byte lengths"):
         write_shard(tmp_path / "shard-00001.h5", 1, samples, ShardAttrs("t", "f", 100, 4, {}))
+
+
+class Regions(SampleText):
+    """A per-sample string this build does not ship (a JSON list, as text regions are)."""
+
+    name = "regions"
+    dataset = "samples/regions"
+    what = "text regions"
+
+    def check_values(self, texts):
+        bad = [i for i, t in enumerate(texts) if not t.startswith("[")]
+        return [f"{self.dataset}: sample {bad[0]} is not a JSON list"] if bad else []
+
+
+def test_a_new_per_sample_string_is_one_object_and_one_registry_entry(tmp_path, monkeypatch):
+    monkeypatch.setitem(codecs.SAMPLE_TEXTS, "regions", Regions())
+    rng = np.random.default_rng(4)
+    samples = [random_sample(rng, f"p{i}", vocab=100, k=4) for i in range(3)]
+    for i, s in enumerate(samples):
+        s.regions = f'[["user",0,{i + 1},0]]'
+    write_shard(tmp_path / "shard-00000.h5", 0, samples, ShardAttrs("t", "f", 100, 4, {}))
+    reader = ShardReader(tmp_path / "shard-00000.h5")
+    assert check_structure(reader) == []
+    assert [s.regions for s in read_samples(reader)] == [s.regions for s in samples]
+    samples[2].regions = "user 0..3"
+    write_shard(tmp_path / "shard-00001.h5", 1, samples, ShardAttrs("t", "f", 100, 4, {}))
+    assert check_structure(ShardReader(tmp_path / "shard-00001.h5")) == [
+        "samples/regions: sample 2 is not a JSON list"]
 
 
 def format_branches(path: Path, root: Path = ROOT) -> list[str]:

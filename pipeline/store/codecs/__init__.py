@@ -3,7 +3,8 @@
 The writer, the reader, `kd verify`, `kd inspect`, `kd export` and the manifest
 ask this registry for the object of a name and call its methods; none of them
 compares format names. `ROW_FIELDS` lists the optional datasets of one value per
-token or label row (`RowField`) that the writer stores when the samples carry them. Adding a format is one module (a subclass of
+token or label row (`RowField`), `SAMPLE_TEXTS` the optional strings per sample
+(`SampleText`); the writer stores them when the samples carry them. Adding a format is one module (a subclass of
 `LabelFormat`, `LabelKind` or `HiddenFormat` from `pipeline.store.codecs.base`,
 and its instance) and one line below; docs/codecs.md walks through it. The
 names a user may choose are also listed in `schemas.teacher_config` (schemas
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, TypeVar
 
-from pipeline.store.codecs.base import HiddenFormat, LabelFormat, LabelKind, RowField
+from pipeline.store.codecs.base import HiddenFormat, LabelFormat, LabelKind, RowField, SampleText
 from pipeline.store.codecs.field_student_logprobs import STUDENT_LOGPROBS_FIELD
 from pipeline.store.codecs.hidden_fp16 import FP16_HIDDEN
 from pipeline.store.codecs.hidden_int8 import INT8
@@ -50,6 +51,8 @@ HIDDEN_FORMATS: dict[str, HiddenFormat] = {c.name: c for c in (FP16_HIDDEN, INT8
 
 ROW_FIELDS: dict[str, RowField] = {c.name: c for c in (STUDENT_LOGPROBS_FIELD,)}
 """Optional per-token or per-label-row datasets, by their `Sample` attribute."""
+SAMPLE_TEXTS: dict[str, SampleText] = {}
+"""Optional per-sample strings, by their `Sample` attribute (none shipped yet)."""
 
 MUST_MATCH: tuple[str, ...] = LabelFormat.must_match + LabelKind.must_match + HiddenFormat.must_match
 """Manifest fields, beyond teacher, tokenizer, vocabulary and k, that outputs read together

@@ -13,6 +13,7 @@ verify`, `kd inspect` and `kd export` look the object up by name
 - `HiddenFormat`: how one layer's hidden states are stored (fp16, int8, pca).
 - `RowField`: an optional dataset of one value per token or per label row that a
   shard holds for every sample or for none (the sampling student's logprobs).
+- `SampleText`: an optional UTF-8 string per sample, held for every sample or none.
 
 Methods take plain values (root attributes as a dict, arrays by dataset name,
 a manifest or a reader as any object with the named fields), so no codec
@@ -223,4 +224,19 @@ class RowField:
 
     def check_values(self, values: np.ndarray) -> list[str]:
         """`kd verify`: what is wrong with the stored values."""
+        return []
+
+
+class SampleText:
+    """An optional UTF-8 string per sample (stored like `samples/ids`), carried by a `Sample`
+    attribute of the same name; a shard stores it for every sample or for none."""
+
+    name: str = ""
+    """The `Sample` attribute the writer reads and `read_samples` fills."""
+    dataset: str = ""
+    what: str = ""
+    """What the strings are, in messages."""
+
+    def check_values(self, texts: list[str]) -> list[str]:
+        """`kd verify`: what is wrong with the stored strings (one per sample)."""
         return []
