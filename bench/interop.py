@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline.machine import describe_machine
 from pipeline.store.shard_writer import ShardAttrs
-from pipeline.teacher.synthetic_output import write_random_output
+from bench.synthetic_output import write_random_output
 from schemas.interop_config import EXPORT_FORMATS, ExportConfig, ImportConfig
 from stages.interop.export import run_export
 from stages.interop.import_distillkit import run_import

@@ -69,7 +69,7 @@ def run_job(sources: list[str], out: str) -> dict[str, Any]:
 
 def write_sources(root: Path, shards: int, per_shard: int) -> list[str]:
     from pipeline.store.shard_writer import ShardAttrs
-    from pipeline.teacher.synthetic_output import write_random_output
+    from bench.synthetic_output import write_random_output
 
     attrs = ShardAttrs("synthetic", "0" * 64, 49152, 20, {"mode": "score"})
     dirs = [root / "a", root / "b"]

@@ -42,7 +42,7 @@ import torch
 
 from pipeline.machine import describe_machine
 from pipeline.store.hidden_basis import fit_basis, project, reconstruct
-from pipeline.store.hidden_codec import decode_int8, encode_int8
+from pipeline.store.codecs.hidden_int8 import decode_int8, encode_int8
 from pipeline.store.manifest import Manifest
 from pipeline.store.sample import Sample
 from pipeline.store.shard_reader import ShardReader

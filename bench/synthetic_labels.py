@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.store.manifest import read_manifest
 from pipeline.store.shard_writer import ShardAttrs
-from pipeline.teacher.synthetic_output import write_random_output
+from bench.synthetic_output import write_random_output
 
 
 def write_synthetic_labels(out: str | Path, like: str | Path, shards: int, per_shard: int = 64,

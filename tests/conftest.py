@@ -18,8 +18,8 @@ import pytest  # noqa: E402
 
 from pipeline.store.manifest import Manifest  # noqa: E402
 from pipeline.store.shard_writer import ShardAttrs  # noqa: E402
-from pipeline.teacher.synthetic_output import random_sample as fake_sample  # noqa: E402,F401
-from pipeline.teacher.synthetic_output import write_random_output  # noqa: E402
+from bench.synthetic_output import random_sample as fake_sample  # noqa: E402,F401
+from bench.synthetic_output import write_random_output  # noqa: E402
 
 VOCAB = 1000
 K = 4
@@ -39,7 +39,7 @@ def fake_attrs(vocab: int = VOCAB, k: int = K, hidden_layers=(), hidden_size=0) 
 
 def write_fake_output(out, shards: int = 2, per_shard: int = 3, seed: int = 0,
                       attrs: ShardAttrs | None = None, prefix: str = "p") -> Manifest:
-    """A complete, valid output of small random shards (see `pipeline.teacher.synthetic_output`)."""
+    """A complete, valid output of small random shards (see `bench.synthetic_output`)."""
     return write_random_output(out, attrs or fake_attrs(), shards, per_shard, seed, prefix)
 
 

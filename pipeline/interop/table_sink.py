@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store.checksum import commit_path, temp_path_for
+from pipeline.store.atomic_commit import commit_path, temp_path_for
 
 
 def list_column(arrays: list[np.ndarray], field_type: pa.DataType) -> pa.Array:

@@ -5,7 +5,7 @@ directions of the teacher's states, fitted once per output and kept in `hidden_b
 pass captures (at most FIT_TOKENS tokens, the "first sample of the run"), writes it
 beside the shards (checksummed in the manifest and named in every shard's root
 attributes), then stores each token's coefficients `(h - mean) @ basis.T` (R values)
-int8-companded like `hidden_format` int8 (`pipeline.store.hidden_codec`). The student's
+int8-companded like `hidden_format` int8 (`pipeline.store.codecs.hidden_int8`). The student's
 adapter targets the R coefficients directly, so nothing is expanded at training time;
 `reconstruct` maps coefficients back when the full state is wanted (measurements).
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.atomic_commit import commit_path, sha256_file, temp_path_for
 
 BASIS_NAME = "hidden_basis.h5"
 FIT_TOKENS = 16384

@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.store.checksum import write_text_atomic
+from pipeline.store.atomic_commit import write_text_atomic
+from pipeline.store.codecs import (UnknownFormat, hidden_format_named, label_format_named,
+                                   label_kind_named)
 from pipeline.store.shard_writer import ShardRecord
 from schemas import MANIFEST_NAME, MANIFEST_SCHEMA_NAME, SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
@@ -53,15 +55,15 @@ class Manifest:
     rejected_prompts: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     label_format: str = "fp16"
-    """How the shards store top-k logprobs: fp16, q8 (`pipeline.store.label_codec`) or q8poly (`pipeline.store.q8poly_codec`); absent in older manifests."""
+    """How the shards store top-k logprobs: a name of `pipeline.store.codecs.LABEL_FORMATS`; absent in older manifests."""
     hidden_format: str = "fp16"
-    """How the shards store hidden states: fp16 or int8 (`pipeline.store.hidden_codec`); absent in older manifests."""
+    """How the shards store hidden states: a name of `pipeline.store.codecs.HIDDEN_FORMATS`; absent in older manifests."""
     hidden_rank: int = 0
     """hidden_format pca: coefficients per token and layer (what the student's adapter targets)."""
     hidden_basis_sha256: str = ""
     """hidden_format pca: checksum of `hidden_basis.h5` (`pipeline.store.hidden_basis`)."""
     label_kind: str = "topk"
-    """topk, or sampled (`pipeline.store.sampled_codec`); absent in older manifests."""
+    """What a label row holds: a name of `pipeline.store.codecs.LABEL_KINDS`; absent in older manifests."""
     samples_per_position: int = 0
     """sampled: N, the draws per labelled position (0 for top-k labels)."""
     planned_samples: int = 0
@@ -72,12 +74,12 @@ class Manifest:
     def hidden_space(self) -> str:
         """What the stored hidden states are vectors of: `teacher` (fp16 and int8 decode to
         the teacher's states) or `pca:<basis sha256>` (coefficients on one basis)."""
-        return f"pca:{self.hidden_basis_sha256}" if self.hidden_format == "pca" else "teacher"
+        return hidden_format_named(self.hidden_format).space(self)
 
     @property
     def stored_hidden_size(self) -> int:
         """Width of a stored hidden row: the teacher's hidden size, or the pca rank."""
-        return self.hidden_rank if self.hidden_format == "pca" else self.hidden_size
+        return getattr(self, hidden_format_named(self.hidden_format).width_field)
 
     def totals(self) -> dict[str, int]:
         keys = ("samples", "tokens", "completion_tokens", "bytes", "generated")
@@ -109,7 +111,14 @@ class Manifest:
                 f"(this build reads versions {', '.join(map(str, SHARD_SCHEMAS))})")
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["shards"] = {int(s["index"]): ShardRecord.from_json(s) for s in data["shards"]}
-        return cls(**fields)
+        manifest = cls(**fields)
+        try:
+            label_format_named(manifest.label_format)
+            label_kind_named(manifest.label_kind)
+            hidden_format_named(manifest.hidden_format)
+        except UnknownFormat as exc:
+            raise ManifestError(str(exc)) from None
+        return manifest
 
 
 def manifest_path(out_dir: str | Path) -> Path:

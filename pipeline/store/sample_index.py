@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
+from pipeline.store.atomic_commit import commit_path, sha256_file, temp_path_for
 from pipeline.store.shard_reader import ShardContents
 
 INDEX_NAME = "index.parquet"

@@ -21,10 +21,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.store.hidden_codec import decode_int8, hidden_format, scale_dataset_name
-from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
-from pipeline.store.sampled_codec import SAMPLED_DATASETS, label_kind, padded_rows
-from schemas import SHARD_SCHEMAS, STUDENT_LOGPROBS, hidden_dataset_name
+from pipeline.store.codecs import (ROW_FIELDS, SAMPLE_TEXTS, UnknownFormat, hidden_format_of,
+                                   label_format_of, label_kind_of)
+from pipeline.store.codecs.base import SampleText
+from schemas import SHARD_SCHEMAS
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ class ShardContents:
     """Tokens before the first labelled position per sample, int32."""
     label_counts: np.ndarray
     """Label rows per sample, int32 (= length - prompt length in a generated sample)."""
+
+
+SCHEMA_LABEL_DATASETS = ("labels/topk_ids", "labels/topk_logprobs")
+"""The label datasets the schema lists (fp16 top-k rows): required only of shards of that kind
+and format."""
 
 
 class ShardFormatError(ValueError):
@@ -96,13 +101,16 @@ class ShardReader:
         if self.version not in SHARD_SCHEMAS:
             raise ShardFormatError(f"{self.path}: schema_version {self.version!r} is not one this "
                                    f"build reads ({', '.join(map(str, SHARD_SCHEMAS))})")
-        self.label_kind = label_kind(self.attrs)
-        lp_name = logprob_dataset(self.attrs)
-        topk = ("labels/topk_ids", "labels/topk_logprobs")
+        try:
+            self.kind_codec = label_kind_of(self.attrs)
+            self.label_codec = label_format_of(self.attrs)
+            self.hidden_codec = hidden_format_of(self.attrs)
+        except UnknownFormat as exc:
+            raise ShardFormatError(f"{self.path}: {exc}") from None
+        # the schema lists the fp16 top-k datasets; the kind and format say which this shard needs
         required = [n for n, spec in SHARD_SCHEMAS[self.version]["datasets"].items()
-                    if "utf8" not in spec["dtype"] and n not in topk]
-        required += (list(SAMPLED_DATASETS) if self.label_kind == "sampled"
-                     else ["labels/topk_ids", lp_name])
+                    if "utf8" not in spec["dtype"] and n not in SCHEMA_LABEL_DATASETS]
+        required += self.kind_codec.datasets(self.label_codec)
         missing = [n for n in required if n not in self.layouts]
         if missing:
             raise ShardFormatError(f"{self.path}: missing dataset(s) {', '.join(missing)}")
@@ -110,13 +118,16 @@ class ShardReader:
         if "labels/positions" not in self.arrays:
             self.arrays["labels/positions"] = suffix_positions(self.arrays)
         self.top_k = int(self.attrs["top_k"])
-        self.label_format = label_format(self.attrs)
+        self.label_kind = self.kind_codec.name
+        self.label_format = self.label_codec.name
+        self.hidden_format = self.hidden_codec.name
         self.samples_per_position = int(self.attrs.get("samples_per_position", 0))
-        self.stored_logprobs = self.arrays.get(lp_name)
+        self.stored_logprobs = self.arrays.get(self.label_codec.dataset)
         """The top-k logprobs as stored (float16, or q8 codes); `logprobs()` decodes."""
-        self.decode_logprobs = decoder_of(self.attrs)
-        self.hidden_format = hidden_format(self.attrs)
+        self.decode_logprobs = self.label_codec.decoder(self.attrs)
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
+        self.row_fields = [f for f in ROW_FIELDS.values() if f.dataset in self.arrays]
+        """The optional per-row datasets this shard holds (`pipeline.store.codecs.ROW_FIELDS`)."""
 
     def __len__(self) -> int:
         return len(self.arrays["samples/prompt_lengths"])
@@ -126,6 +137,13 @@ class ShardReader:
         with h5py.File(self.path, "r") as f:
             return [s.decode("utf-8") if isinstance(s, bytes) else s for s in f[name][()]]
 
+    def sample_texts(self) -> list[SampleText]:
+        """The optional per-sample strings this shard holds (`pipeline.store.codecs.SAMPLE_TEXTS`)."""
+        if not SAMPLE_TEXTS:
+            return []
+        with h5py.File(self.path, "r") as f:
+            return [t for t in SAMPLE_TEXTS.values() if t.dataset in f]
+
     def contents(self) -> ShardContents:
         """Sample ids and lengths, from the ids and the small offset arrays only."""
         lengths = np.diff(np.asarray(self.arrays["samples/offsets"], np.int64)).astype(np.int32)
@@ -134,23 +152,13 @@ class ShardReader:
                              np.asarray(self.arrays["samples/prompt_lengths"], np.int32), counts)
 
     def logprobs(self, rows: slice) -> np.ndarray:
-        """Top-k logprobs of label rows `rows`: the memmap view (fp16), or decoded float32 (q8)."""
-        if self.label_format == "fp16":
-            return self.stored_logprobs[rows]
+        """Top-k logprobs of label rows `rows`: the memmap view (fp16), or decoded float32."""
         return self.decode_logprobs(self.stored_logprobs[rows])
 
     def label_rows(self, l0: int, l1: int) -> dict[str, np.ndarray]:
-        """`topk_ids`, `topk_logprobs` of label rows l0..l1: top-k rows, or sampled rows
-        padded to N columns (log(count / N), -inf padding; `pipeline.store.sampled_codec`)."""
-        a = self.arrays
-        if self.label_kind == "sampled":
-            offsets = np.asarray(a["labels/sample_offsets"][l0:l1 + 1], np.int64)
-            e0, e1 = int(offsets[0]), int(offsets[-1])
-            ids, lps = padded_rows(offsets, a["labels/sample_ids"][e0:e1],
-                                   a["labels/sample_counts"][e0:e1], self.samples_per_position)
-            return {"topk_ids": ids, "topk_logprobs": lps}
-        return {"topk_ids": a["labels/topk_ids"][l0:l1],
-                "topk_logprobs": self.logprobs(slice(l0, l1))}
+        """`topk_ids`, `topk_logprobs` of label rows l0..l1, as the label kind reads them
+        (sampled rows padded to N columns: `pipeline.store.codecs.kind_sampled`)."""
+        return self.kind_codec.rows(self, l0, l1)
 
     def sample(self, i: int) -> dict[str, Any]:
         """Sample i as arrays (views into the memmaps, no copy; q8 logprobs decoded to float32)."""
@@ -164,18 +172,17 @@ class ShardReader:
             **self.label_rows(l0, l1),
             "sampled_logprobs": a["labels/sampled_logprobs"][l0:l1],
         }
-        if STUDENT_LOGPROBS in a:
-            out["student_logprobs"] = a[STUDENT_LOGPROBS][l0:l1]
+        spans = {"label_rows": slice(l0, l1), "tokens": slice(t0, t1)}
+        for row_field in self.row_fields:
+            out[row_field.name] = a[row_field.dataset][spans[row_field.rows]]
         for layer in self.hidden_layers:
             out[f"hidden_{layer}"] = self.hidden(layer, slice(t0, t1))
         return out
 
     def hidden(self, layer: int, rows: slice) -> np.ndarray:
-        """Hidden states of token rows `rows`: the memmap view (fp16), or decoded float32 (int8)."""
-        stored = self.arrays[hidden_dataset_name(layer)][rows]
-        if self.hidden_format in ("int8", "pca"):  # pca: the coefficients, never expanded
-            return decode_int8(stored, self.arrays[scale_dataset_name(layer)][rows])
-        return stored
+        """Hidden states of token rows `rows`: the memmap view (fp16), or decoded float32
+        (int8; pca: the coefficients, never expanded)."""
+        return self.hidden_codec.decode(self.arrays, layer, rows)
 
 
 def suffix_positions(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -192,6 +199,7 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
     from pipeline.store.sample import Sample
 
     ids, reasons = reader.strings("samples/ids"), reader.strings("samples/finish_reasons")
+    texts = {t.name: reader.strings(t.dataset) for t in reader.sample_texts()}
     samples = []
     for i, (sid, reason) in enumerate(zip(ids, reasons)):
         s = reader.sample(i)
@@ -202,8 +210,10 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
                         np.array(s["topk_ids"]), np.array(s["topk_logprobs"], np.float32),
                         np.array(s["sampled_logprobs"], np.float32), reason,
                         label_positions=np.array(s["positions"], np.int64), id_prefix=prefix)
-        if "student_logprobs" in s:
-            sample.student_logprobs = np.array(s["student_logprobs"], np.float32)
+        for row_field in reader.row_fields:
+            setattr(sample, row_field.name, np.array(s[row_field.name], row_field.dtype))
+        for name, values in texts.items():
+            setattr(sample, name, values[i])
         sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
         samples.append(sample)
     return samples

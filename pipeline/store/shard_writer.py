@@ -20,15 +20,11 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from pipeline.store.checksum import commit_path, sha256_file, temp_path_for
-from pipeline.store.hidden_basis import project
-from pipeline.store.hidden_codec import encode_int8, scale_dataset_name
-from pipeline.store.label_codec import encode_q8, logprob_dataset, q8_attrs
-from pipeline.store.q8poly_codec import encode_q8poly, q8poly_attrs
+from pipeline.store.atomic_commit import commit_path, sha256_file, temp_path_for
+from pipeline.store.codecs import (ROW_FIELDS, SAMPLE_TEXTS, hidden_format_named,
+                                   label_format_named, label_kind_named)
 from pipeline.store.sample import Sample
-from pipeline.store.sampled_codec import SAMPLED_DATASETS, ragged_rows
-from schemas import (STUDENT_LOGPROBS, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name,
-                     topk_id_dtype)
+from schemas import SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, topk_id_dtype
 
 
 @dataclass(frozen=True)
@@ -43,11 +39,9 @@ class ShardAttrs:
     hidden_layers: tuple[int, ...] = ()
     hidden_size: int = 0
     label_format: str = "fp16"
-    """How top-k logprobs are stored: fp16, q8 (`pipeline.store.label_codec`) or q8poly
-    (`pipeline.store.q8poly_codec`)."""
+    """How top-k logprobs are stored: a name of `pipeline.store.codecs.LABEL_FORMATS`."""
     hidden_format: str = "fp16"
-    """How hidden states are stored: fp16, int8 (`pipeline.store.hidden_codec`) or pca
-    (int8 coefficients on `hidden_basis`, `pipeline.store.hidden_basis`)."""
+    """How hidden states are stored: a name of `pipeline.store.codecs.HIDDEN_FORMATS`."""
     hidden_rank: int = 0
     """pca: coefficients stored per token and layer."""
     hidden_basis_sha256: str = ""
@@ -55,7 +49,7 @@ class ShardAttrs:
     hidden_basis: Any = field(default=None, compare=False, repr=False)
     """pca: {layer: (mean, basis)} the writer projects with (from `hidden_basis.h5`)."""
     label_kind: str = "topk"
-    """topk, or sampled: counts of N draws per position (`pipeline.store.sampled_codec`)."""
+    """What a label row holds: a name of `pipeline.store.codecs.LABEL_KINDS`."""
     samples_per_position: int = 0
     """sampled: N, the draws per labelled position."""
     label_source_k: int = 0
@@ -112,45 +106,55 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
     def stack(attr: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         parts = [np.asarray(getattr(s, attr)) for s in samples]
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
-    id_dtype = topk_id_dtype(attrs.vocab_size)
-    if attrs.label_kind == "sampled":
-        n = attrs.samples_per_position
-        offsets, ids, counts, tail = ragged_rows(stack("topk_ids", (0, n), np.int64),
-                                                 stack("topk_logprobs", (0, n), np.float32), n)
-        arrays |= dict(zip(SAMPLED_DATASETS, (offsets, ids.astype(id_dtype), counts, tail)))
-    else:
-        arrays["labels/topk_ids"] = stack("topk_ids", (0, k), id_dtype)
-        encode = {"q8": encode_q8, "q8poly": encode_q8poly}.get(attrs.label_format)
-        arrays[logprob_dataset({"label_format": attrs.label_format})] = (
-            encode(stack("topk_logprobs", (0, k), np.float32)) if encode
-            else stack("topk_logprobs", (0, k), np.float16))
+    arrays |= label_kind_named(attrs.label_kind).pack(
+        stack, attrs, label_format_named(attrs.label_format), topk_id_dtype(attrs.vocab_size))
     arrays["labels/sampled_logprobs"] = stack("sampled_logprobs", (0,), np.float32)
-    carried = [s.student_logprobs is not None for s in samples]
-    if any(carried):
-        if not all(carried):
-            raise ValueError(f"{carried.count(False)} of {len(samples)} samples lack the student "
-                             "logprobs the others carry: a shard stores them for every row or none")
-        arrays[STUDENT_LOGPROBS] = stack("student_logprobs", (0,), np.float32)
+    for row_field in ROW_FIELDS.values():
+        if carried_by_all(samples, row_field.name, row_field.what):
+            arrays[row_field.dataset] = stack(row_field.name, (0,), row_field.dtype)
+    hidden = hidden_format_named(attrs.hidden_format)
     for layer in attrs.hidden_layers:
         parts = [s.hidden[layer] for s in samples]
         states = (np.concatenate(parts).astype(np.float32) if parts
                   else np.zeros((0, attrs.hidden_size), np.float32))
-        if attrs.hidden_format == "pca":
-            mean, basis = attrs.hidden_basis[layer]
-            states = project(states, mean, basis) if parts else np.zeros((0, len(basis)), np.float32)
-        if attrs.hidden_format in ("int8", "pca"):
-            arrays[hidden_dataset_name(layer)], arrays[scale_dataset_name(layer)] = \
-                encode_int8(states)
-        else:
-            arrays[hidden_dataset_name(layer)] = states.astype(np.float16)
+        arrays |= hidden.encode(states, layer, attrs)
     return arrays
+
+
+def carried_by_all(samples: Sequence[Sample], name: str, what: str) -> bool:
+    """Whether the samples carry the optional field `name`; ValueError if only some do."""
+    carried = [getattr(s, name, None) is not None for s in samples]
+    if any(carried) and not all(carried):
+        raise ValueError(f"{carried.count(False)} of {len(samples)} samples lack the {what} the "
+                         "others carry: a shard stores them for every row or none")
+    return any(carried)
+
+
+def pack_texts(samples: Sequence[Sample]) -> dict[str, list[str]]:
+    """The shard's UTF-8 string datasets (one string per sample), keyed by dataset path."""
+    texts = {"samples/ids": [s.sample_id for s in samples],
+             "samples/finish_reasons": [s.finish_reason for s in samples]}
+    for text_field in SAMPLE_TEXTS.values():
+        if carried_by_all(samples, text_field.name, text_field.what):
+            texts[text_field.dataset] = [getattr(s, text_field.name) for s in samples]
+    return texts
+
+
+def format_attrs(attrs: ShardAttrs) -> dict[str, Any]:
+    """The root attributes the output's label format, hidden format and label kind write.
+
+    The defaults write none: fp16 top-k files stay byte-identical to those of earlier
+    builds (absent means the default to every reader)."""
+    return (label_format_named(attrs.label_format).root_attrs()
+            | hidden_format_named(attrs.hidden_format).root_attrs(attrs)
+            | label_kind_named(attrs.label_kind).root_attrs(attrs))
 
 
 def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
                 attrs: ShardAttrs) -> ShardRecord:
     """Write `samples` to `path` atomically and return its manifest record."""
     path = Path(path)
-    arrays = pack_samples(samples, attrs)
+    arrays, texts = pack_samples(samples, attrs), pack_texts(samples)
     tmp = temp_path_for(path)
     text = h5py.string_dtype("utf-8")
     try:
@@ -167,25 +171,12 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             f.attrs["shard_index"] = index
             f.attrs["hidden_layers"] = json.dumps(list(attrs.hidden_layers))
             f.attrs["hidden_size"] = attrs.hidden_size
-            # fp16 writes no label_format attribute: its files stay byte-identical to
-            # those of earlier builds (absent means fp16 to every reader).
-            format_attrs = {"q8": q8_attrs, "q8poly": q8poly_attrs}.get(attrs.label_format, dict)
-            for key, value in format_attrs().items():
+            for key, value in format_attrs(attrs).items():
                 f.attrs[key] = value
-            if attrs.hidden_format != "fp16":
-                f.attrs["hidden_format"] = attrs.hidden_format
-            if attrs.hidden_format == "pca":
-                f.attrs["hidden_rank"] = attrs.hidden_rank
-                f.attrs["hidden_basis_sha256"] = attrs.hidden_basis_sha256
-            if attrs.label_kind != "topk":
-                f.attrs["label_kind"] = attrs.label_kind
-                f.attrs["samples_per_position"] = attrs.samples_per_position
-                f.attrs["label_source_k"] = attrs.label_source_k
             for name, data in arrays.items():
                 f.create_dataset(name, data=data)
-            f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)
-            f.create_dataset("samples/finish_reasons",
-                             data=[s.finish_reason for s in samples], dtype=text)
+            for name, values in texts.items():
+                f.create_dataset(name, data=values, dtype=text)
         commit_path(tmp, path)
     finally:
         if tmp.exists():

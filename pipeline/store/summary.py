@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.store.manifest import read_manifest
 from pipeline.store.sample_index import part_name
-from pipeline.store.label_codec import Q8_DATASET, Q8POLY_DATASET
+from pipeline.store.codecs import label_format_named, label_kind_named
 from pipeline.store.shard_reader import ShardReader, dataset_layouts
 
 Decode = Callable[[list[int]], str]
@@ -53,19 +53,18 @@ def storage_bytes(out_dir: str | Path, m: Any) -> dict[str, float]:
     logprobs per top-k entry, or id and count per distinct drawn id), `entries_per_token`,
     `hidden_layer_token` (one hidden layer per token)."""
     sizes: dict[str, int] = {}
-    entries = 0
+    lengths: dict[str, int] = {}
     for rec in m.shards.values():
         for name, lay in dataset_layouts(Path(out_dir) / rec.name)[1].items():
             sizes[name] = sizes.get(name, 0) + int(np.prod(lay.shape)) * lay.dtype.itemsize
-            entries += lay.shape[0] if name == "labels/sample_ids" else 0
+            lengths[name] = lengths.get(name, 0) + (lay.shape[0] if lay.shape else 0)
     t = m.totals()
     rows, tokens = max(t["completion_tokens"], 1), max(t["tokens"], 1)
     label = sum(v for k, v in sizes.items() if k.startswith("labels/"))
-    entry = sum(sizes.get(k, 0) for k in ("labels/topk_ids", "labels/topk_logprobs", Q8_DATASET,
-                                          Q8POLY_DATASET, "labels/sample_ids",
-                                          "labels/sample_counts"))
-    if m.label_kind != "sampled":  # an entry: one top-k alternative, or one distinct drawn id
-        entries = rows * max(m.top_k, 1)
+    kind = label_kind_named(m.label_kind)
+    entry = sum(sizes.get(k, 0) for k in kind.entry_datasets(label_format_named(m.label_format)))
+    # an entry: one top-k alternative, or one distinct drawn id
+    entries = kind.entry_count(lengths, rows, m.top_k)
     # every hidden/ dataset (states, int8 scales) shared out over the stored layers
     hidden = sum(v for k, v in sizes.items() if k.startswith("hidden/"))
     layers = max(len(m.hidden_layers), 1)
@@ -76,9 +75,7 @@ def storage_bytes(out_dir: str | Path, m: Any) -> dict[str, float]:
 
 def storage_lines(out_dir: Path, m: Any) -> list[str]:
     b = storage_bytes(out_dir, m)
-    what = (f"sampled N={m.samples_per_position}" if m.label_kind == "sampled"
-            else f"top-{m.top_k} {m.label_format}")
-    entry = "distinct drawn id" if m.label_kind == "sampled" else "top-k entry"
+    what, entry = label_kind_named(m.label_kind).storage_words(m)
     line = (f"storage      labels {what}: {b['label_token']:.1f} bytes per labelled token, "
             f"{b['topk_entry']:.2f} per {entry} ({b['entries_per_token']:.1f} per token)")
     if m.hidden_layers:

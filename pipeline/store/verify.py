@@ -14,28 +14,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute is a submodule)
 
-from pipeline.store.checksum import sha256_file
-from pipeline.store.hidden_basis import BASIS_NAME
-from pipeline.store.hidden_codec import hidden_format, scale_dataset_name
-from pipeline.store.label_codec import label_format, logprob_dataset
-from pipeline.store.q8poly_codec import row_bytes
-from pipeline.store.sampled_codec import label_kind
+from pipeline.store.atomic_commit import sha256_file
+from pipeline.store.codecs import (MUST_MATCH, UnknownFormat, hidden_format_name,
+                                   hidden_format_named, label_format_name, label_format_named,
+                                   label_kind_name, label_kind_named)
+from pipeline.store.codecs.array_checks import blocks, check_offsets
+from pipeline.store.codecs.base import Sidecar
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
-from schemas import (MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, STUDENT_LOGPROBS,
-                     hidden_dataset_name, shard_name, topk_id_dtype)
-
-# Rows checked per step: bounds memory on multi-GB shards.
-BLOCK_ROWS = 1 << 18
-# float16 rounding of logprobs near 0 can land a hair above 0.
-LOGPROB_MAX = 1e-3
+from schemas import MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, shard_name, topk_id_dtype
 
 
 @dataclass(frozen=True)
@@ -65,21 +59,6 @@ class Verification:
     """Every shard that passed, in the order of the directories, then of shard index."""
 
 
-def blocks(n: int) -> Iterator[slice]:
-    for start in range(0, n, BLOCK_ROWS):
-        yield slice(start, min(n, start + BLOCK_ROWS))
-
-
-def check_offsets(name: str, offsets: np.ndarray, total: int, count: int) -> list[str]:
-    if offsets.shape != (count + 1,):
-        return [f"{name} has shape {offsets.shape}, expected ({count + 1},)"]
-    if offsets[0] != 0 or offsets[-1] != total:
-        return [f"{name} runs {offsets[0]}..{offsets[-1]}, expected 0..{total}"]
-    if np.any(np.diff(offsets) < 0):
-        return [f"{name} decreases at sample {int(np.argmax(np.diff(offsets) < 0))}"]
-    return []
-
-
 def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
     """Root attributes against the manifest: the schema, the teacher, k, hidden layers."""
     errors = []
@@ -92,132 +71,113 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
     for key in SHARD_SCHEMAS[manifest.schema_version]["root_attributes"]:
         if key not in a:
             errors.append(f"root attribute {key} is missing")
-    if label_format(a) != manifest.label_format:
-        errors.append(f"label_format is {label_format(a)!r}, manifest says {manifest.label_format!r}")
-    if label_format(a) in ("q8", "q8poly"):
-        consts = [a.get("label_q8_max_nats"), a.get("label_q8_knee")]
-        if not all(isinstance(c, (int, float)) and np.isfinite(c) and c > 0 for c in consts):
-            errors.append(f"q8 constants label_q8_max_nats, label_q8_knee are {consts}, "
-                          "expected finite and positive")
-    if label_format(a) == "q8poly":
-        head, terms = a.get("label_poly_head"), a.get("label_poly_terms")
-        if not (isinstance(head, int) and isinstance(terms, int)
-                and 1 <= head < int(a.get("top_k", 0)) and terms >= 1):
-            errors.append(f"q8poly label_poly_head, label_poly_terms are {[head, terms]}, "
-                          f"expected 1 <= head < top_k {a.get('top_k')!r} and terms >= 1")
-    if label_kind(a) != manifest.label_kind:
-        errors.append(f"label_kind is {label_kind(a)!r}, manifest says {manifest.label_kind!r}")
-    elif label_kind(a) == "sampled" and a.get("samples_per_position") != manifest.samples_per_position:
-        errors.append(f"samples_per_position is {a.get('samples_per_position')!r}, manifest says "
-                      f"{manifest.samples_per_position!r}")
-    if hidden_format(a) != manifest.hidden_format:
-        errors.append(f"hidden_format is {hidden_format(a)!r}, manifest says {manifest.hidden_format!r}")
-    elif hidden_format(a) == "pca" and json.loads(a.get("hidden_layers", "[]")):
-        # (a shard still waiting for the hidden-state pass predates the basis)
-        for key in ("hidden_rank", "hidden_basis_sha256"):
-            if a.get(key) != getattr(manifest, key):
-                errors.append(f"attribute {key} is {a.get(key)!r}, manifest says "
-                              f"{getattr(manifest, key)!r}")
+    errors += check_format_attrs(a, manifest)
     layers = json.loads(a.get("hidden_layers", "[]"))
     if layers != manifest.shards[index].hidden_layers:
         errors.append(f"hidden layers {layers}, manifest says {manifest.shards[index].hidden_layers}")
     return errors
 
 
+def check_format_attrs(a: dict[str, Any], manifest: Manifest) -> list[str]:
+    """The label format, label kind and hidden format a shard names: the manifest's, and
+    each codec's own attributes valid (`pipeline.store.codecs`)."""
+    errors = []
+    fmt, kind, hidden = label_format_name(a), label_kind_name(a), hidden_format_name(a)
+    if fmt != manifest.label_format:
+        errors.append(f"label_format is {fmt!r}, manifest says {manifest.label_format!r}")
+    errors += codec_errors(lambda: label_format_named(fmt).check_attrs(a))
+    if kind != manifest.label_kind:
+        errors.append(f"label_kind is {kind!r}, manifest says {manifest.label_kind!r}")
+    else:
+        errors += codec_errors(lambda: label_kind_named(kind).check_attrs(a, manifest))
+    if hidden != manifest.hidden_format:
+        errors.append(f"hidden_format is {hidden!r}, manifest says {manifest.hidden_format!r}")
+    else:
+        errors += codec_errors(lambda: hidden_format_named(hidden).check_attrs(a, manifest))
+    return errors
+
+
+def codec_errors(check) -> list[str]:
+    """A codec's findings, or the one line saying no codec of this build reads the name."""
+    try:
+        return check()
+    except UnknownFormat as exc:
+        return [str(exc)]
+
+
 def check_structure(r: ShardReader) -> list[str]:
     """Shapes and dtypes of every dataset, and the offsets that tie them together."""
-    a, k, errors = r.arrays, r.top_k, []
-    n, tokens = len(r), len(a["samples/token_ids"])
-    comp = len(a["labels/sampled_logprobs"])
-    for name, spec in SHARD_SCHEMAS[r.version]["datasets"].items():
-        if name in a and a[name].dtype.name not in spec["dtype"]:
-            errors.append(f"{name} has dtype {a[name].dtype}, schema allows {spec['dtype']}")
-    want_id_dtype = topk_id_dtype(int(r.attrs["vocab_size"]))
-    if r.label_kind == "sampled":
-        errors += check_sampled_structure(a, comp, want_id_dtype)
-    else:
-        if a["labels/topk_ids"].dtype != want_id_dtype:
-            errors.append(f"labels/topk_ids is {a['labels/topk_ids'].dtype}, expected {want_id_dtype}")
-        lp_name = logprob_dataset(r.attrs)
-        if r.label_format != "fp16" and a[lp_name].dtype != np.uint8:
-            errors.append(f"{lp_name} has dtype {a[lp_name].dtype}, expected uint8")
-        width = (row_bytes(int(r.attrs["label_poly_head"]), int(r.attrs["label_poly_terms"]))
-                 if r.label_format == "q8poly" else k)
-        for name, cols in (("labels/topk_ids", k), (lp_name, width)):
-            if a[name].shape != (comp, cols):
-                errors.append(f"{name} has shape {a[name].shape}, expected ({comp}, {cols})")
-    if a["labels/positions"].shape != (comp,):
-        errors.append(f"labels/positions has shape {a['labels/positions'].shape}, expected ({comp},)")
-    student = a.get(STUDENT_LOGPROBS)
-    if student is not None and (student.shape != (comp,) or student.dtype != np.float32):
-        errors.append(f"{STUDENT_LOGPROBS} has shape {student.shape}, dtype {student.dtype}; "
-                      f"expected ({comp},) float32, one per label row")
-    errors += check_offsets("samples/offsets", a["samples/offsets"], tokens, n)
-    errors += check_offsets("labels/offsets", a["labels/offsets"], comp, n)
+    errors = (check_schema_dtypes(r) + check_label_layout(r) + check_row_fields(r)
+              + check_offset_arrays(r))
     if errors:
         return errors
+    return check_sample_spans(r) + check_hidden_layout(r) + check_sample_texts(r)
+
+
+def check_schema_dtypes(r: ShardReader) -> list[str]:
+    """Every dataset the schema lists has one of the dtypes it allows."""
+    return [f"{name} has dtype {r.arrays[name].dtype}, schema allows {spec['dtype']}"
+            for name, spec in SHARD_SCHEMAS[r.version]["datasets"].items()
+            if name in r.arrays and r.arrays[name].dtype.name not in spec["dtype"]]
+
+
+def check_label_layout(r: ShardReader) -> list[str]:
+    """The label kind's datasets and the positions: one row per label row."""
+    a, rows = r.arrays, len(r.arrays["labels/sampled_logprobs"])
+    errors = r.kind_codec.check_structure(a, r.attrs, r.label_codec, rows,
+                                          topk_id_dtype(int(r.attrs["vocab_size"])))
+    if a["labels/positions"].shape != (rows,):
+        errors.append(f"labels/positions has shape {a['labels/positions'].shape}, expected ({rows},)")
+    return errors
+
+
+def check_row_fields(r: ShardReader) -> list[str]:
+    """The optional per-row datasets the shard holds: one value per token or label row."""
+    rows = {"label_rows": len(r.arrays["labels/sampled_logprobs"]),
+            "tokens": len(r.arrays["samples/token_ids"])}
+    return [e for f in r.row_fields
+            for e in f.check_structure(r.arrays[f.dataset], rows[f.rows])]
+
+
+def check_offset_arrays(r: ShardReader) -> list[str]:
+    """`samples/offsets` over the tokens, `labels/offsets` over the label rows."""
+    a, n = r.arrays, len(r)
+    return (check_offsets("samples/offsets", a["samples/offsets"], len(a["samples/token_ids"]), n)
+            + check_offsets("labels/offsets", a["labels/offsets"],
+                            len(a["labels/sampled_logprobs"]), n))
+
+
+def check_sample_spans(r: ShardReader) -> list[str]:
+    """Per sample: a prompt inside it, 1.. label rows after it, positions in order."""
+    a = r.arrays
     lengths = np.diff(a["samples/offsets"])
     prompt = a["samples/prompt_lengths"].astype(np.int64)
     rows = np.diff(a["labels/offsets"])
     if np.any(prompt < 1) or np.any(prompt >= lengths):
         i = int(np.argmax((prompt < 1) | (prompt >= lengths)))
-        errors.append(f"sample {i}: prompt length {prompt[i]} not in [1, sample length {lengths[i]})")
-    elif np.any(rows < 1) or np.any(rows > lengths - prompt):
+        return [f"sample {i}: prompt length {prompt[i]} not in [1, sample length {lengths[i]})"]
+    if np.any(rows < 1) or np.any(rows > lengths - prompt):
         i = int(np.argmax((rows < 1) | (rows > lengths - prompt)))
-        errors.append(f"sample {i}: {rows[i]} label rows, expected 1..{lengths[i] - prompt[i]} "
-                      "(the tokens after its prompt)")
-    else:
-        errors += check_positions(a["labels/positions"], a["labels/offsets"], prompt, lengths)
-    for layer in r.hidden_layers:
-        h = a.get(hidden_dataset_name(layer))
-        size = int(r.attrs.get("hidden_rank" if r.hidden_format == "pca" else "hidden_size", 0))
-        if h is None or h.shape != (tokens, size):
-            errors.append(f"{hidden_dataset_name(layer)}: expected shape ({tokens}, {size})")
-        want = np.int8 if r.hidden_format in ("int8", "pca") else np.float16
-        if h is not None and h.dtype != want:
-            errors.append(f"{hidden_dataset_name(layer)} has dtype {h.dtype}, expected {np.dtype(want)} "
-                          f"(hidden_format {r.hidden_format})")
-        scale = a.get(scale_dataset_name(layer))
-        if r.hidden_format in ("int8", "pca") and (scale is None or scale.shape != (tokens,)
-                                          or scale.dtype != np.float32):
-            errors.append(f"{scale_dataset_name(layer)}: expected float32 shape ({tokens},)")
+        return [f"sample {i}: {rows[i]} label rows, expected 1..{lengths[i] - prompt[i]} "
+                "(the tokens after its prompt)"]
+    return check_positions(a["labels/positions"], a["labels/offsets"], prompt, lengths)
+
+
+def check_hidden_layout(r: ShardReader) -> list[str]:
+    """Every stored layer: one row per token, of the hidden format's width and dtype."""
+    tokens = len(r.arrays["samples/token_ids"])
+    return [e for layer in r.hidden_layers
+            for e in r.hidden_codec.check_structure(r.arrays, layer, tokens, r.attrs)]
+
+
+def check_sample_texts(r: ShardReader) -> list[str]:
+    """The optional per-sample strings the shard holds: one per sample, each valid."""
+    errors = []
+    for text_field in r.sample_texts():
+        texts = r.strings(text_field.dataset)
+        errors += ([f"{text_field.dataset} holds {len(texts)} strings for {len(r)} samples"]
+                   if len(texts) != len(r) else text_field.check_values(texts))
     return errors
-
-
-def check_sampled_structure(a: dict[str, np.ndarray], rows: int, id_dtype: np.dtype) -> list[str]:
-    """Dtypes and offsets of sampled labels (`pipeline.store.sampled_codec`)."""
-    entries = len(a["labels/sample_ids"])
-    errors = check_offsets("labels/sample_offsets", a["labels/sample_offsets"], entries, rows)
-    want = {"labels/sample_ids": id_dtype, "labels/sample_counts": np.dtype(np.uint8),
-            "labels/sample_tail_counts": np.dtype(np.uint8)}
-    for name, dtype in want.items():
-        if a[name].dtype != dtype:
-            errors.append(f"{name} has dtype {a[name].dtype}, expected {dtype}")
-    if a["labels/sample_counts"].shape != (entries,):
-        errors.append(f"labels/sample_counts has shape {a['labels/sample_counts'].shape}, "
-                      f"expected ({entries},) like labels/sample_ids")
-    if a["labels/sample_tail_counts"].shape != (rows,):
-        errors.append(f"labels/sample_tail_counts has shape {a['labels/sample_tail_counts'].shape}, "
-                      f"expected ({rows},)")
-    return errors
-
-
-def check_sampled_values(r: ShardReader) -> list[str]:
-    """Every sampled row: ids below the vocabulary, counts >= 1, counts + tail = N."""
-    a, n, vocab = r.arrays, r.samples_per_position, int(r.attrs["vocab_size"])
-    if a["labels/sample_ids"].max(initial=0) >= vocab:
-        return [f"labels/sample_ids has ids >= vocab_size {vocab}"]
-    counts = np.asarray(a["labels/sample_counts"], np.int64)
-    if counts.size and counts.min() < 1:
-        return ["labels/sample_counts holds a zero count (only drawn ids are stored)"]
-    offsets = np.asarray(a["labels/sample_offsets"], np.int64)
-    cumulative = np.concatenate([[0], np.cumsum(counts)])
-    sums = cumulative[offsets[1:]] - cumulative[offsets[:-1]] + a["labels/sample_tail_counts"]
-    if np.any(sums != n):
-        row = int(np.argmax(sums != n))
-        return [f"label row {row}: sample counts plus tail sum to {int(sums[row])}, "
-                f"expected samples_per_position {n}"]
-    return []
 
 
 def check_positions(positions: np.ndarray, label_offsets: np.ndarray, prompt: np.ndarray,
@@ -241,47 +201,18 @@ def check_positions(positions: np.ndarray, label_offsets: np.ndarray, prompt: np
 
 
 def check_values(r: ShardReader) -> list[str]:
-    """Finite logprobs, rows sorted descending, every id below the vocabulary size."""
+    """Token ids below the vocabulary; the label kind's rows (finite logprobs, sorted,
+    ids in range); the optional per-row datasets' values; hidden states finite."""
     a, vocab, errors = r.arrays, int(r.attrs["vocab_size"]), []
     for sl in blocks(len(a["samples/token_ids"])):
         if a["samples/token_ids"][sl].max(initial=0) >= vocab:
             errors.append(f"samples/token_ids has ids >= vocab_size {vocab}")
             break
-    if r.label_kind == "sampled":
-        errors += check_sampled_values(r)
-        sampled = a["labels/sampled_logprobs"]
-        if not np.all(np.isfinite(sampled)) or sampled.max(initial=-1) > LOGPROB_MAX:
-            errors.append("labels/sampled_logprobs not finite and <= 0")
-    student = a.get(STUDENT_LOGPROBS)
-    if student is not None and not (np.all(np.isfinite(student))
-                                    and student.max(initial=-1) <= LOGPROB_MAX):
-        errors.append(f"{STUDENT_LOGPROBS} not finite and <= 0")
-    for sl in blocks(len(a["labels/sampled_logprobs"]) if r.label_kind == "topk" else 0):
-        ids, lps = a["labels/topk_ids"][sl], r.logprobs(sl).astype(np.float32)
-        sampled = a["labels/sampled_logprobs"][sl]
-        if ids.max(initial=0) >= vocab:
-            errors.append(f"labels/topk_ids has ids >= vocab_size {vocab} (rows {sl.start}..)")
-        if not (np.all(np.isfinite(lps)) and np.all(np.isfinite(sampled))):
-            errors.append(f"non-finite logprobs in rows {sl.start}..{sl.stop}")
-        elif lps.max(initial=-1) > LOGPROB_MAX or sampled.max(initial=-1) > LOGPROB_MAX:
-            errors.append(f"positive logprobs in rows {sl.start}..{sl.stop}")
-        if np.any(np.diff(lps, axis=1) > 0):
-            row = sl.start + int(np.argmax(np.any(np.diff(lps, axis=1) > 0, axis=1)))
-            errors.append(f"{logprob_dataset(r.attrs)} row {row} is not sorted descending")
-        if errors:
-            break
+    errors += r.kind_codec.check_values(r)
+    for row_field in r.row_fields:
+        errors += row_field.check_values(a[row_field.dataset])
     for layer in r.hidden_layers:
-        h = a[hidden_dataset_name(layer)]
-        for sl in blocks(len(h)):
-            if r.hidden_format in ("int8", "pca"):
-                scale = a[scale_dataset_name(layer)][sl]
-                if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
-                    errors.append(f"{scale_dataset_name(layer)} has scales that are not finite "
-                                  "and positive")
-                    break
-            elif not np.all(np.isfinite(h[sl])):
-                errors.append(f"{hidden_dataset_name(layer)} has non-finite values")
-                break
+        errors += r.hidden_codec.check_values(a, layer)
     return errors
 
 
@@ -361,23 +292,20 @@ def verify_output(out_dir: str | Path, depth: Depth = "full") -> Verification:
             found.problems += problems
             found.shards += [contents] if contents is not None else []
         found.problems += check_index_part(out_dir, index, rec.index_sha256, depth == "full")
-    if manifest.hidden_format == "pca":
-        found.problems += check_basis(out_dir, manifest, depth == "full")
+    for sidecar in hidden_format_named(manifest.hidden_format).sidecars(manifest):
+        found.problems += check_sidecar(out_dir, sidecar, depth == "full")
     if manifest.complete:
         found.problems += check_complete(out_dir, manifest, found if depth == "cheap" else None)
     found.problems = [replace(p, output=str(out_dir)) for p in found.problems]
     return found
 
 
-def check_basis(out_dir: Path, m: Manifest, checksum: bool) -> list[Problem]:
-    """A pca output's `hidden_basis.h5`: present once a shard uses it, and the manifest's."""
-    path = out_dir / BASIS_NAME
-    if not m.hidden_basis_sha256:
-        return []  # the hidden-state pass has not fitted it yet
-    if not path.is_file():
-        return [Problem(BASIS_NAME, "present", "pca basis named by the manifest is missing")]
-    if checksum and sha256_file(path) != m.hidden_basis_sha256:
-        return [Problem(BASIS_NAME, "sha256", "basis checksum differs from the manifest (corrupt)")]
+def check_sidecar(out_dir: Path, sidecar: Sidecar, checksum: bool) -> list[Problem]:
+    """A file a format keeps beside the shards (pca's basis): present, and the manifest's."""
+    if not (out_dir / sidecar.name).is_file():
+        return [Problem(sidecar.name, "present", sidecar.missing)]
+    if checksum and sha256_file(out_dir / sidecar.name) != sidecar.sha256:
+        return [Problem(sidecar.name, "sha256", sidecar.corrupt)]
     return []
 
 
@@ -438,12 +366,8 @@ def check_complete(out_dir: Path, m: Manifest, contents_into: Verification | Non
 
 def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
     """Outputs read together must share teacher, tokenizer, vocabulary, k and hidden layers."""
-    # label_format and hidden_format may differ: fp16, q8 and q8poly labels, int8 and fp16 states
-    # decode to the same float32 rows. label_kind may not: top-k rows and draw counts are
-    # different targets.
-    # hidden_space may not: pca coefficients (or two bases) are not the teacher's states.
-    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "label_kind",
-              "samples_per_position", "hidden_layers", "hidden_size", "hidden_space")
+    # every codec family says which fields must agree (`pipeline.store.codecs.MUST_MATCH`)
+    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k") + MUST_MATCH
     problems = []
     (first, ref), *rest = manifests.items()
     for where, m in rest:

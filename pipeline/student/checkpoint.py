@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.store.checksum import commit_path
+from pipeline.store.atomic_commit import commit_path
 
 PREFIX = "step-"
 

@@ -125,7 +125,7 @@ def student_logprobs_at(student_logits: Tensor, teacher_ids: Tensor, temperature
 def mask_padding(student: Tensor, teacher_logprobs: Tensor) -> Tensor:
     """The student's gathered log-probs with -inf where the teacher's entry is -inf.
 
-    Sampled labels (`pipeline.store.sampled_codec`) pad each row with -inf teacher entries
+    Sampled labels (`pipeline.store.codecs.kind_sampled`) pad each row with -inf teacher entries
     at a repeated id; masking the student there keeps those columns out of its top-k
     mass (its tail bucket stays exact) and out of every divergence (0 log 0 = 0).
     Top-k labels are always finite, so this changes nothing for them.

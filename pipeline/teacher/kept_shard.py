@@ -7,10 +7,12 @@ this writes both files the way the teacher stage does and records them.
     >>> import tempfile, pathlib, numpy as np
     >>> from pipeline.store.manifest import Manifest
     >>> from pipeline.store.shard_writer import ShardAttrs
+    >>> from pipeline.store.sample import Sample
     >>> from pipeline.teacher.kept_shard import commit_kept_shard
-    >>> from pipeline.teacher.synthetic_output import random_sample
     >>> m = Manifest(teacher="t", tokenizer_fingerprint="f", vocab_size=100, top_k=2)
-    >>> s = random_sample(np.random.default_rng(0), "p", vocab=100, k=2)
+    >>> s = Sample("p", 0, [1, 2], [5, 6], np.array([[5, 9], [6, 9]]),
+    ...            np.log([[0.6, 0.3], [0.7, 0.2]]).astype(np.float32),
+    ...            np.log([0.6, 0.7]).astype(np.float32), "stop")
     >>> out = pathlib.Path(tempfile.mkdtemp())
     >>> commit_kept_shard(out, m, 0, [s], ShardAttrs("t", "f", 100, 2, {})).generated
     1

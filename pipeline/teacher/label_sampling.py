@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 from pipeline.store.sample import Sample
-from pipeline.store.sampled_codec import padded_rows
+from pipeline.store.codecs.kind_sampled import padded_rows
 
 SOURCE_K = 256
 """The top-K the engine is asked for when labels are sampled (at least this many)."""

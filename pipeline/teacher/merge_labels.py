@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store.checksum import commit_path, fresh_temp_dir, sha256_file
+from pipeline.store.atomic_commit import commit_path, fresh_temp_dir, sha256_file
 from pipeline.store.label_mixture import mix_labels
 from pipeline.store.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from pipeline.store.output_alignment import (MisalignedOutputs, SampleLocator,

@@ -26,7 +26,8 @@ from pipeline.interop.distillkit_config import exact_config
 from pipeline.interop.distillkit_rows import DISTILLKIT_SCHEMA, distillkit_row
 from pipeline.interop.parquet_view import VIEW_SCHEMA, view_row
 from pipeline.interop.table_sink import TableSink
-from pipeline.store.checksum import commit_path, fresh_temp_dir, sha256_file
+from pipeline.store.atomic_commit import commit_path, fresh_temp_dir, sha256_file
+from pipeline.store.codecs import label_kind_named
 from pipeline.store.manifest import manifest_path
 from pipeline.student.label_set import LabelSet, LabelSetError, open_label_set
 from schemas.interop_config import ExportConfig
@@ -105,7 +106,8 @@ def run_export(cfg: ExportConfig) -> ExportSummary:
     cfg.validate()
     start = time.perf_counter()
     labels = open_label_set(list(cfg.labels), verify="full")
-    sampled = [src.path for src in labels.sources if src.manifest.label_kind == "sampled"]
+    sampled = [src.path for src in labels.sources
+               if not label_kind_named(src.manifest.label_kind).holds_topk_rows]
     if sampled:  # the other trainers' formats hold top-k rows, not draw counts
         raise LabelSetError(f"{Path(sampled[0]).parent}: --label-kind sampled labels cannot be "
                             "exported (the export formats hold top-k rows); export a top-k output")

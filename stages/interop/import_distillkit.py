@@ -30,7 +30,7 @@ import yaml
 
 from pipeline.interop.distillkit_config import DistillKitConfig, DistillKitFormatError, parse_config
 from pipeline.interop.distillkit_rows import labels_from_row
-from pipeline.store.checksum import commit_path, fresh_temp_dir, sha256_file
+from pipeline.store.atomic_commit import commit_path, fresh_temp_dir, sha256_file
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipeline.store.checksum import commit_path
+from pipeline.store.atomic_commit import commit_path
 
 
 def exportable(model: Any, module_state: dict[str, Any], sharded: bool) -> Any:

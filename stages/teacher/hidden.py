@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.hidden_basis import BASIS_NAME, FIT_TOKENS, fit_basis, read_basis, write_basis
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from pipeline.store.checksum import remove_stale_temps, sha256_file, write_text_atomic
+from pipeline.store.atomic_commit import remove_stale_temps, sha256_file, write_text_atomic
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from pipeline.store.output_lock import LOCK_NAME, OutputLock

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.store.checksum import sha256_file, write_text_atomic
+from pipeline.store.atomic_commit import sha256_file, write_text_atomic
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.output_lock import LOCK_NAME, OutputLock
 from pipeline.teacher.prompts import Prompt, require_accepted, write_rejects

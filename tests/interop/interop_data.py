@@ -14,7 +14,7 @@ from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample_index import merge_index
 from pipeline.store.shard_writer import ShardAttrs
 from pipeline.teacher.kept_shard import commit_kept_shard
-from pipeline.teacher.synthetic_output import random_sample
+from bench.synthetic_output import random_sample
 
 
 def write_distribution_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: int,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import fake_attrs, write_fake_output
-from pipeline.store.hidden_codec import (decode_int8, encode_int8, int8_error_bound,
-                                         scale_dataset_name)
+from pipeline.store.codecs.hidden_int8 import (decode_int8, encode_int8, int8_error_bound,
+                                               scale_dataset_name)
 from pipeline.store.manifest import read_manifest, write_manifest
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.summary import storage_bytes
@@ -70,7 +70,7 @@ def test_bad_scale_is_caught(tmp_path):
     import h5py
     with h5py.File(path, "r+") as f:
         f[scale_dataset_name(0)][1] = 0.0
-    from pipeline.store.checksum import sha256_file
+    from pipeline.store.atomic_commit import sha256_file
     m.shards[0].sha256 = sha256_file(path)
     write_manifest(out, m)
     problems = verify_outputs([out]).problems

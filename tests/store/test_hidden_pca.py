@@ -11,7 +11,7 @@ import pytest
 
 from conftest import fake_attrs, flip_byte, write_fake_output
 from pipeline.store.hidden_basis import BASIS_NAME, fit_basis, project, read_basis, reconstruct
-from pipeline.store.hidden_codec import int8_error_bound
+from pipeline.store.codecs.hidden_int8 import int8_error_bound
 from pipeline.store.manifest import read_manifest
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.summary import storage_bytes

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import fake_attrs, write_fake_output
-from pipeline.store.label_codec import (KNEE, MAX_NATS, Q8_DATASET, decode_q8, encode_q8,
-                                        q8_error_bound, q8_step)
+from pipeline.store.codecs.label_q8 import (KNEE, MAX_NATS, Q8_DATASET, decode_q8, encode_q8,
+                                            q8_error_bound, q8_step)
 from pipeline.store.manifest import read_manifest, write_manifest
 from pipeline.store.shard_reader import ShardReader, read_samples
 from pipeline.store.shard_writer import write_shard

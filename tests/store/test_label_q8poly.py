@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import fake_attrs, write_fake_output
-from pipeline.store.label_codec import Q8POLY_DATASET, decode_q8, encode_q8, q8_error_bound
+from pipeline.store.codecs.label_q8 import decode_q8, encode_q8, q8_error_bound
 from pipeline.store.manifest import read_manifest
-from pipeline.store.q8poly_codec import (HEAD, TERMS, decode_q8poly, encode_q8poly, row_bytes,
-                                         tail_terms)
+from pipeline.store.codecs.label_q8poly import (HEAD, Q8POLY_DATASET, TERMS, decode_q8poly,
+                                                encode_q8poly, row_bytes, tail_terms)
 from pipeline.store.shard_reader import ShardReader, read_samples
 from pipeline.store.shard_writer import write_shard
 from pipeline.store.summary import storage_bytes

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import fake_attrs, write_fake_output
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.manifest import read_manifest, write_manifest
-from pipeline.store.sampled_codec import padded_rows, ragged_rows
+from pipeline.store.codecs.kind_sampled import padded_rows, ragged_rows
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.verify import verify_outputs
 from pipeline.student.batches import collate

@@ -205,7 +205,7 @@ def test_every_merge_field_has_a_docstring_and_exactly_one_option():
 
 def synthetic_pair(tmp_path, shards=5, per_shard=3):
     """Two teachers' outputs of the same random samples (labels from two seeds), several shards."""
-    from pipeline.teacher.synthetic_output import write_random_output
+    from bench.synthetic_output import write_random_output
 
     attrs = ShardAttrs("fake-teacher", "f" * 64, 1000, 4, {"mode": "score"})
     dirs = [tmp_path / "A", tmp_path / "B"]

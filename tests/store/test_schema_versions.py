@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import fake_attrs, write_fake_output
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.manifest import read_manifest
 from pipeline.store.sample_index import INDEX_NAME, part_name
 from pipeline.store.shard_reader import ShardReader
@@ -24,7 +24,7 @@ from pipeline.store.shard_writer import write_shard
 from pipeline.store.verify import verify_outputs, verify_shard
 from pipeline.student.batches import PlannedBatches
 from pipeline.student.label_set import open_label_set
-from pipeline.teacher.synthetic_output import random_sample, write_random_output
+from bench.synthetic_output import random_sample, write_random_output
 
 
 def downgrade_to_v1(out):

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import fake_attrs, flip_byte, write_fake_output
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.manifest import read_manifest, write_manifest
 from pipeline.store.verify import verify_outputs
 from stages.cli.main import main

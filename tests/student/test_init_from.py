@@ -13,7 +13,7 @@ import pytest
 
 from conftest import TEACHER, require_teacher
 from pipeline.store.shard_writer import ShardAttrs
-from pipeline.teacher.synthetic_output import write_random_output
+from bench.synthetic_output import write_random_output
 from schemas.config_base import ConfigError
 from schemas.student_config import StudentConfig
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import fake_attrs
 from pipeline.student.batch_plan import split_by_prompt
-from pipeline.teacher.synthetic_output import write_random_output
+from bench.synthetic_output import write_random_output
 from schemas import STUDENT_LOGPROBS
 from schemas.config_base import ConfigError
 from schemas.student_config import EvalConfig

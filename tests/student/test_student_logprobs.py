@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import fake_attrs, write_fake_output
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.manifest import read_manifest, write_manifest
 from pipeline.store.shard_reader import ShardReader, read_samples
 from pipeline.store.shard_writer import write_shard
@@ -25,7 +25,7 @@ from pipeline.student.batch_plan import plan_batches
 from pipeline.student.batches import PlannedBatches, collate
 from pipeline.student.kd_losses import onpolicy_reverse_kl
 from pipeline.student.label_set import open_label_set
-from pipeline.teacher.synthetic_output import random_sample, write_random_output
+from bench.synthetic_output import random_sample, write_random_output
 from schemas import STUDENT_LOGPROBS
 
 

@@ -11,12 +11,12 @@ import pytest
 
 from conftest import TEACHER, require_teacher
 from fake_engine import run_fake
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.hidden_basis import BASIS_NAME, project, read_basis
-from pipeline.store.hidden_codec import int8_error_bound
-from pipeline.store.label_codec import KNEE, Q8_DATASET, Q8POLY_DATASET, q8_error_bound, q8_step
+from pipeline.store.codecs.hidden_int8 import int8_error_bound
+from pipeline.store.codecs.label_q8 import KNEE, Q8_DATASET, q8_error_bound, q8_step
+from pipeline.store.codecs.label_q8poly import HEAD, Q8POLY_DATASET
 from pipeline.store.manifest import read_manifest
-from pipeline.store.q8poly_codec import HEAD
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.summary import summarise_output
 from pipeline.store.verify import verify_outputs

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.store.codecs.base import Attrs, LabelFormat
+
 Q8_DATASET = "labels/topk_logprobs_q8"
-Q8POLY_DATASET = "labels/topk_logprobs_q8poly"
-"""label_format q8poly (`pipeline.store.q8poly_codec`): q8 head codes and tail coefficients."""
 MAX_NATS = 30.0
 KNEE = 0.3
 
@@ -95,24 +95,29 @@ def q8_attrs(max_nats: float = MAX_NATS, knee: float = KNEE) -> dict[str, Any]:
     return {"label_format": "q8", "label_q8_max_nats": max_nats, "label_q8_knee": knee}
 
 
-def label_format(attrs: dict[str, Any]) -> str:
-    """A shard's label format from its root attributes (absent: fp16, every older output)."""
-    return str(attrs.get("label_format", "fp16"))
+class Q8Labels(LabelFormat):
+    """q8: one uint8 code per logprob; the shard's root attributes carry the scale."""
 
+    name = "q8"
+    dataset = Q8_DATASET
+    stored_dtype = np.dtype(np.uint8)
 
-def decoder_of(attrs: dict[str, Any]):
-    """Function (raw stored rows -> float32 logprobs) for a shard with these root attributes."""
-    if label_format(attrs) == "q8poly":
-        from pipeline.store.q8poly_codec import q8poly_decoder  # it builds on this module
+    def root_attrs(self) -> dict[str, Any]:
+        return q8_attrs()
 
-        return q8poly_decoder(attrs)
-    if label_format(attrs) == "q8":
+    def encode(self, logprobs: np.ndarray) -> np.ndarray:
+        return encode_q8(logprobs)
+
+    def decoder(self, attrs: Attrs):
         table = q8_table(float(attrs["label_q8_max_nats"]), float(attrs["label_q8_knee"]))
         return lambda codes: table[np.asarray(codes)]
-    return lambda lps: np.asarray(lps, np.float32)
+
+    def check_attrs(self, attrs: Attrs) -> list[str]:
+        consts = [attrs.get("label_q8_max_nats"), attrs.get("label_q8_knee")]
+        if not all(isinstance(c, (int, float)) and np.isfinite(c) and c > 0 for c in consts):
+            return [f"q8 constants label_q8_max_nats, label_q8_knee are {consts}, "
+                    "expected finite and positive"]
+        return []
 
 
-def logprob_dataset(attrs: dict[str, Any]) -> str:
-    """Which dataset holds the top-k logprobs of a shard with these root attributes."""
-    return {"q8": Q8_DATASET, "q8poly": Q8POLY_DATASET}.get(label_format(attrs),
-                                                            "labels/topk_logprobs")
+Q8 = Q8Labels()

@@ -1,10 +1,12 @@
-"""File checksums and crash-safe file replacement.
+"""The atomic-commit protocol: every file or directory the pipeline commits appears whole or not at all.
 
-Every file the pipeline commits is written under a temporary name in the same
-directory, flushed, fsynced and renamed, then the directory is fsynced: a crash
-leaves either the old file or the new one, never a torn one.
+Every file is written under a hidden temporary name in the same directory,
+flushed, fsynced and renamed, then the directory is fsynced: a crash leaves
+either the old file or the new one, never a torn one (`commit_path`, with the
+fault points of `pipeline.store.fault_points`). The sha256 of the committed file
+(`sha256_file`) is what the manifest records and `kd verify` checks.
 
-    >>> from pipeline.store.checksum import sha256_file
+    >>> from pipeline.store.atomic_commit import sha256_file
     >>> len(sha256_file(__file__))
     64
 """

@@ -28,6 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.store.codecs.array_checks import blocks
+from pipeline.store.codecs.base import Arrays, Attrs, HiddenFormat
+from schemas import hidden_dataset_name
+
 TINY = np.finfo(np.float32).tiny
 
 
@@ -61,6 +65,34 @@ def int8_error_bound(h: np.ndarray) -> np.ndarray:
     return (LEVELS * np.sqrt(np.abs(h) / np.maximum(m, TINY)) + 0.25) * s * (1 + 1e-5) + 1e-7 * m
 
 
-def hidden_format(attrs: dict[str, Any]) -> str:
-    """A shard's hidden format from its root attributes (absent: fp16, every older output)."""
-    return str(attrs.get("hidden_format", "fp16"))
+class Int8Hidden(HiddenFormat):
+    """int8: companded codes in `hidden/layer_NN`, one float32 scale per token row beside."""
+
+    name = "int8"
+    stored_dtype = np.int8
+
+    def encode(self, states: np.ndarray, layer: int, attrs: Any) -> dict[str, np.ndarray]:
+        codes, scales = encode_int8(states)
+        return {hidden_dataset_name(layer): codes, scale_dataset_name(layer): scales}
+
+    def decode(self, arrays: Arrays, layer: int, rows: slice) -> np.ndarray:
+        return decode_int8(arrays[hidden_dataset_name(layer)][rows],
+                           arrays[scale_dataset_name(layer)][rows])
+
+    def check_structure(self, arrays: Arrays, layer: int, tokens: int, attrs: Attrs
+                        ) -> list[str]:
+        errors = super().check_structure(arrays, layer, tokens, attrs)
+        scale = arrays.get(scale_dataset_name(layer))
+        if scale is None or scale.shape != (tokens,) or scale.dtype != np.float32:
+            errors.append(f"{scale_dataset_name(layer)}: expected float32 shape ({tokens},)")
+        return errors
+
+    def check_values(self, arrays: Arrays, layer: int) -> list[str]:
+        for sl in blocks(len(arrays[hidden_dataset_name(layer)])):
+            scale = arrays[scale_dataset_name(layer)][sl]
+            if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+                return [f"{scale_dataset_name(layer)} has scales that are not finite and positive"]
+        return []
+
+
+INT8 = Int8Hidden()

@@ -5,7 +5,7 @@ which are sorted, smooth in the log of their rank, and carry little mass. `q8pol
 stores per row, in one fixed-width uint8 row of HEAD + 2 x TERMS bytes (dataset
 `labels/topk_logprobs_q8poly`, memmap-readable like every other dataset):
 
-- the first HEAD = 16 logprobs as q8 codes (`pipeline.store.label_codec`, mass-preserving);
+- the first HEAD = 16 logprobs as q8 codes (`pipeline.store.codecs.label_q8`, mass-preserving);
 - the other k - HEAD as TERMS = 4 float16 coefficients c of a cubic in
   s = (log(1 + r) - log(1 + HEAD)) / (log(k) - log(1 + HEAD)), r = HEAD..k-1 the 0-based
   rank (s runs 0..1), least-squares fitted to the exact tail logprobs; then c_0 is set
@@ -42,7 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.store.label_codec import KNEE, MAX_NATS, encode_q8, q8_attrs, q8_table
+from pipeline.store.codecs.base import Attrs
+from pipeline.store.codecs.label_q8 import KNEE, MAX_NATS, Q8Labels, encode_q8, q8_attrs, q8_table
+
+Q8POLY_DATASET = "labels/topk_logprobs_q8poly"
 
 HEAD = 16
 TERMS = 4
@@ -130,8 +133,34 @@ def q8poly_attrs(head: int = HEAD, terms: int = TERMS) -> dict[str, Any]:
                          "label_poly_terms": terms}
 
 
-def q8poly_decoder(attrs: dict[str, Any]):
-    """Function (stored rows -> float32 logprobs) for a q8poly shard with these attributes."""
-    k, head, terms = (int(attrs[a]) for a in ("top_k", "label_poly_head", "label_poly_terms"))
-    consts = float(attrs["label_q8_max_nats"]), float(attrs["label_q8_knee"])
-    return lambda raw: decode_q8poly(raw, k, head, terms, *consts)
+class Q8PolyLabels(Q8Labels):
+    """q8poly: the head in q8 (same constants and checks), the tail as a curve."""
+
+    name = "q8poly"
+    dataset = Q8POLY_DATASET
+
+    def root_attrs(self) -> dict[str, Any]:
+        return q8poly_attrs()
+
+    def encode(self, logprobs: np.ndarray) -> np.ndarray:
+        return encode_q8poly(logprobs)
+
+    def decoder(self, attrs: Attrs):
+        k, head, terms = (int(attrs[a]) for a in ("top_k", "label_poly_head", "label_poly_terms"))
+        consts = float(attrs["label_q8_max_nats"]), float(attrs["label_q8_knee"])
+        return lambda raw: decode_q8poly(raw, k, head, terms, *consts)
+
+    def row_width(self, attrs: Attrs) -> int:
+        return row_bytes(int(attrs["label_poly_head"]), int(attrs["label_poly_terms"]))
+
+    def check_attrs(self, attrs: Attrs) -> list[str]:
+        errors = super().check_attrs(attrs)
+        head, terms = attrs.get("label_poly_head"), attrs.get("label_poly_terms")
+        if not (isinstance(head, int) and isinstance(terms, int)
+                and 1 <= head < int(attrs.get("top_k", 0)) and terms >= 1):
+            errors.append(f"q8poly label_poly_head, label_poly_terms are {[head, terms]}, "
+                          f"expected 1 <= head < top_k {attrs.get('top_k')!r} and terms >= 1")
+        return errors
+
+
+Q8POLY = Q8PolyLabels()

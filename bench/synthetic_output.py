@@ -1,4 +1,4 @@
-"""Random but schema-valid teacher outputs, for tests and benchmarks (never for training).
+"""Random but schema-valid teacher outputs, for tests and benchmarks (never for training; not shipped in the package).
 
 Samples have random tokens, sorted top-k rows with logprobs <= 0 and, when
 asked, random hidden states; outputs are complete (shards, index parts,
@@ -6,7 +6,7 @@ index.parquet, manifest), so `kd verify` and every reader accept them.
 
     >>> import tempfile, pathlib
     >>> from pipeline.store.shard_writer import ShardAttrs
-    >>> from pipeline.teacher.synthetic_output import write_random_output
+    >>> from bench.synthetic_output import write_random_output
     >>> attrs = ShardAttrs("fake", "f" * 64, 1000, 4, {"n": 1})
     >>> write_random_output(pathlib.Path(tempfile.mkdtemp()), attrs, 2, 3).totals()["samples"]
     6
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.store.codecs import hidden_format_named, label_kind_named
 from pipeline.store.hidden_basis import fit_basis, write_basis
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
@@ -119,9 +120,9 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
         for s in samples if student_logprobs else ():
             s.student_logprobs = -rng.exponential(1.0, s.label_count).astype(np.float32)
         outcome = filter_samples(samples, KEEP_ALL)
-        if attrs.hidden_format == "pca" and attrs.hidden_basis is None:  # fit on the first shard
-            attrs = fitted_attrs(out, attrs, samples, manifest)
-        if attrs.label_kind == "sampled":  # as the teacher stage does: filter, then draw
+        if hidden_format_named(attrs.hidden_format).needs_basis and attrs.hidden_basis is None:
+            attrs = fitted_attrs(out, attrs, samples, manifest)  # fitted on the first shard
+        if label_kind_named(attrs.label_kind).drawn:  # as the teacher stage does: filter, then draw
             samples = [sampled_sample(s, attrs.samples_per_position, seed) for s in samples]
         record = write_shard(out / shard_name(i), i, samples, attrs)
         record.index_sha256 = write_index_part(
