@@ -54,7 +54,7 @@ EVAL_EVERY     ?= 5
 STUDENT_SEED   ?= 0
 STUDENT_ARGS   ?=
 
-# On-policy rounds (`make onpolicy ROUNDS=N`, README: On-policy rounds): CPU-sized defaults.
+# On-policy rounds (`make onpolicy ROUNDS=N`, docs/onpolicy.md): CPU-sized defaults.
 ROUNDS              ?= 1
 ONPOLICY_FROM       ?= $(STUDENT_OUT)/model
 ONPOLICY_DIR        ?= data/onpolicy
