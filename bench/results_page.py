@@ -202,6 +202,13 @@ def render_storage(r: Result) -> str:
     massive = "; ".join(f"{layer}: {h[layer]['massive_rows_fit']} rows carry "
                         f"{h[layer]['massive_rows_share_of_fit_variance']:.1%} of the variance"
                         for layer in layers)
+    reads = [[name, *[f"{x:.4f}" for x in row["read_seconds_runs"]]]
+             for name, row in r["labels"].items() if "read_seconds_runs" in row]
+    read_runs = ("Seconds per reading pass, every pass:\n\n" + table(
+        ["labels", *[f"pass {i + 1}" for i in range(max(len(x) - 1 for x in reads))]],
+        "l" + "r" * max(len(x) - 1 for x in reads), reads)) if reads else (
+        "Seconds of each reading pass: not in this file (written before the benchmark kept "
+        "them; the next `make bench-storage` writes them).")
     return section(
         "Storage formats", "storage.json", "bench-storage", r,
         f"The demo teacher ({r['teacher']}, vocabulary {r['vocab_size']:,}, width "
@@ -211,6 +218,7 @@ def render_storage(r: Result) -> str:
         "passes reading every sample, on shared cores (rough).",
         table(["labels", "bytes / labelled token", "bytes / entry", "entries / token",
                "error vs exact", "label rows/s"], "lrrrlr", labels),
+        read_runs,
         f"Hidden states, bytes per token per layer and mean cosine to the exact float32 states on "
         f"held-out tokens (the pca basis fitted on {h['fit_tokens']:,} tokens of the first half of "
         f"the documents, measured on {h['eval_tokens']:,} others):",

@@ -49,3 +49,18 @@ def test_the_command_is_shown_when_recorded(tmp_path):
     merge["command"] = "python -m bench.merge --shards 2"
     (tmp_path / "merge.json").write_text(json.dumps(merge))
     assert "Command: `python -m bench.merge --shards 2`." in render_page(tmp_path)
+
+
+def test_raw_runs_are_rendered_when_the_file_has_them(tmp_path):
+    for name in RENDERERS:
+        shutil.copy(RESULTS / name, tmp_path / name)
+    student = json.loads((tmp_path / "student.json").read_text())
+    student["step_seconds_runs"] = {"kd": [7.25, 7.5], "online": [14.0, 15.5]}
+    (tmp_path / "student.json").write_text(json.dumps(student))
+    storage = json.loads((tmp_path / "storage.json").read_text())
+    for row in storage["labels"].values():
+        row["read_seconds_runs"] = [0.125, 0.25, 0.5]
+    (tmp_path / "storage.json").write_text(json.dumps(storage))
+    page = render_page(tmp_path)
+    assert "| kd | 7.25 | 7.50 |" in page and "| online | 14.00 | 15.50 |" in page
+    assert "| q8 top-20 | 0.1250 | 0.2500 | 0.5000 |" in page
