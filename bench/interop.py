@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from pipeline.store.shard_writer import ShardAttrs
 from bench.synthetic_output import write_random_output
 from schemas.interop_config import EXPORT_FORMATS, ExportConfig, ImportConfig
@@ -55,14 +55,13 @@ def main() -> None:
             times[fmt].append(summary.seconds)
             sizes[fmt] = summary.bytes
     result = {
-        "machine": describe_machine(),
         "labels": {"samples": totals["samples"], "labelled_tokens": rows, "vocab_size": VOCAB,
                    "top_k": K, "prompt_tokens": PROMPT, "completion_tokens": COMPLETION,
                    "shard_bytes_per_labelled_token": totals["bytes"] / rows},
         "repeats": args.repeats,
         "export": {fmt: {"seconds_median": statistics.median(t), "label_rows_per_s": rows / statistics.median(t),
                          "bytes_per_labelled_token": sizes[fmt] / rows,
-                         "size_vs_shards": sizes[fmt] / totals["bytes"]}
+                         "size_vs_shards": sizes[fmt] / totals["bytes"], "seconds_runs": t}
                    for fmt, t in times.items()},
     }
     if (TEACHER / "config.json").is_file():
@@ -74,9 +73,9 @@ def main() -> None:
             seconds.append(time.perf_counter() - start)
         result["import_distillkit"] = {"seconds_median": statistics.median(seconds),
                                        "label_rows_per_s": rows / statistics.median(seconds),
+                                       "seconds_runs": seconds,
                                        "note": "includes loading the teacher's tokenizer"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print(json.dumps(result["export"], indent=1))
     print(json.dumps(result.get("import_distillkit"), indent=1))
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 
 SCALES = (1, 4, 16)
 FIELDS = ("VmRSS", "RssAnon", "RssFile")
@@ -114,13 +114,13 @@ def main() -> None:
                   flush=True)
             shutil.rmtree(root)
     small, large = scales["1x"], scales[f"{SCALES[-1]}x"]
-    result = {"machine": describe_machine(), "settings": vars(args) | {
+    result = {"settings": vars(args) | {
         "vocab": 49152, "top_k": 20, "sources": 2, "positions_per_sample": 200,
         "weights": "0.5,0.5", "mix_rule": "mean"}, "scales": scales,
         "peak_rss_ratio_16x_over_1x": large["peak_rss_mib"] / small["peak_rss_mib"],
         "anon_growth_ratio_16x_over_1x": large["anon_growth_mib"] / max(small["anon_growth_mib"], 1e-9),
         "target": "peak memory flat in the number of shards"}
-    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.output, result)
     print("| shards per source | labelled positions | positions/s | peak RSS MiB | anon MiB "
           "| file-backed MiB | RSS growth MiB |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for s in scales.values():

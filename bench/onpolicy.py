@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from pipeline.store.shard_reader import ShardReader
 from pipeline.teacher.student_records import SAMPLES_NAME
 
@@ -136,11 +136,10 @@ def main() -> None:
                                     work / f"offpolicy/round-{i}/student", args, "--alpha", "0.5")
         for arm, model in models.items():
             rows[f"{arm}_round_{i}"] = measure(model, heldout, work / f"eval/{arm}-{i}", args)
-    result = {"machine": describe_machine(), "seconds": round(time.time() - started),
+    result = {"seconds": round(time.time() - started),
               "settings": {k: v for k, v in vars(args).items()}, "rows": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(out.with_suffix(".json"), result)
     out.with_suffix(".md").write_text(table(rows, args))
     print(table(rows, args))
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from pipeline.student.plots import comparison_figure, save
 from stages.student.evaluate import format_table
 from stages.student.report import read_metrics
@@ -87,12 +87,12 @@ def main() -> None:
     pairs = {f"{run}_vs_{base}": {"what": what, "kl": rows[run]["kl"] - rows[base]["kl"],
                                   "nll": rows[run]["nll"] - rows[base]["nll"]}
              for run, base, what in PAIRS}
-    result = {"machine": describe_machine(), "labels": str(labels), "steps": args.steps,
+    result = {"labels": str(labels), "steps": args.steps,
               "batch_tokens": args.batch_tokens, "rows": rows, **rows, "verdict": verdict,
               "pairs": pairs}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(out.with_suffix(".json"), result)
     out.with_suffix(".md").write_text(
         f"# Distillation against fine-tuning\n\n{args.steps} steps of {args.batch_tokens} tokens "
         f"each, same data and seed; held-out split.\n\n{format_table(rows)}\n\n"

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from schemas.teacher_config import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,10 +170,10 @@ def main() -> None:
                 runs[job].append(measure(job, args))
             print(f"repeat {repeat} {job}: {runs[job][-1]}", flush=True)
     cfg = bench_config(args, "unused")
-    result = {"machine": describe_machine(), "settings": vars(args) | {"dtype": "float32"},
+    result = {"settings": vars(args) | {"dtype": "float32"},
               "runs": runs, "failed_runs": failures, **summarise(runs, cfg)}
-    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "machine")}, indent=1))
+    write_result(args.output, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from pipeline.store.manifest import Manifest, read_manifest, write_manifest
 from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index, write_index_part
@@ -196,11 +196,11 @@ def main() -> None:
             shutil.rmtree(labels)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"machine": describe_machine(), "rows": rows, "bounded_evaluation": evaluation,
+    result = {"rows": rows, "bounded_evaluation": evaluation,
               "note": "full = --verify full (hash and scan every shard before step 1, the old "
                       "start-up); lazy = default (cheap checks up front, hashes when first read); "
                       "both with the default --eval-max-tokens and a cold verified-shard cache"}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

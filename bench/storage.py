@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from pipeline.store.hidden_basis import fit_basis, project, reconstruct
 from pipeline.store.codecs.hidden_int8 import decode_int8, encode_int8
 from pipeline.store.manifest import Manifest
@@ -132,6 +132,7 @@ def label_formats(docs: list[dict[str, Any]], vocab: int, work: Path, repeats: i
     rows = sum(len(d["sampled"]) for d in docs)
     for name in LABELS:
         results[name]["label_rows_per_second"] = round(rows / statistics.median(times[name]))
+        results[name]["read_seconds_runs"] = times[name]
     return results
 
 
@@ -223,16 +224,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kd-bench-storage-"))
     docs, vocab, width = teacher_pass(args.docs, (15, 30))
     result = {
-        "machine": describe_machine(),
         "teacher": str(TEACHER), "vocab_size": vocab, "hidden_size": width,
         "documents": len(docs), "labelled_tokens": sum(len(d["sampled"]) for d in docs),
         "labels": label_formats(docs, vocab, work, args.repeats),
         "hidden": hidden_formats(docs, (15, 30), width),
         "quality_at_equal_bytes": "make bench-storage-quality (bench/results/storage_quality.json)",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    write_result(args.out, result)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from pipeline.store.manifest import read_manifest
 from pipeline.store.summary import storage_bytes
 from pipeline.student.calibration import CalibrationBins
@@ -186,7 +186,7 @@ def train_phase(args: argparse.Namespace) -> None:
                          "top_k": m.top_k, "samples_per_position": m.samples_per_position,
                          "bytes_per_labelled_token": round(b["label_token"], 1),
                          "labelled_tokens": m.totals()["completion_tokens"]}
-    result = {"machine": describe_machine(), "device": str(device),
+    result = {"device": str(device),
               "train": {"steps": args.steps, "batch_tokens": args.batch_tokens, "lr": args.lr,
                         "seed": args.seed, "student": f"from-teacher, {args.keep_layers} layers",
                         "teacher": args.teacher_dir},
@@ -194,8 +194,7 @@ def train_phase(args: argparse.Namespace) -> None:
                             "positions": rows["teacher"]["positions"]},
               "formats": formats, "rows": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(out.with_suffix(".json"), result)
     out.with_suffix(".md").write_text(report(result))
     print(report(result))
 

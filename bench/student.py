@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bench.memory import PeakMemory
 from bench.synthetic_labels import write_synthetic_labels
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from pipeline.student.batch_plan import plan_batches, split_by_prompt
 from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.kd_losses import fused_head_losses, total_loss, weighted_token_sum
@@ -120,10 +120,10 @@ def seconds_per_step(step: Callable[[dict[str, Any]], None], batches: list[dict[
     return (time.perf_counter() - start) / max(len(batches) - warmup, 1)
 
 
-def interleaved_medians(steps: dict[str, Callable[[dict[str, Any]], None]],
-                        batches: list[dict[str, Any]], device: torch.device,
-                        rounds: int = 2) -> dict[str, float]:
-    """Median seconds per step of each of `steps`, timed in turn, round after round.
+def interleaved_times(steps: dict[str, Callable[[dict[str, Any]], None]],
+                      batches: list[dict[str, Any]], device: torch.device,
+                      rounds: int = 2) -> dict[str, list[float]]:
+    """Seconds per step of each of `steps` in every round, timed in turn, round after round.
 
     Interleaving makes machine noise hit every variant alike, so their ratios hold.
     """
@@ -131,6 +131,10 @@ def interleaved_medians(steps: dict[str, Callable[[dict[str, Any]], None]],
     for _ in range(rounds):
         for name, step in steps.items():
             times[name].append(seconds_per_step(step, batches, device))
+    return times
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -234,19 +238,21 @@ def main() -> None:
     kd_step = partial(offline_step, student, opt, cfg=kd_cfg, vocab=vocab)
     with PeakMemory(device) as offline_peak:
         seconds_per_step(kd_step, batches, device)
-    head = interleaved_medians({
+    head_runs = interleaved_times({
         "kd": kd_step, "ce": partial(offline_step, student, opt, cfg=ce_cfg, vocab=vocab),
         "checkpointed": partial(checkpointed_step, student, opt, cfg=kd_cfg, vocab=vocab)},
         batches, device)
+    head = medians(head_runs)
     teacher = build_models(teacher_path, args.keep_layers, args.random_weights).to(device).eval()
     teacher_mb = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20
     online_recipe = partial(online_step, teacher, student, opt, vocab=vocab)
     with PeakMemory(device) as online_peak:
         seconds_per_step(online_recipe, batches, device)
-    timed = interleaved_medians({
+    timed_runs = interleaved_times({
         "offline": kd_step, "online": online_recipe,
         "online_topk": partial(online_topk_step, teacher, student, opt, cfg=kd_cfg, vocab=vocab,
                                k=labels.top_k)}, batches, device)
+    timed = medians(timed_runs)
     del teacher, online_recipe   # frees the teacher before the memory runs
     loader = loader_tokens_per_second(labels, plan, workers=2)
     consumed = tokens_per_batch / head["kd"]
@@ -256,7 +262,7 @@ def main() -> None:
     memory = memory_vs_data(args.labels, student_args + ["--keep-layers", str(args.keep_layers)],
                             shards=8, steps=10)
     result = {
-        "machine": describe_machine(), "labels": args.labels, "keep_layers": args.keep_layers,
+        "labels": args.labels, "keep_layers": args.keep_layers,
         "random_weights": args.random_weights,
         "batch_tokens": args.batch_tokens, "tokens_per_batch": tokens_per_batch,
         "offline_step_seconds": timed["offline"], "online_step_seconds": timed["online"],
@@ -273,14 +279,14 @@ def main() -> None:
         "loader_tokens_per_second": loader, "train_tokens_per_second": consumed,
         "loader_headroom_ratio": loader / consumed,
         **memory,
+        "step_seconds_runs": head_runs | timed_runs,
         "targets": {"offline_vs_online_step_time_ratio": "<= 0.5",
                     "peak_memory_saving_mb": ">= teacher_weights_mb",
                     "kd_vs_ce_step_time_ratio": "<= 1.15", "loader_headroom_ratio": ">= 20",
                     "rss_growth_10x_data": "<= 0.10"},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    write_result(args.out, result)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

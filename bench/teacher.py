@@ -19,10 +19,9 @@ import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from pipeline.machine import describe_machine
+from bench.result_file import write_result
 from schemas.teacher_config import TeacherConfig
 from stages.teacher.labels import (EngineSource, render_prompt_tokens, run_teacher_labels,
                                    plan_shards)
@@ -94,16 +93,14 @@ def main() -> None:
         hidden = full_path(TeacherConfig(out=f"{tmp}/hidden", hidden_layers="-1", **base), engine)
 
     result = {
-        "machine": describe_machine(),
         "settings": base | {"n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p},
         "plain_generation": plain, "full_path": full, "full_path_hidden_last": hidden,
         "full_vs_plain_throughput": full["tokens_per_second"] / plain["tokens_per_second"],
         "hidden_vs_plain_throughput": hidden["tokens_per_second"] / plain["tokens_per_second"],
         "target_full_vs_plain": 0.90,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+    write_result(args.out, result)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
