@@ -46,7 +46,7 @@ def test_prompts_per_shard_rounds_up_to_whole_prompts():
     ({"alpha": 1.5}, "--alpha"),
     ({"kd_loss": "kl"}, "--kd-loss"),
     ({"tail": "drop"}, "--tail"),
-    ({"temperature": 0.0}, "--temperature"),
+    ({"kd_temperature": 0.0}, "--kd-temperature"),
     ({"eval_fraction": 0.0}, "--eval-fraction"),
     ({"layer_map": "a:b"}, "--layer-map"),
     ({"resume": True, "overwrite": True}, "--resume"),

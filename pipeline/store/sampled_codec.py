@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-LABEL_KINDS = ("topk", "sampled")
 SAMPLED_DATASETS = ("labels/sample_offsets", "labels/sample_ids", "labels/sample_counts",
                     "labels/sample_tail_counts")
 

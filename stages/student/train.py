@@ -330,8 +330,8 @@ class TrainingRun:
         cfg, s = self.cfg, self.student
         phase = phase_at(self.phases, self.step)
         lr = phase_lr(self.phases, self.step, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        temperature = temperature_at(self.step, cfg.temperature,
-                                     cfg.final_temperature or cfg.temperature, self.steps,
+        temperature = temperature_at(self.step, cfg.kd_temperature,
+                                     cfg.final_temperature or cfg.kd_temperature, self.steps,
                                      cfg.temperature_schedule)
         for group in s.optimizer.param_groups:
             group["lr"] = lr

@@ -51,7 +51,7 @@ def test_chunked_head_losses_equal_a_dense_forward(engine_labels, tiny_student):
     labels = open_label_set([engine_labels])
     model = AutoModelForCausalLM.from_pretrained(tiny_student, dtype=torch.float32)
     batch = PlannedBatches(labels, plan_batches(labels.length, np.arange(6), 4096, 0, 0))[0]
-    cfg = StudentConfig(loss_chunk=7, tail="bucket", temperature=2.0)
+    cfg = StudentConfig(loss_chunk=7, tail="bucket", kd_temperature=2.0)
     parts = batch_losses(model, None, batch, labels.vocab_size, cfg, {})
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     rows = logits.reshape(-1, logits.shape[-1])[batch["loss_rows"]]
