@@ -29,42 +29,17 @@ COMMANDS = {TeacherConfig: "teacher-labels", StudentConfig: "train-student",
             StudentSamplesConfig: "student-samples"}
 
 
-@pytest.fixture
-def built(monkeypatch):
-    """Run `kd ARGS` up to the stage call; return the config the stage would have received."""
-    import stages.student.train
-    import stages.teacher.labels
-    import stages.teacher.student_samples
-
-    seen = {}
-
-    def stop(cfg):
-        seen["cfg"] = cfg
-        raise ConfigError("stopped before running")
-
-    monkeypatch.setattr(stages.student.train, "run_train_student", stop)
-    monkeypatch.setattr(stages.teacher.labels, "run_teacher_labels", stop)
-    monkeypatch.setattr(stages.teacher.student_samples, "run_student_samples", stop)
-
-    def run(*args):
-        seen.clear()
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        assert "stopped before running" in result.output, result.output
-        return seen["cfg"], result.output
-    return run
-
-
 def test_every_shipped_recipe_is_checked():
     assert sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")) == sorted(RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
-def test_recipe_loads_validates_and_the_cli_builds_the_same_config(name, built):
+def test_recipe_loads_validates_and_the_cli_builds_the_same_config(name, cli_config):
     cls = RECIPES[name]
     path = ROOT / "recipes" / name
     cfg = load_recipe(cls, path)
     assert isinstance(cfg, cls)
-    via_cli, _ = built(COMMANDS[cls], "--config", path)
+    via_cli, _ = cli_config(COMMANDS[cls], "--config", path)
     assert via_cli.to_dict() == cfg.to_dict()
     keys, _ = recipe_values(cls, path.read_text(), name)
     assert all(getattr(cfg, k) == v for k, v in keys.items())  # nothing in the file was lost
@@ -82,35 +57,35 @@ def makefile_command(target, *variables):
     ("demo-teacher.yaml", "teacher-labels", ()),
     ("demo-student.yaml", "train-student", ("LABELS=data/labels/demo data/labels/corpus-train",)),
 ])
-def test_demo_recipes_equal_what_the_makefile_runs(name, target, variables, built):
-    from_make, _ = built(*makefile_command(target, *variables))
-    from_recipe, _ = built(target, "--config", ROOT / "recipes" / name)
+def test_demo_recipes_equal_what_the_makefile_runs(name, target, variables, cli_config):
+    from_make, _ = cli_config(*makefile_command(target, *variables))
+    from_recipe, _ = cli_config(target, "--config", ROOT / "recipes" / name)
     assert from_recipe.to_dict() == from_make.to_dict()
 
 
-def test_flags_given_override_the_recipe_even_at_their_default(tmp_path, built):
+def test_flags_given_override_the_recipe_even_at_their_default(tmp_path, cli_config):
     recipe = tmp_path / "t.yaml"
     recipe.write_text("top_k: 5\nlimit: 7\nprompts: p.jsonl\nmax_repetition: null\n")
-    cfg, _ = built("teacher-labels", "--config", recipe)
+    cfg, _ = cli_config("teacher-labels", "--config", recipe)
     assert (cfg.top_k, cfg.limit, cfg.prompts, cfg.max_repetition) == (5, 7, "p.jsonl", None)
-    cfg, _ = built("teacher-labels", "--config", recipe, "--top-k", "20", "--max-repetition",
+    cfg, _ = cli_config("teacher-labels", "--config", recipe, "--top-k", "20", "--max-repetition",
                    "auto")
     assert (cfg.top_k, cfg.limit, cfg.max_repetition) == (20, 7, AUTO)  # 20 is the default
 
 
-def test_a_repeatable_flag_replaces_the_recipes_list(tmp_path, built):
+def test_a_repeatable_flag_replaces_the_recipes_list(tmp_path, cli_config):
     recipe = tmp_path / "s.yaml"
     recipe.write_text("labels: [a, b]\nsteps: 3\nfsdp: true\n")
-    cfg, _ = built("train-student", "--config", recipe)
+    cfg, _ = cli_config("train-student", "--config", recipe)
     assert (cfg.labels, cfg.steps, cfg.fsdp) == (("a", "b"), 3, True)
-    cfg, _ = built("train-student", "--config", recipe, "--labels", "c", "--no-fsdp")
+    cfg, _ = cli_config("train-student", "--config", recipe, "--labels", "c", "--no-fsdp")
     assert (cfg.labels, cfg.steps, cfg.fsdp) == (("c",), 3, False)
 
 
-def test_student_samples_takes_a_recipe(tmp_path, built):
+def test_student_samples_takes_a_recipe(tmp_path, cli_config):
     recipe = tmp_path / "ss.yaml"
     recipe.write_text("model: m\nmax_tokens: 32\n")
-    cfg, _ = built("student-samples", "--config", recipe, "--seed", "3")
+    cfg, _ = cli_config("student-samples", "--config", recipe, "--seed", "3")
     assert (cfg.model, cfg.max_tokens, cfg.seed) == ("m", 32, 3)
 
 
@@ -153,30 +128,30 @@ def test_a_missing_recipe_is_one_line_naming_it(tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_the_old_student_temperature_flag_works_with_a_warning(built):
-    cfg, output = built("train-student", "--temperature", "3")
+def test_the_old_student_temperature_flag_works_with_a_warning(cli_config):
+    cfg, output = cli_config("train-student", "--temperature", "3")
     assert cfg.kd_temperature == 3.0
     assert "warning: --temperature is deprecated here; use --kd-temperature" in output
-    cfg, output = built("train-student", "--kd-temperature", "2")
+    cfg, output = cli_config("train-student", "--kd-temperature", "2")
     assert cfg.kd_temperature == 2.0 and "deprecated" not in output
     both = CliRunner().invoke(main, ["train-student", "--temperature", "3", "--kd-temperature", "2"])
     assert both.exit_code == 2 and "give --kd-temperature only" in both.output
 
 
-def test_the_old_recipe_key_works_with_a_warning_and_loses_to_a_flag(tmp_path, built):
+def test_the_old_recipe_key_works_with_a_warning_and_loses_to_a_flag(tmp_path, cli_config):
     recipe = tmp_path / "old.yaml"
     recipe.write_text("temperature: 4\n")
-    cfg, output = built("train-student", "--config", recipe)
+    cfg, output = cli_config("train-student", "--config", recipe)
     assert cfg.kd_temperature == 4.0 and "key temperature is deprecated; it is now " \
         "kd_temperature" in output
-    cfg, _ = built("train-student", "--config", recipe, "--kd-temperature", "1")
+    cfg, _ = cli_config("train-student", "--config", recipe, "--kd-temperature", "1")
     assert cfg.kd_temperature == 1.0
     with pytest.warns(DeprecationWarning, match="kd_temperature"):
         assert load_recipe(StudentConfig, recipe).kd_temperature == 4.0
 
 
-def test_the_teachers_temperature_is_still_the_sampling_temperature(built):
-    cfg, output = built("teacher-labels", "--temperature", "0.5")
+def test_the_teachers_temperature_is_still_the_sampling_temperature(cli_config):
+    cfg, output = cli_config("teacher-labels", "--temperature", "0.5")
     assert cfg.temperature == 0.5 and "deprecated" not in output
 
 

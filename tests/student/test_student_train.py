@@ -268,3 +268,16 @@ def test_a_student_trains_from_generated_and_scored_labels_and_is_evaluated_on_g
     assert rows["before"]["positions"] == rows["after"]["positions"] == len(stored)
     assert rows["after"]["kl"] < rows["before"]["kl"]
     assert rows["after"]["perplexity"] == pytest.approx(np.exp(rows["after"]["nll"]))
+
+
+def test_a_training_run_touches_nothing_until_set_up(engine_labels, tiny_student, tmp_path):
+    from stages.student.distributed import DistContext
+    from stages.student.train import TrainingRun, build_trainable
+
+    cfg = config(engine_labels, tiny_student, tmp_path / "s")
+    labels, dist = open_label_set(cfg.labels), DistContext.from_env()
+    run = TrainingRun(cfg, labels, build_trainable(cfg, labels, dist), dist)
+    assert not (tmp_path / "s").exists() and run.step == 0
+    assert run.set_up() is run
+    saved = json.loads((tmp_path / "s" / "student_config.json").read_text())
+    assert saved == cfg.to_dict() and run.steps == 4 and set(run.evals) == {"teacher", "student_before"}
