@@ -103,7 +103,7 @@ teacher-labels: models
 train-student: setup
 	$(KD) train-student $(foreach l,$(LABELS),--labels $(l)) --student $(STUDENT) --out $(STUDENT_OUT) \
 	  --keep-layers $(KEEP_LAYERS) --steps $(STEPS) --batch-tokens $(BATCH_TOKENS) --lr $(LR) \
-	  --kd-loss $(KD_LOSS) --alpha $(ALPHA) --temperature $(KD_TEMPERATURE) \
+	  --kd-loss $(KD_LOSS) --alpha $(ALPHA) --kd-temperature $(KD_TEMPERATURE) \
 	  --eval-every $(EVAL_EVERY) \
 	  --hidden-weight $(HIDDEN_WEIGHT) --seed $(STUDENT_SEED) $(STUDENT_ARGS)
 

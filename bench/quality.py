@@ -33,7 +33,7 @@ RUNS = {
     "ce_only": ["--alpha", "0"],
     "kd": ["--alpha", "0.5"],
     "kd_hidden": ["--alpha", "0.5", *HIDDEN],
-    "kd_t4_to_1": ["--alpha", "0.5", "--temperature", "4", "--final-temperature", "1",
+    "kd_t4_to_1": ["--alpha", "0.5", "--kd-temperature", "4", "--final-temperature", "1",
                    "--temperature-schedule", "linear"],
     "hidden_then_full": ["--alpha", "0.5", *HIDDEN],  # + --phases hidden:<steps/3>,full
 }

@@ -66,7 +66,7 @@ def checkpointed_step(model: Any, opt: Any, batch: dict[str, Any], cfg: StudentC
     def chunk(states: Any, ids: Any, lps: Any, target: Any) -> Any:
         soft, hard = fused_head_losses((states @ weight[:vocab].T).float(), ids, lps, target,
                                        kind=cfg.kd_loss, tail=cfg.tail,
-                                       temperature=cfg.temperature, beta=cfg.beta)
+                                       temperature=cfg.kd_temperature, beta=cfg.beta)
         return weighted_token_sum(soft, hard, cfg.alpha)
     total = sum(checkpoint(chunk, *(t[i:i + cfg.loss_chunk] for t in (
         rows, batch["teacher_ids"], batch["teacher_logprobs"], batch["target_ids"])),

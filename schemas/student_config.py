@@ -17,19 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas import VERIFIED_SHARDS_CACHE
-from schemas.config_base import ConfigError, check_choice, flag
+from schemas.choices import (ALARM_POLICIES, HIDDEN_LOSSES, KD_LOSSES, NON_FINITE_POLICIES,
+                             PHASE_KINDS, REPORT_TO, STUDENT_KINDS, TAILS, TEMPERATURE_SCHEDULES,
+                             VERIFY_MODES)
+from schemas.choices import TRAINING_DTYPES as DTYPES
+from schemas.config_base import ConfigError, check_choices, flag, identity_fields
 
-KD_LOSSES = ("forward_kl", "reverse_kl", "jsd", "tvd")
-TAILS = ("bucket", "renormalize")
-HIDDEN_LOSSES = ("mse", "cosine")
-STUDENT_KINDS = ("from-teacher", "narrow")
-DTYPES = ("auto", "float32", "bfloat16")
-NON_FINITE_POLICIES = ("stop", "skip")
-VERIFY_MODES = ("lazy", "full")
-TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine")
-ALARM_POLICIES = ("stop", "warn")
-REPORT_TO = ("tensorboard", "wandb", "none")
-PHASE_KINDS = ("hidden", "kd", "full")
 EVAL_MAX_TOKENS = 4096
 """Default bound of one evaluation: ~5 s of the demo student on 2 CPU cores (bench/results/startup.json)."""
 # What a --resume may change: where things are (a run may move machines), how long it
@@ -45,6 +38,14 @@ RESUME_MAY_CHANGE = frozenset({
 @dataclass
 class StudentConfig:
     """Everything that decides how `kd train-student` trains, checkpoints and evaluates."""
+
+    CHOICES = {"kd_loss": KD_LOSSES, "tail": TAILS, "hidden_loss": HIDDEN_LOSSES, "dtype": DTYPES,
+               "on_non_finite": NON_FINITE_POLICIES, "verify": VERIFY_MODES,
+               "alarms": ALARM_POLICIES, "report_to": REPORT_TO,
+               "temperature_schedule": TEMPERATURE_SCHEDULES}
+    RENAMED = {"temperature": "kd_temperature"}
+    """Old name -> field: the old flag, recipe key and saved-config key still work (a flag or
+    key with a warning); `kd teacher-labels --temperature` is the sampling temperature."""
 
     labels: tuple[str, ...] = ("data/labels/demo",)
     """Teacher output directories to train from (repeat the flag for several, e.g. one per worker)."""
@@ -88,10 +89,10 @@ class StudentConfig:
     """Weight of the soft loss; 1 - alpha weights cross-entropy on the teacher's sampled tokens."""
     onpolicy_weight: float = 0.0
     """Weight of the on-policy reverse-KL term on student samples scored by the teacher: per token rho * stopgrad(log p_student - log p_teacher) from the stored teacher logprobs, rho the importance weight against the sampling student's stored logprobs (GKD, arXiv:2306.13649; MiniLLM, arXiv:2306.08543); added to alpha * soft + (1 - alpha) * hard (use --alpha 1 on student samples); 0: off."""
-    temperature: float = 1.0
-    """Distillation temperature (at the first step, with --temperature-schedule): both distributions are tempered and the soft loss scaled by T^2."""
+    kd_temperature: float = 1.0
+    """Distillation temperature (at the first step, with --temperature-schedule): both distributions are tempered and the soft loss scaled by T^2. Formerly --temperature (still accepted, with a warning)."""
     temperature_schedule: str = "constant"
-    """How the temperature moves from --temperature (first step) to --final-temperature (last step): constant, linear or cosine."""
+    """How the temperature moves from --kd-temperature (first step) to --final-temperature (last step): constant, linear or cosine."""
     final_temperature: float | None = None
     """Temperature at the last step of a linear or cosine --temperature-schedule (e.g. 4 -> 1)."""
     hidden_weight: float = 0.0
@@ -173,10 +174,11 @@ class StudentConfig:
                 raise ConfigError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
-        for name in ("temperature", "final_temperature"):
+        for name in ("kd_temperature", "final_temperature"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{flag(name)} must be a positive number, got {value}")
+        check_choices(self)
         self.check_temperature_schedule()
         self.check_training_controls()
         if not (self.lr > 0 and self.hidden_weight >= 0 and self.grad_clip >= 0
@@ -185,14 +187,6 @@ class StudentConfig:
                               "--weight-decay must be >= 0")
         if not (math.isfinite(self.onpolicy_weight) and self.onpolicy_weight >= 0):
             raise ConfigError(f"--onpolicy-weight must be >= 0, got {self.onpolicy_weight}")
-        check_choice("kd_loss", self.kd_loss, KD_LOSSES)
-        check_choice("tail", self.tail, TAILS)
-        check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
-        check_choice("dtype", self.dtype, DTYPES)
-        check_choice("on_non_finite", self.on_non_finite, NON_FINITE_POLICIES)
-        check_choice("verify", self.verify, VERIFY_MODES)
-        check_choice("alarms", self.alarms, ALARM_POLICIES)
-        check_choice("report_to", self.report_to, REPORT_TO)
         self.parsed_layer_map()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
@@ -202,12 +196,11 @@ class StudentConfig:
         return self
 
     def check_temperature_schedule(self) -> None:
-        check_choice("temperature_schedule", self.temperature_schedule, TEMPERATURE_SCHEDULES)
         moving = self.temperature_schedule != "constant"
         if moving and self.final_temperature is None:
             raise ConfigError(f"--temperature-schedule {self.temperature_schedule} needs "
-                              "--final-temperature (e.g. --temperature 4 --final-temperature 1)")
-        if not moving and self.final_temperature not in (None, self.temperature):
+                              "--final-temperature (e.g. --kd-temperature 4 --final-temperature 1)")
+        if not moving and self.final_temperature not in (None, self.kd_temperature):
             raise ConfigError(f"--final-temperature {self.final_temperature} needs a moving "
                               "--temperature-schedule (linear or cosine); it is constant")
 
@@ -297,9 +290,13 @@ class StudentConfig:
         return data
 
     def check_resumes(self, saved: dict[str, Any]) -> None:
-        """Refuse a --resume whose settings differ from the checkpoint's `saved` config."""
-        for name, value in self.to_dict().items():
-            if name not in RESUME_MAY_CHANGE and name in saved and saved[name] != value:
+        """Refuse a --resume whose settings differ from the checkpoint's `saved` config (saved
+        under old field names, too); a field missing from `saved` predates it and is not compared."""
+        saved = {self.RENAMED.get(k, k): v for k, v in saved.items()}
+        now = self.to_dict()
+        for name in identity_fields(type(self), RESUME_MAY_CHANGE):
+            value = now[name]
+            if name in saved and saved[name] != value:
                 raise ConfigError(f"--resume: {flag(name)} was {saved[name]!r} when the "
                                   f"checkpoint was written and is {value!r} now; resume with "
                                   "the same value, or start over with --overwrite")
@@ -308,6 +305,8 @@ class StudentConfig:
 @dataclass
 class EvalConfig:
     """What `kd eval` evaluates, and on which split."""
+
+    CHOICES = {"verify": VERIFY_MODES}
 
     labels: tuple[str, ...] = ("data/labels/demo",)
     """Teacher output directories (repeatable); the held-out split of their union is used (every sample with --all)."""
@@ -348,7 +347,7 @@ class EvalConfig:
             raise ConfigError("--batch-tokens and --loss-chunk must be at least 1")
         if self.eval_max_tokens < 0:
             raise ConfigError(f"--eval-max-tokens must be >= 0, got {self.eval_max_tokens}")
-        check_choice("verify", self.verify, VERIFY_MODES)
+        check_choices(self)
         return self
 
     def named_samples(self) -> dict[str, str]:

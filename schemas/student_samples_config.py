@@ -18,15 +18,23 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.config_base import ConfigError, flag
-from schemas.teacher_config import TeacherConfig, check_sampling_and_engine
+from schemas.config_base import ConfigError, check_choices, flag, identity_fields
+from schemas.teacher_config import DTYPES, TeacherConfig, check_sampling_and_engine
 
 SAMPLES_CONFIG_NAME = "student_samples_config.json"
+# What a rerun into an existing output may change: where the prompts file (compared by hash)
+# and the output are, how often records are flushed, and the engine's layout. Every other
+# field is part of `identity()`, so a field added later is protected.
+RESUME_MAY_CHANGE = frozenset({"prompts", "out", "overwrite", "flush_every",
+                               "tensor_parallel_size", "gpu_memory_utilization", "kv_cache_gib",
+                               "enforce_eager"})
 
 
 @dataclass
 class StudentSamplesConfig:
     """Which student writes completions for which prompts, how, and where the records go."""
+
+    CHOICES = {"dtype": DTYPES}
 
     model: str = "data/student/demo/model"
     """The student that writes: a Hugging Face model directory, e.g. `<kd train-student --out>/model`."""
@@ -71,6 +79,7 @@ class StudentSamplesConfig:
         if self.max_tokens >= self.max_model_len:
             raise ConfigError(f"--max-tokens ({self.max_tokens}) must be smaller than "
                               f"--max-model-len ({self.max_model_len}): no room for the prompt")
+        check_choices(self)
         check_sampling_and_engine(self)
         for name in ("model", "prompts", "out"):
             if not getattr(self, name):
@@ -90,10 +99,9 @@ class StudentSamplesConfig:
             enforce_eager=self.enforce_eager, limit=self.limit).validate()
 
     def identity(self) -> dict[str, Any]:
-        """Settings that must match for a rerun to extend an existing output."""
-        return {k: getattr(self, k) for k in ("model", "system_prompt", "max_tokens",
-                                              "temperature", "top_p", "seed", "dtype",
-                                              "max_model_len", "limit")}
+        """Settings that must match for a rerun to extend an existing output: every field
+        outside RESUME_MAY_CHANGE."""
+        return {k: getattr(self, k) for k in identity_fields(type(self), RESUME_MAY_CHANGE)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

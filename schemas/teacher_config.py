@@ -20,19 +20,31 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.choices import HIDDEN_FORMATS, LABEL_FORMATS, LABEL_KINDS, MODES
+from schemas.choices import ENGINE_DTYPES as DTYPES
 from schemas.filter_thresholds import FilterThresholds
-from schemas.config_base import AUTO, ConfigError, check_choice, field_docs, flag  # noqa: F401
+from schemas.config_base import (AUTO, ConfigError, check_choice, check_choices,  # noqa: F401
+                                 field_docs, flag, identity_fields)
 
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-MODES = ("generate", "score")
-LABEL_FORMATS = ("fp16", "q8", "q8poly")
 Q8POLY_MIN_TOP_K = 32
 """--label-format q8poly keeps the first 16 logprobs in q8 and a 4-term curve for the rest: below k = 32 it saves little or nothing over q8."""
-HIDDEN_FORMATS = ("fp16", "int8", "pca")
-LABEL_KINDS = ("topk", "sampled")
 SAMPLED_SOURCE_K = 256
 """--label-kind sampled draws from the engine's top-K with K = max(this, --top-k), plus a tail bucket."""
+# What a rerun into an existing output may change: where the prompts file and the output are
+# (the prompts' content is compared by hash), how the engine is laid out and paced, and when
+# to give up. Every other field is part of `identity()`, so a field added later is protected.
+RESUME_MAY_CHANGE = frozenset({
+    "prompts", "out", "overwrite", "tensor_parallel_size", "pipeline_parallel_size",
+    "gpu_memory_utilization", "kv_cache_gib", "shards_in_flight", "enforce_eager",
+    "max_non_finite_rate", "hidden_batch_tokens", "logprobs_memory_gib"})
+SAMPLING_FIELDS = frozenset({"mode", "n", "max_tokens", "temperature", "top_p", "seed",
+                             "system_prompt", "window_overlap"})
+STORAGE_FIELDS = frozenset({"label_format", "hidden_format", "label_kind", "samples_per_position",
+                            "hidden_rank"})
+IDENTITY_PARTS = frozenset(FilterThresholds.__dataclass_fields__) | SAMPLING_FIELDS | STORAGE_FIELDS
+"""Identity fields entered through a part of `identity()` (`filter`, `sampling()`,
+`storage_identity()`): resolved, or only where the mode or format uses them."""
 
 
 def check_sampling_and_engine(cfg: Any) -> None:
@@ -49,12 +61,13 @@ def check_sampling_and_engine(cfg: Any) -> None:
         raise ConfigError(f"--limit must be at least 1, got {cfg.limit}")
     if cfg.kv_cache_gib is not None and cfg.kv_cache_gib <= 0:
         raise ConfigError(f"--kv-cache-gib must be positive, got {cfg.kv_cache_gib}")
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
 
 @dataclass
 class TeacherConfig:
     """Everything that decides what `kd teacher-labels` generates and writes."""
+
+    CHOICES = {"mode": MODES, "label_format": LABEL_FORMATS, "hidden_format": HIDDEN_FORMATS,
+               "label_kind": LABEL_KINDS, "dtype": DTYPES}
 
     prompts: str = "data/prompts/demo.jsonl"
     """Input file, JSONL or Parquet, an `id` per record. generate: `prompt` (text) or `messages` (chat list); score: `text`, `messages` (a chat) or `prompt` + `completion`."""
@@ -143,16 +156,34 @@ class TeacherConfig:
 
     def validate(self) -> "TeacherConfig":
         """Check every field and cross-field constraint; return self for chaining."""
+        self.check_counts()
+        check_choices(self)
+        self.check_label_storage()
+        self.check_hidden_storage()
+        if self.mode == "score":
+            self.validate_score()
+        else:
+            self.check_generate()
+        check_sampling_and_engine(self)
+        self.check_workers()
+        self.check_filters()
+        if not self.prompts:
+            raise ConfigError("--prompts is required")
+        if not self.out:
+            raise ConfigError("--out is required")
+        return self
+
+    def check_counts(self) -> None:
+        """Sizes and counts that must be at least 1."""
         positive = ("top_k", "n", "max_tokens", "max_model_len", "shard_size",
                     "tensor_parallel_size", "pipeline_parallel_size", "shards_in_flight",
                     "num_workers", "hidden_batch_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        check_choice("mode", self.mode, MODES)
-        check_choice("label_format", self.label_format, LABEL_FORMATS)
-        check_choice("hidden_format", self.hidden_format, HIDDEN_FORMATS)
-        check_choice("label_kind", self.label_kind, LABEL_KINDS)
+
+    def check_label_storage(self) -> None:
+        """The label kind and format, and the settings each needs."""
         if not 1 <= self.samples_per_position <= 255:
             raise ConfigError(f"--samples-per-position must be in 1..255 (counts are stored as "
                               f"uint8), got {self.samples_per_position}")
@@ -163,23 +194,32 @@ class TeacherConfig:
             raise ConfigError(f"--label-format q8poly needs --top-k >= {Q8POLY_MIN_TOP_K} (it fits "
                               f"a curve to the entries after the first 16), got {self.top_k}; "
                               "use q8 for small k")
+
+    def check_hidden_storage(self) -> None:
+        """Which hidden states are stored, and how."""
         if self.hidden_rank < 1:
             raise ConfigError(f"--hidden-rank must be at least 1, got {self.hidden_rank}")
         if self.hidden_format != "fp16" and not self.hidden_layers:
             raise ConfigError(f"--hidden-format {self.hidden_format} needs --hidden-layers: "
                               "no hidden states are stored without it")
-        if self.mode == "score":
-            self.validate_score()
-        elif self.max_tokens >= self.max_model_len:
+        self.parsed_hidden_layers()
+
+    def check_generate(self) -> None:
+        """The checks only `--mode generate` needs."""
+        if self.max_tokens >= self.max_model_len:
             raise ConfigError(
                 f"--max-tokens ({self.max_tokens}) must be smaller than --max-model-len "
                 f"({self.max_model_len}): no room would be left for the prompt")
-        check_sampling_and_engine(self)
         if self.temperature == 0 and self.n > 1:
             raise ConfigError("--n > 1 needs --temperature > 0: greedy decoding gives n identical samples")
+
+    def check_workers(self) -> None:
         if not 0 <= self.worker_index < self.num_workers:
             raise ConfigError(f"--worker-index must be in 0..{self.num_workers - 1} "
                               f"(--num-workers {self.num_workers}), got {self.worker_index}")
+
+    def check_filters(self) -> None:
+        """The keep/drop thresholds, and when non-finite teacher values abort the run."""
         if not 0 <= self.max_non_finite_rate <= 1:
             raise ConfigError(f"--max-non-finite-rate must be in [0, 1], got {self.max_non_finite_rate}")
         for name in ("max_repetition", "max_tail_mass"):
@@ -193,12 +233,6 @@ class TeacherConfig:
                               f"--max-mean-logprob ({t.max_mean_logprob}): every sample would be dropped")
         if self.min_completion_tokens < 0:
             raise ConfigError(f"--min-completion-tokens must be >= 0, got {self.min_completion_tokens}")
-        self.parsed_hidden_layers()
-        if not self.prompts:
-            raise ConfigError("--prompts is required")
-        if not self.out:
-            raise ConfigError("--out is required")
-        return self
 
     def validate_score(self) -> None:
         """The checks only `--mode score` needs."""
@@ -255,13 +289,12 @@ class TeacherConfig:
                 "system_prompt": self.system_prompt}
 
     def identity(self) -> dict[str, Any]:
-        """Settings that must match for a rerun to extend or reuse an existing output."""
-        return {"teacher": self.teacher, "top_k": self.top_k, "dtype": self.dtype,
-                "max_model_len": self.max_model_len, "shard_size": self.shard_size,
-                "limit": self.limit, "hidden_layers": self.hidden_layers,
-                "num_workers": self.num_workers, "worker_index": self.worker_index,
-                "filter": self.filter_thresholds().to_dict(), **self.sampling(),
-                **self.storage_identity()}
+        """Settings that must match for a rerun to extend or reuse an existing output: every
+        field outside RESUME_MAY_CHANGE, those in IDENTITY_PARTS as their part gives them."""
+        plain = identity_fields(type(self), RESUME_MAY_CHANGE | IDENTITY_PARTS)
+        return {name: getattr(self, name) for name in plain} | {
+            "filter": self.filter_thresholds().to_dict(), **self.sampling(),
+            **self.storage_identity()}
 
     def storage_identity(self) -> dict[str, Any]:
         """The storage formats, part of `identity()` (one output holds one format). Only

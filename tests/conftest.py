@@ -140,3 +140,33 @@ def sigterm_after_step(monkeypatch, step: int):
             os.kill(os.getpid(), signal.SIGTERM)
     monkeypatch.setattr(train.MetricsLog, "write", write_then_preempt)
     return lambda: monkeypatch.setattr(train.MetricsLog, "write", real_write)
+
+
+@pytest.fixture
+def cli_config(monkeypatch):
+    """`kd ARGS` run up to the stage call: (the config the stage would have received, the
+    output). The stage functions are replaced, so nothing is loaded or written."""
+    from click.testing import CliRunner
+
+    import stages.student.train
+    import stages.teacher.labels
+    import stages.teacher.student_samples
+    from schemas.config_base import ConfigError
+    from stages.cli.main import main
+
+    seen = {}
+
+    def stop(cfg):
+        seen["cfg"] = cfg
+        raise ConfigError("stopped before running")
+
+    monkeypatch.setattr(stages.student.train, "run_train_student", stop)
+    monkeypatch.setattr(stages.teacher.labels, "run_teacher_labels", stop)
+    monkeypatch.setattr(stages.teacher.student_samples, "run_student_samples", stop)
+
+    def run(*args):
+        seen.clear()
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert "stopped before running" in result.output, result.output
+        return seen["cfg"], result.output
+    return run

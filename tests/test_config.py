@@ -46,7 +46,7 @@ def test_prompts_per_shard_rounds_up_to_whole_prompts():
     ({"alpha": 1.5}, "--alpha"),
     ({"kd_loss": "kl"}, "--kd-loss"),
     ({"tail": "drop"}, "--tail"),
-    ({"temperature": 0.0}, "--temperature"),
+    ({"kd_temperature": 0.0}, "--kd-temperature"),
     ({"eval_fraction": 0.0}, "--eval-fraction"),
     ({"layer_map": "a:b"}, "--layer-map"),
     ({"resume": True, "overwrite": True}, "--resume"),
@@ -69,22 +69,9 @@ def test_student_and_eval_configs_map_one_to_one_onto_options():
         assert sorted(p.name for p in command.params) == sorted(fields)
 
 
-def test_repeatable_labels_and_none_thresholds_reach_the_configs(monkeypatch):
-    import stages.teacher.labels
-    import stages.student.train
-
-    seen = {}
-
-    def stop(cfg):
-        seen["cfg"] = cfg
-        raise ConfigError("stopped before running")
-    monkeypatch.setattr(stages.student.train, "run_train_student", stop)
-    monkeypatch.setattr(stages.teacher.labels, "run_teacher_labels", stop)
-    runner = CliRunner()
-    result = runner.invoke(main, ["train-student", "--labels", "a", "--labels", "b"])
-    assert "stopped before running" in result.output and seen["cfg"].labels == ("a", "b")
-    result = runner.invoke(main, ["teacher-labels", "--max-repetition", "none",
-                                  "--min-mean-logprob", "-2.5"])
-    assert "stopped before running" in result.output
-    assert seen["cfg"].filter_thresholds().max_repetition is None
-    assert seen["cfg"].filter_thresholds().min_mean_logprob == -2.5
+def test_repeatable_labels_and_none_thresholds_reach_the_configs(cli_config):
+    cfg, _ = cli_config("train-student", "--labels", "a", "--labels", "b")
+    assert cfg.labels == ("a", "b")
+    cfg, _ = cli_config("teacher-labels", "--max-repetition", "none", "--min-mean-logprob", "-2.5")
+    assert cfg.filter_thresholds().max_repetition is None
+    assert cfg.filter_thresholds().min_mean_logprob == -2.5

@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-KINDS = ("forward_kl", "reverse_kl", "jsd", "tvd")
-TAILS = ("renormalize", "bucket")
-HIDDEN_KINDS = ("mse", "cosine")
+from schemas.choices import HIDDEN_LOSSES as HIDDEN_KINDS
+from schemas.choices import KD_LOSSES as KINDS
+from schemas.choices import TAILS
+
 # Floor of both tail buckets. Stored float32 top-k probabilities carry ~1e-7 of rounding
 # each, so a smaller tail is noise; a zero teacher tail would make reverse KL infinite.
 MIN_TAIL = 1e-7
@@ -277,7 +278,7 @@ def soft_label_loss(student_logits: Tensor, teacher_ids: Tensor, teacher_logprob
     kind: forward_kl, reverse_kl, jsd (generalised, `beta`) or tvd. Both sides are
     tempered at `temperature` (see `retemper_teacher`); the T**2 factor (Hinton et al.)
     keeps KL gradients comparable across temperatures and is applied to every kind,
-    TVD included, so that --temperature means the same thing for all of them (TVD's
+    TVD included, so that --kd-temperature means the same thing for all of them (TVD's
     gradient shrinks only as 1/T, so for TVD this is a convention, not a correction).
     chunk_size bounds the (rows, V) log-softmax buffer: the loss is computed and
     recomputed in backward per chunk of rows; the result equals the unchunked one.

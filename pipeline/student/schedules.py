@@ -2,7 +2,7 @@
 
 Learning rate: linear warm-up, then cosine decay to a floor (each training
 phase runs its own, see `pipeline.student.phases`). Temperature: from
---temperature at step 0 to --final-temperature at the last step of the run,
+--kd-temperature at step 0 to --final-temperature at the last step of the run,
 `constant`, `linear` or `cosine`:
 
     p = step / (total - 1)                      (0 at the first step, 1 at the last)

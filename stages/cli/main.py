@@ -29,7 +29,7 @@ from schemas.merge_config import MergeConfig
 from schemas.student_config import EvalConfig, StudentConfig
 from schemas.student_samples_config import StudentSamplesConfig
 from schemas.teacher_config import TeacherConfig
-from stages.cli.config_options import options_from
+from stages.cli.config_options import ConfigCommand, options_from
 from stages.cli.faults import resume_command, student_committed, teacher_committed
 
 
@@ -44,6 +44,9 @@ def main(ctx: click.Context, verbose: bool) -> None:
     printed resume command), 75 another run writes the same output, 143 preempted
     (SIGTERM: run the printed resume command)."""
     ctx.obj = {"verbose": verbose}
+
+
+main.command_class = ConfigCommand  # --config FILE.yaml and old flag spellings, beside --help
 
 
 @dataclass(frozen=True)

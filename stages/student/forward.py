@@ -68,10 +68,10 @@ def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cf
                  token_weights: torch.Tensor | None = None) -> LossSums:
     """Summed soft, hard and hidden losses of one collated micro-batch, as `plan` asks.
 
-    Without a plan: every configured loss at --temperature. `token_weights` (V,)
+    Without a plan: every configured loss at --kd-temperature. `token_weights` (V,)
     weights each position's soft loss by its target token (--rare-token-weight).
     """
-    plan = plan or LossPlan(cfg.temperature, True, cfg.hidden_weight > 0)
+    plan = plan or LossPlan(cfg.kd_temperature, True, cfg.hidden_weight > 0)
     need_hidden = plan.hidden and bool(layer_map)
     flat, all_states = decoder_states(model, batch, need_hidden)
     zero = flat.new_zeros((), dtype=torch.float32)

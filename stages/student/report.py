@@ -108,8 +108,8 @@ def write_report(out: Path, cfg: StudentConfig, evals: dict[str, dict[str, float
                          for p in phases],
               "alarms": alarms, "machine": describe_machine()}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    schedule = (f"T {cfg.temperature}" if cfg.temperature_schedule == "constant" else
-                f"T {cfg.temperature} -> {cfg.final_temperature} ({cfg.temperature_schedule})")
+    schedule = (f"T {cfg.kd_temperature}" if cfg.temperature_schedule == "constant" else
+                f"T {cfg.kd_temperature} -> {cfg.final_temperature} ({cfg.temperature_schedule})")
     phase_text = ", ".join(f"{p.kind} {p.steps}" for p in phases)
     alarm_text = "".join(f"- step {a['step']} ({a['where']}): {a['kind']}: {a['message']}\n"
                          for a in alarms) or "none\n"

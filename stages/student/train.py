@@ -220,12 +220,28 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
 
 
 class TrainingRun:
-    """One run of the training loop: data stream, phases, step counter, evaluations, checkpoints."""
+    """One run of the training loop: data stream, phases, step counter, evaluations, checkpoints.
+
+    Constructing it reads and writes nothing; `set_up()` then writes the resolved
+    config, finds the checkpoint to resume and lays out data, phases and evaluation.
+    """
 
     def __init__(self, cfg: StudentConfig, labels: LabelSet, student: Trainable,
                  dist: DistContext):
         self.cfg, self.labels, self.student, self.dist = cfg, labels, student, dist
         self.out = Path(cfg.out)
+        self.frozen = frozen_parameters(student.model, cfg)
+        self.amp = autocast_dtype(cfg, dist.device)
+        self.monitor = AlarmMonitor(AlarmThresholds(cfg.max_grad_norm_alarm,
+                                                    cfg.min_grad_norm_alarm, cfg.alarm_patience,
+                                                    cfg.memory_alarm))
+        self.step, self.evals, self.alarms = 0, {}, []
+        self.non_finite = 0  # steps skipped in a row for a non-finite loss (--on-non-finite skip)
+
+    def set_up(self) -> "TrainingRun":
+        """Write the resolved config, load the checkpoint to resume (or refuse one), lay out the
+        batch stream, phases and evaluation, then restore the checkpoint or evaluate at step 0."""
+        cfg, labels, dist = self.cfg, self.labels, self.dist
         train_idx, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -233,23 +249,17 @@ class TrainingRun:
         resume_state = load_resume_state(cfg, self.out, dist.world_size)
         cursor = resume_cursor(resume_state, dist.world_size) if resume_state else Cursor()
         self.stream = BatchStream(labels, train_idx, cfg, dist, cursor,
-                                  with_hidden=bool(student.layer_map))
+                                  with_hidden=bool(self.student.layer_map))
         self.steps = total_steps(cfg, self.stream.batches_per_epoch())
         try:
             self.phases = layout_phases(cfg.parsed_phases(), self.steps)
         except ValueError as exc:
             raise ConfigError(f"--phases: {exc}") from None
-        self.frozen = frozen_parameters(student.model, cfg)
         self.plan_eval = eval_plan(labels, eval_idx, cfg.batch_tokens, cfg.eval_max_tokens,
                                    cfg.seed)
-        self.amp = autocast_dtype(cfg, dist.device)
         self.log = MetricsLog(self.out / "metrics.jsonl", dist.is_main, cfg)
-        self.monitor = AlarmMonitor(AlarmThresholds(cfg.max_grad_norm_alarm,
-                                                    cfg.min_grad_norm_alarm, cfg.alarm_patience,
-                                                    cfg.memory_alarm))
-        self.step, self.evals, self.alarms = 0, {}, []
-        self.non_finite = 0  # steps skipped in a row for a non-finite loss (--on-non-finite skip)
         self.begin(resume_state)
+        return self
 
     def begin(self, resume_state: dict[str, Any] | None) -> None:
         """Restore a checkpoint's weights, optimizer, RNG, alarms and evaluations, or evaluate at step 0."""
@@ -330,8 +340,8 @@ class TrainingRun:
         cfg, s = self.cfg, self.student
         phase = phase_at(self.phases, self.step)
         lr = phase_lr(self.phases, self.step, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        temperature = temperature_at(self.step, cfg.temperature,
-                                     cfg.final_temperature or cfg.temperature, self.steps,
+        temperature = temperature_at(self.step, cfg.kd_temperature,
+                                     cfg.final_temperature or cfg.kd_temperature, self.steps,
                                      cfg.temperature_schedule)
         for group in s.optimizer.param_groups:
             group["lr"] = lr
@@ -427,7 +437,7 @@ def run_train_student(cfg: StudentConfig) -> TrainResult:
         labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
         require_hidden_states(cfg, labels)
         student = build_trainable(cfg, labels, dist, soft_token_weights(cfg, labels))
-        run = TrainingRun(cfg, labels, student, dist)
+        run = TrainingRun(cfg, labels, student, dist).set_up()
         run.train()
         run.finish(time.time() - start)
     return TrainResult(run.out, run.step, run.evals, time.time() - start)

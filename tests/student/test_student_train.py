@@ -51,7 +51,7 @@ def test_chunked_head_losses_equal_a_dense_forward(engine_labels, tiny_student):
     labels = open_label_set([engine_labels])
     model = AutoModelForCausalLM.from_pretrained(tiny_student, dtype=torch.float32)
     batch = PlannedBatches(labels, plan_batches(labels.length, np.arange(6), 4096, 0, 0))[0]
-    cfg = StudentConfig(loss_chunk=7, tail="bucket", temperature=2.0)
+    cfg = StudentConfig(loss_chunk=7, tail="bucket", kd_temperature=2.0)
     parts = batch_losses(model, None, batch, labels.vocab_size, cfg, {})
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     rows = logits.reshape(-1, logits.shape[-1])[batch["loss_rows"]]
@@ -268,3 +268,16 @@ def test_a_student_trains_from_generated_and_scored_labels_and_is_evaluated_on_g
     assert rows["before"]["positions"] == rows["after"]["positions"] == len(stored)
     assert rows["after"]["kl"] < rows["before"]["kl"]
     assert rows["after"]["perplexity"] == pytest.approx(np.exp(rows["after"]["nll"]))
+
+
+def test_a_training_run_touches_nothing_until_set_up(engine_labels, tiny_student, tmp_path):
+    from stages.student.distributed import DistContext
+    from stages.student.train import TrainingRun, build_trainable
+
+    cfg = config(engine_labels, tiny_student, tmp_path / "s")
+    labels, dist = open_label_set(cfg.labels), DistContext.from_env()
+    run = TrainingRun(cfg, labels, build_trainable(cfg, labels, dist), dist)
+    assert not (tmp_path / "s").exists() and run.step == 0
+    assert run.set_up() is run
+    saved = json.loads((tmp_path / "s" / "student_config.json").read_text())
+    assert saved == cfg.to_dict() and run.steps == 4 and set(run.evals) == {"teacher", "student_before"}

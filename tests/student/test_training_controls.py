@@ -74,7 +74,7 @@ def test_bad_training_controls_are_refused_naming_the_flag(changes, message):
 
 
 def test_good_training_controls_validate():
-    cfg = StudentConfig(steps=10, phases="hidden:3,kd:2,full", temperature=4.0,
+    cfg = StudentConfig(steps=10, phases="hidden:3,kd:2,full", kd_temperature=4.0,
                         final_temperature=1.0, temperature_schedule="cosine").validate()
     assert cfg.parsed_phases() == [("hidden", 3), ("kd", 2), ("full", None)]
     assert cfg.uses_hidden and not StudentConfig(phases="kd:4,full").uses_hidden

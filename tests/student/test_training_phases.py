@@ -113,7 +113,7 @@ def test_warned_alarms_are_logged_and_the_run_goes_on(engine_labels, tiny_studen
 def test_schedules_balance_weights_and_monitoring_are_logged_every_step(engine_labels,
                                                                         tiny_student, tmp_path):
     out = tmp_path / "monitored"
-    run_train_student(config(engine_labels, tiny_student, out, temperature=4.0,
+    run_train_student(config(engine_labels, tiny_student, out, kd_temperature=4.0,
                              final_temperature=1.0, temperature_schedule="linear",
                              loss_balance=0.5, rare_token_weight=5.0, eval_every=1,
                              layer_map="1:3,-1:-1"))
