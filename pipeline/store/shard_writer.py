@@ -58,6 +58,10 @@ class ShardAttrs:
     """topk, or sampled: counts of N draws per position (`pipeline.store.sampled_codec`)."""
     samples_per_position: int = 0
     """sampled: N, the draws per labelled position."""
+    vocab_fingerprint: str = ""
+    """`pipeline.store.tokenizer_identity`: every id's token bytes ("" writes no attribute)."""
+    special_tokens_fingerprint: str = ""
+    """`pipeline.store.tokenizer_identity`: the listed special tokens ("" writes no attribute)."""
     label_source_k: int = 0
     """sampled: the engine's top-K the draws were made from (plus one tail bucket)."""
 
@@ -167,6 +171,9 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             f.attrs["shard_index"] = index
             f.attrs["hidden_layers"] = json.dumps(list(attrs.hidden_layers))
             f.attrs["hidden_size"] = attrs.hidden_size
+            for key in ("vocab_fingerprint", "special_tokens_fingerprint"):
+                if getattr(attrs, key):
+                    f.attrs[key] = getattr(attrs, key)
             # fp16 writes no label_format attribute: its files stay byte-identical to
             # those of earlier builds (absent means fp16 to every reader).
             format_attrs = {"q8": q8_attrs, "q8poly": q8poly_attrs}.get(attrs.label_format, dict)

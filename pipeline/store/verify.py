@@ -86,6 +86,9 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
     expected = {"schema": SHARD_SCHEMA_NAME, "schema_version": manifest.schema_version,
                 "teacher": manifest.teacher, "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
                 "vocab_size": manifest.vocab_size, "top_k": manifest.top_k, "shard_index": index}
+    for key in ("vocab_fingerprint", "special_tokens_fingerprint"):
+        if getattr(manifest, key):  # outputs written before the two-part identity have neither
+            expected[key] = getattr(manifest, key)
     for key, want in expected.items():
         if a.get(key) != want:
             errors.append(f"attribute {key} is {a.get(key)!r}, manifest says {want!r}")
@@ -363,6 +366,7 @@ def verify_output(out_dir: str | Path, depth: Depth = "full") -> Verification:
         found.problems += check_index_part(out_dir, index, rec.index_sha256, depth == "full")
     if manifest.hidden_format == "pca":
         found.problems += check_basis(out_dir, manifest, depth == "full")
+    found.problems += check_tokenizer_files(out_dir, manifest, depth == "full")
     if manifest.complete:
         found.problems += check_complete(out_dir, manifest, found if depth == "cheap" else None)
     found.problems = [replace(p, output=str(out_dir)) for p in found.problems]
@@ -379,6 +383,17 @@ def check_basis(out_dir: Path, m: Manifest, checksum: bool) -> list[Problem]:
     if checksum and sha256_file(path) != m.hidden_basis_sha256:
         return [Problem(BASIS_NAME, "sha256", "basis checksum differs from the manifest (corrupt)")]
     return []
+
+
+def check_tokenizer_files(out_dir: Path, m: Manifest, checksum: bool) -> list[Problem]:
+    """The stored tokenizer files (`pipeline.store.tokenizer_files`): present and the manifest's."""
+    problems = []
+    for name, sha256 in sorted(m.tokenizer_files.items()):
+        if not (out_dir / name).is_file():
+            problems.append(Problem(name, "present", "tokenizer file listed in the manifest is missing"))
+        elif checksum and sha256_file(out_dir / name) != sha256:
+            problems.append(Problem(name, "sha256", "checksum differs from the manifest (corrupt)"))
+    return problems
 
 
 def check_index_part(out_dir: Path, index: int, sha256: str, checksum: bool = True) -> list[Problem]:
@@ -442,8 +457,13 @@ def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
     # decode to the same float32 rows. label_kind may not: top-k rows and draw counts are
     # different targets.
     # hidden_space may not: pca coefficients (or two bases) are not the teacher's states.
-    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k", "label_kind",
-              "samples_per_position", "hidden_layers", "hidden_size", "hidden_space")
+    # The vocabulary decides what label ids mean; special-token lists may differ (library
+    # versions list them differently). Outputs written before the two-part identity have only
+    # the fingerprint that covers both.
+    two_part = all(m.vocab_fingerprint for m in manifests.values())
+    fields = ("teacher", "vocab_fingerprint" if two_part else "tokenizer_fingerprint", "vocab_size",
+              "top_k", "label_kind", "samples_per_position", "hidden_layers", "hidden_size",
+              "hidden_space")
     problems = []
     (first, ref), *rest = manifests.items()
     for where, m in rest:
