@@ -32,6 +32,11 @@ from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardRe
 from schemas import (MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, STUDENT_LOGPROBS,
                      hidden_dataset_name, shard_name, topk_id_dtype)
 
+VERIFIER_VERSION = 2
+"""Bumped with every new check: shards the verified-shard cache recorded under an older
+version are verified again (`pipeline.store.verified_shards`). 2: the two-part tokenizer
+identity and the stored tokenizer files."""
+
 # Rows checked per step: bounds memory on multi-GB shards.
 BLOCK_ROWS = 1 << 18
 # float16 rounding of logprobs near 0 can land a hair above 0.
