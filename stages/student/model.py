@@ -104,13 +104,10 @@ def build_student(student: str, teacher: str, keep_layers: int, narrow_hidden_si
     return model, AutoTokenizer.from_pretrained(student)
 
 
-def looks_local(name: str) -> bool:
-    """A path rather than a hub id (`org/name`): absolute, relative to here, or deeper."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1
-
-
 def require_teacher_weights(teacher: str) -> None:
     """A from-teacher student is cut from the teacher's weights, which a label set does not hold."""
+    from stages.cli.model_files import looks_local
+
     if looks_local(teacher) and not Path(teacher).expanduser().exists():
         raise ConfigError(
             f"--student from-teacher needs the teacher's weights, and {teacher} does not exist "

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from pipeline.store.checksum import remove_stale_temps, sha256_file, write_text_atomic
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.tokenizer_files import copy_tokenizer_files
+from stages.cli.model_files import require_model_dir
 from pipeline.store.tokenizer_identity import TokenizerIdentity, identity_of
 from pipeline.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from pipeline.store.output_lock import LOCK_NAME, OutputLock
@@ -311,6 +312,7 @@ def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -
     cfg.validate()
     if not Path(cfg.prompts).is_file():
         raise ConfigError(f"--prompts {cfg.prompts}: no such file")
+    require_model_dir(cfg.teacher, "--teacher")
     with OutputLock(cfg.out):
         return label_output(cfg, engine or EngineSource(cfg))
 

@@ -1,0 +1,78 @@
+"""No orphans: every process a `kd` command starts dies with the process that started it.
+
+vLLM runs its engine core in a process it starts with multiprocessing, and the
+engine core starts its worker the same way. Killed with SIGKILL, `kd` gets no
+chance to stop them, and they kept running (on a GPU, holding its memory). The
+kernel can do it instead: `prctl(PR_SET_PDEATHSIG, SIGKILL)` asks for SIGKILL
+when the parent dies, whatever killed it. `install()` (run when `stages.cli.main`
+is imported) arranges that each child asks for it first thing:
+
+- a *spawned* child (vLLM's engine core and worker) re-imports the parent's
+  main module before anything else, so `stages.cli.main` runs `install()` in
+  it, which sees `--multiprocessing-fork` in the interpreter's argv and asks at once;
+- a *forked* child (DataLoader workers, vLLM with VLLM_WORKER_MULTIPROC_METHOD
+  fork) runs the `os.register_at_fork` hook registered here.
+
+A parent that died before the child asked leaves it reparented (to init or a
+subreaper), which `die_with_parent` checks after asking. The signal fires when
+the *thread* that started the child exits: every process kd starts comes from
+a main thread. In a spawned child `install()` also configures logging from
+`VLLM_LOGGING_CONFIG_PATH` (`stages.cli.engine_logs`) before vLLM is imported,
+so no warning reaches the terminal unformatted and unfiltered. Linux only;
+elsewhere it does nothing.
+
+    python -c "from stages.cli.child_process import die_with_parent; print(die_with_parent())"
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging.config
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel for SIGKILL when this process's parent dies; whether it was granted.
+    Exits at once when the parent is already gone."""
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        granted = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    if parent == 1 or os.getppid() != parent:
+        os._exit(1)  # orphaned before the request took effect
+    return granted
+
+
+def spawned_child() -> bool:
+    """A process multiprocessing started with spawn that is still setting up (its `sys.argv`
+    is already the parent's by then: the interpreter's own argv tells)."""
+    return "--multiprocessing-fork" in getattr(sys, "orig_argv", sys.argv)
+
+
+def configure_child_logging() -> None:
+    """The logging config `route_engine_logs` wrote, applied before vLLM configures its own."""
+    path = os.environ.get("VLLM_LOGGING_CONFIG_PATH")
+    if not path or os.environ.get("VLLM_CONFIGURE_LOGGING") != "1":
+        return
+    try:
+        with open(path) as fh:
+            logging.config.dictConfig(json.load(fh))
+    except (OSError, ValueError):
+        pass  # vLLM's own configuration still applies when it is imported
+
+
+def install() -> None:
+    """In a `kd` process: make every child it forks die with it; in a spawned child: do it now."""
+    os.register_at_fork(after_in_child=die_with_parent)
+    if spawned_child():
+        die_with_parent()
+        configure_child_logging()

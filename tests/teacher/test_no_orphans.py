@@ -1,0 +1,86 @@
+"""No orphans: killing `kd teacher-labels` mid-generation leaves none of its processes running.
+
+The real vLLM engine (its engine core and worker are processes of their own) runs
+until it is generating; then only the `kd` process is killed, with SIGKILL (no
+chance to clean up: the kernel's parent-death signal must do it, see
+`stages.cli.child_process`) or SIGTERM (preemption). Within 10 s no process of
+the tree recorded before the kill may remain, checked with `ps`, by pid and start
+time (so a reused pid is not mistaken for a survivor).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, TEACHER, require_teacher
+
+GRACE_S = 10
+
+
+def process_table() -> dict[int, tuple[int, str, str]]:
+    """{pid: (parent pid, start time, command)} of every process, from `ps`."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,lstart=,args="], capture_output=True,
+                         text=True, check=True).stdout
+    table = {}
+    for line in out.splitlines():
+        pid, ppid, *rest = line.split()
+        table[int(pid)] = (int(ppid), " ".join(rest[:5]), " ".join(rest[5:]))
+    return table
+
+
+def tree(root: int) -> dict[int, tuple[str, str]]:
+    """{pid: (start time, command)} of `root` and every descendant."""
+    table, found, todo = process_table(), {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            found[pid] = table[pid][1:]
+            todo += [p for p, row in table.items() if row[0] == pid]
+    return found
+
+
+def survivors(recorded: dict[int, tuple[str, str]]) -> dict[int, tuple[str, str]]:
+    table = process_table()
+    return {pid: row for pid, row in recorded.items()
+            if pid in table and table[pid][1] == row[0]}
+
+
+def wait_generating(proc: subprocess.Popen, stderr_path, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, stderr_path.read_text()[-3000:]
+        if "generate:" in stderr_path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    pytest.fail("the teacher never started generating")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_the_teacher_stage_leaves_no_process(tmp_path, sig):
+    pytest.importorskip("vllm")
+    require_teacher()
+    stderr_path = tmp_path / "stderr"
+    args = [sys.executable, "-m", "stages.cli.main", "teacher-labels", "--teacher", str(TEACHER),
+            "--prompts", str(ROOT / "data/prompts/demo.jsonl"), "--out", str(tmp_path / "out"),
+            "--limit", "64", "--max-tokens", "64", "--max-model-len", "512", "--dtype", "float32",
+            "--shard-size", "64", "--enforce-eager"]
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_generating(proc, stderr_path)
+            recorded = tree(proc.pid)
+            assert len(recorded) >= 3, recorded  # kd, the engine core and its worker at least
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+            deadline = time.monotonic() + GRACE_S
+            while survivors(recorded) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert survivors(recorded) == {}
+        finally:
+            if proc.poll() is None:
+                proc.kill()
