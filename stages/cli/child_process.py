@@ -18,8 +18,9 @@ subreaper), which `die_with_parent` checks after asking. The signal fires when
 the *thread* that started the child exits: every process kd starts comes from
 a main thread. In a spawned child `install()` also configures logging from
 `VLLM_LOGGING_CONFIG_PATH` (`stages.cli.engine_logs`) before vLLM is imported,
-so no warning reaches the terminal unformatted and unfiltered. Linux only;
-elsewhere it does nothing.
+so no warning reaches the terminal unformatted and unfiltered, and a child
+that fails logs its traceback there instead of printing it. The parent-death
+signal is Linux only; elsewhere it does nothing.
 
     python -c "from stages.cli.child_process import die_with_parent; print(die_with_parent())"
 """
@@ -70,9 +71,28 @@ def configure_child_logging() -> None:
         pass  # vLLM's own configuration still applies when it is imported
 
 
+def log_instead_of_printing_tracebacks() -> None:
+    """A child whose target raises prints `Process NAME:` and the traceback to the terminal
+    (multiprocessing's bootstrap); log it instead (the traceback to engine.log, one line to the
+    terminal: `stages.cli.engine_logs`) and exit with the same status 1."""
+    from multiprocessing.process import BaseProcess
+
+    run = BaseProcess.run
+
+    def logged_run(self: BaseProcess) -> None:
+        try:
+            run(self)
+        except Exception:
+            logging.getLogger("vllm.kd").error("process %s failed", self.name, exc_info=True)
+            sys.exit(1)
+    BaseProcess.run = logged_run  # type: ignore[method-assign]
+
+
 def install() -> None:
     """In a `kd` process: make every child it forks die with it; in a spawned child: do it now."""
     os.register_at_fork(after_in_child=die_with_parent)
     if spawned_child():
         die_with_parent()
-        configure_child_logging()
+        if os.environ.get("VLLM_LOGGING_CONFIG_PATH"):  # not with kd --verbose
+            configure_child_logging()
+            log_instead_of_printing_tracebacks()

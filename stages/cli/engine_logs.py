@@ -5,8 +5,8 @@ every engine process it spawns (which inherit the environment), from the
 dict config named by VLLM_LOGGING_CONFIG_PATH. `route_engine_logs` writes such
 a config (INFO and above to `<out>/engine.log`, WARNING and above to stderr)
 before vLLM is imported, so the spawned engine core and its workers log to the
-same file. Torch's C++ warnings (TORCH_CPP_LOG_LEVEL) and Python
-FutureWarnings of those processes, which speak to vLLM's developers and not to
+same file. Torch's C++ warnings (TORCH_CPP_LOG_LEVEL), its own logging's
+warnings (TORCH_LOGS=-torch) and Python FutureWarnings of those processes, which speak to vLLM's developers and not to
 a user, are silenced the same way. With `kd --verbose` nothing changes.
 
 Warnings once: every engine process (this one, the engine core, its workers)
@@ -43,7 +43,6 @@ HARMLESS_WARNINGS = {
         "does not officially support disabling chunked prefill",  # ours: seeds need whole prefills
         "Reset SSM cache type to float32",  # a state-space-model setting; our teachers have none
         "Could not load this library",  # torchao's CUDA kernels (mxfp8, cutlass), absent on CPU
-        "is an Enum subclass and is now natively supported by torch.compile",  # torchao vs torch
     ),
     "cuda": (),
 }
@@ -118,7 +117,6 @@ def logging_config(log_file: Path, seen_file: str = "", platform: str = "cpu") -
         "loggers": {
             "vllm": {"handlers": ["file", "terminal"], "level": "INFO", "propagate": False},
             # Imported by vLLM in every engine process, each with its own copy of a warning.
-            "torch": {"handlers": ["file", "terminal"], "level": "WARNING", "propagate": False},
             "torchao": {"handlers": ["file", "terminal"], "level": "WARNING", "propagate": False},
         },
     }
@@ -142,6 +140,9 @@ def route_engine_logs(out: str | Path, verbose: bool) -> Path | None:
         return None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Torch's Python-side warnings (glog-style, e.g. torchao's pytree registrations) set by
+    # TORCH_LOGS before torch is first imported here; "-torch" keeps its errors.
+    os.environ.setdefault("TORCH_LOGS", "-torch")
     fd, seen = tempfile.mkstemp(prefix="kd-engine-warnings-", suffix=".seen")
     os.close(fd)
     config = logging_config(out.resolve() / ENGINE_LOG, seen, engine_platform())

@@ -53,6 +53,7 @@ TEXT_CAUSES = (
     ("larger than the available KV cache memory", KV_CACHE),
     ("No available memory for the cache blocks", KV_CACHE),
     ("insufficient memory for KV cache", KV_CACHE),
+    ("less than requested memory for kv", KV_CACHE),  # the CPU build's words
     ("Error while deserializing header", "corrupt safetensors file (truncated or partly copied): "
                                          "copy the checkpoint again"),
     ("GGUF", "unreadable GGUF file (truncated, or not GGUF): copy or convert the checkpoint again"),
@@ -93,7 +94,8 @@ def environment_cause(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in CAUSES:
         return CAUSES[exc.errno]
     if isinstance(exc, (OSError, RuntimeError, ValueError)):
-        return text_cause(str(exc))
+        # args, not str(): an OSError given a filename afterwards prints only that.
+        return text_cause(" ".join(map(str, exc.args)))
     return None
 
 
@@ -129,7 +131,7 @@ def fault_path(exc: BaseException, fallback: str) -> str:
         return str(exc.filename)
     text = str(exc)
     for marker in ("name = '", "filename = '"):
-        if marker in text:
+        if marker in text:  # h5py's messages carry it in the text
             return text.split(marker, 1)[1].split("'", 1)[0]
     return fallback
 
