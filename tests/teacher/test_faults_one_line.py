@@ -112,6 +112,7 @@ def test_each_warning_reaches_the_terminal_once_across_processes(tmp_path, capfd
     assert (tmp_path / "engine.log").read_text().count(harmless) == 3
 
 
+@pytest.mark.engine
 def test_kv_cache_larger_than_memory(tmp_path):
     """The real engine: a KV cache of 200 GiB on a machine with less memory."""
     pytest.importorskip("vllm")

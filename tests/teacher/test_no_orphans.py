@@ -5,7 +5,8 @@ until it is generating; then only the `kd` process is killed, with SIGKILL (no
 chance to clean up: the kernel's parent-death signal must do it, see
 `stages.cli.child_process`) or SIGTERM (preemption). Within 10 s no process of
 the tree recorded before the kill may remain, checked with `ps`, by pid and start
-time (so a reused pid is not mistaken for a survivor).
+time (so a reused pid is not mistaken for a survivor). The same runs check that
+no vLLM warning reached the terminal twice or was one of the harmless ones.
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def wait_generating(proc: subprocess.Popen, stderr_path, timeout_s: float = 600)
     pytest.fail("the teacher never started generating")
 
 
+def shown_once_and_not_harmless(stderr: str) -> None:
+    """Warnings once (`stages.cli.engine_logs`), checked on the same real run: no vLLM line twice,
+    none of the platform's harmless ones."""
+    from stages.cli.engine_logs import HARMLESS_WARNINGS
+
+    lines = [line for line in stderr.splitlines() if line.startswith("vLLM WARNING")]
+    assert len(lines) == len(set(lines)), lines
+    assert not [line for line in lines for h in HARMLESS_WARNINGS["cpu"] if h in line]
+
+
+@pytest.mark.engine
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killing_the_teacher_stage_leaves_no_process(tmp_path, sig):
     pytest.importorskip("vllm")
@@ -84,3 +96,4 @@ def test_killing_the_teacher_stage_leaves_no_process(tmp_path, sig):
         finally:
             if proc.poll() is None:
                 proc.kill()
+    shown_once_and_not_harmless(stderr_path.read_text(errors="replace"))
