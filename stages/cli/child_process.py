@@ -14,7 +14,9 @@ is imported) arranges that each child asks for it first thing:
   fork) runs the `os.register_at_fork` hook registered here.
 
 A parent that died before the child asked leaves it reparented (to init or a
-subreaper), which `die_with_parent` checks after asking. The signal fires when
+subreaper): each kd process leaves its pid in KD_PARENT_PID for its children,
+which compare it with their parent after asking (not with pid 1: kd may itself
+be pid 1 in a container). The signal fires when
 the *thread* that started the child exits: every process kd starts comes from
 a main thread. In a spawned child `install()` also configures logging from
 `VLLM_LOGGING_CONFIG_PATH` (`stages.cli.engine_logs`) before vLLM is imported,
@@ -35,21 +37,24 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+PARENT_PID_VARIABLE = "KD_PARENT_PID"
+"""The pid of the process that started this one (each kd process sets it for its children)."""
 
 
 def die_with_parent() -> bool:
     """Ask the kernel for SIGKILL when this process's parent dies; whether it was granted.
-    Exits at once when the parent is already gone."""
+    Exits at once when the parent (the pid it left in PARENT_PID_VARIABLE) is already gone."""
     if not sys.platform.startswith("linux"):
         return False
-    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         granted = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
-    if parent == 1 or os.getppid() != parent:
-        os._exit(1)  # orphaned before the request took effect
+    expected = os.environ.get(PARENT_PID_VARIABLE, "")
+    if expected.isdigit() and os.getppid() != int(expected):
+        os._exit(1)  # orphaned (reparented) before the request took effect
+    os.environ[PARENT_PID_VARIABLE] = str(os.getpid())  # what this process's children check
     return granted
 
 
@@ -91,7 +96,9 @@ def log_instead_of_printing_tracebacks() -> None:
 def install() -> None:
     """In a `kd` process: make every child it forks die with it; in a spawned child: do it now."""
     os.register_at_fork(after_in_child=die_with_parent)
-    if spawned_child():
+    if not spawned_child():
+        os.environ[PARENT_PID_VARIABLE] = str(os.getpid())
+    else:
         die_with_parent()
         if os.environ.get("VLLM_LOGGING_CONFIG_PATH"):  # not with kd --verbose
             configure_child_logging()

@@ -12,6 +12,9 @@ no vLLM warning reached the terminal twice or was one of the harmless ones.
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -19,10 +22,39 @@ import time
 
 import pytest
 
+import stages.cli.main  # noqa: F401  (as in kd: children of this process die with it)
 from conftest import ROOT, TEACHER, require_teacher
+
+PR_GET_PDEATHSIG = 2
 
 GRACE_S = 10
 PREEMPTION_S = 300
+
+
+def report_parent_death_signal(queue) -> None:
+    sig = ctypes.c_int()
+    ctypes.CDLL(None).prctl(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0)
+    queue.put(sig.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux feature")
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_children_ask_to_die_with_their_parent(method):
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    child = context.Process(target=report_parent_death_signal, args=(queue,))
+    child.start()
+    assert queue.get(timeout=120) == signal.SIGKILL
+    child.join()
+
+
+def test_a_child_whose_parent_already_died_exits_at_once():
+    """Reparented before it could ask: its parent is not the pid its parent left for it."""
+    code = ("import sys; sys.orig_argv.append('--multiprocessing-fork'); "
+            "import stages.cli.main; print('still running')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=os.environ | {"KD_PARENT_PID": str(2**22 + 1)}, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
 
 
 def process_table() -> dict[int, tuple[int, str, str]]:
