@@ -34,9 +34,15 @@ REJECTS_NAME = "rejects.jsonl"
 CONFIG_NAME = "teacher_config.json"
 STUDENT_LOGPROBS = "labels/student_logprobs"
 """Optional dataset: the sampling student's logprob of each labelled token (on-policy rounds)."""
-VERIFIED_SHARDS_CACHE = os.environ.get("KD_VERIFY_CACHE", "~/.cache/offline-kd/verified-shards")
-"""Where readers remember shards verified in full (`pipeline.store.verified_shards`);
-the environment variable KD_VERIFY_CACHE moves it (the tests point it at a temporary folder)."""
+VERIFIED_SHARDS_CACHE = "~/.cache/offline-kd/verified-shards"
+"""Where readers remember shards verified in full (`pipeline.store.verified_shards`) unless
+the environment variable KD_VERIFY_CACHE moves it (see `verified_shards_cache`)."""
+
+
+def verified_shards_cache() -> str:
+    """The verified-shard cache's folder, read when called (not at import): KD_VERIFY_CACHE,
+    else `VERIFIED_SHARDS_CACHE` (the tests point the variable at a temporary folder)."""
+    return os.environ.get("KD_VERIFY_CACHE") or VERIFIED_SHARDS_CACHE
 
 
 def shard_name(index: int) -> str:

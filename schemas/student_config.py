@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import VERIFIED_SHARDS_CACHE
 from schemas.choices import (ALARM_POLICIES, HIDDEN_LOSSES, KD_LOSSES, NON_FINITE_POLICIES,
                              PHASE_KINDS, REPORT_TO, STUDENT_KINDS, TAILS, TEMPERATURE_SCHEDULES,
                              VERIFY_MODES)
@@ -149,8 +148,8 @@ class StudentConfig:
     """Under torchrun, shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP2) instead of replicating the student (DDP)."""
     verify: str = "lazy"
     """`lazy`: check manifests, sizes, attributes, index and ids at start, hash each shard when first read (stops naming it on a mismatch); `full`: hash and scan every shard before training."""
-    verify_cache: str = VERIFIED_SHARDS_CACHE
-    """Directory remembering shards verified in full (keyed by path, size, modification time and the manifest's sha256), so a resume or another student does not hash them again."""
+    verify_cache: str = ""
+    """Directory remembering shards verified in full (keyed by path, size, modification time, the manifest's sha256, the verifier's version and the schema version), so a resume or another student does not hash them again. Default: $KD_VERIFY_CACHE, else ~/.cache/offline-kd/verified-shards, read when first used."""
 
     def validate(self) -> "StudentConfig":
         """Check every field and cross-field constraint; return self for chaining."""
@@ -326,8 +325,8 @@ class EvalConfig:
     """Evaluate every sample of the labels (no split, no bound): for a dedicated evaluation output."""
     verify: str = "lazy"
     """`lazy` (cheap checks at start, each shard hashed when first read) or `full` (hash every shard first)."""
-    verify_cache: str = VERIFIED_SHARDS_CACHE
-    """Directory remembering shards verified in full."""
+    verify_cache: str = ""
+    """Directory remembering shards verified in full. Default: $KD_VERIFY_CACHE, else ~/.cache/offline-kd/verified-shards, read when first used."""
     batch_tokens: int = 4096
     """Token budget of one evaluation batch, padding included."""
     loss_chunk: int = 2048

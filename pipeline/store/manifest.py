@@ -23,6 +23,7 @@ from pipeline.store.atomic_commit import write_text_atomic
 from pipeline.store.codecs import (UnknownFormat, hidden_format_named, label_format_named,
                                    label_kind_named)
 from pipeline.store.shard_writer import ShardRecord
+from pipeline.store.tokenizer_identity import TokenizerIdentity
 from schemas import MANIFEST_NAME, MANIFEST_SCHEMA_NAME, SHARD_SCHEMA_VERSION, SHARD_SCHEMAS
 
 
@@ -68,6 +69,14 @@ class Manifest:
     """sampled: N, the draws per labelled position (0 for top-k labels)."""
     planned_samples: int = 0
     """Samples the accepted records make (generate: records x n; score: their windows); 0 in v1."""
+    vocab_fingerprint: str = ""
+    """`pipeline.store.tokenizer_identity`: every id's token bytes; "" in outputs written before it."""
+    special_tokens_fingerprint: str = ""
+    """`pipeline.store.tokenizer_identity`: the special tokens listed; "" in older outputs."""
+    special_tokens: list[list[Any]] = field(default_factory=list)
+    """The (special token, id) pairs that fingerprint covers, so a difference can be named."""
+    tokenizer_files: dict[str, str] = field(default_factory=dict)
+    """`pipeline.store.tokenizer_files`: {path in the output: sha256} of the stored tokenizer."""
     shards: dict[int, ShardRecord] = field(default_factory=dict)
 
     @property
@@ -80,6 +89,19 @@ class Manifest:
     def stored_hidden_size(self) -> int:
         """Width of a stored hidden row: the teacher's hidden size, or the pca rank."""
         return getattr(self, hidden_format_named(self.hidden_format).width_field)
+
+    @property
+    def tokenizer_identity(self) -> TokenizerIdentity | None:
+        """The two-part tokenizer identity, or None in outputs written before it."""
+        if not self.vocab_fingerprint:
+            return None
+        return TokenizerIdentity(self.vocab_fingerprint, self.special_tokens_fingerprint,
+                                 tuple((t, i) for t, i in self.special_tokens))
+
+    def set_tokenizer_identity(self, identity: TokenizerIdentity) -> None:
+        self.vocab_fingerprint = identity.vocab_fingerprint
+        self.special_tokens_fingerprint = identity.special_tokens_fingerprint
+        self.special_tokens = [list(p) for p in identity.special_tokens]
 
     def totals(self) -> dict[str, int]:
         keys = ("samples", "tokens", "completion_tokens", "bytes", "generated")

@@ -59,20 +59,30 @@ class ShardFormatError(ValueError):
     """A shard does not follow the schema; the message names the shard and the dataset."""
 
 
+def open_h5(path: str | Path) -> h5py.File:
+    """h5py.File(path, "r"), with the path on its OSError: h5py's own names no file and carries
+    no errno, and the one-line fault (`stages.cli.faults`) must say which file it was."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)
+        raise
+
+
 def plain_attrs(f: h5py.File) -> dict[str, Any]:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
 
 
 def read_root_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes of a shard file alone (a few KB read, no dataset touched)."""
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return plain_attrs(f)
 
 
 def dataset_layouts(path: str | Path) -> tuple[dict[str, Any], dict[str, DatasetLayout]]:
     """Return (root attributes, layout of every numeric dataset) of a shard file."""
     layouts: dict[str, DatasetLayout] = {}
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         attrs = plain_attrs(f)
 
         def visit(name: str, obj: Any) -> None:
@@ -134,7 +144,7 @@ class ShardReader:
 
     def strings(self, name: str) -> list[str]:
         """A UTF-8 string dataset (`samples/ids`, `samples/finish_reasons`) as Python strings."""
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             return [s.decode("utf-8") if isinstance(s, bytes) else s for s in f[name][()]]
 
     def sample_texts(self) -> list[SampleText]:

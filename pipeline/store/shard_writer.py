@@ -52,6 +52,10 @@ class ShardAttrs:
     """What a label row holds: a name of `pipeline.store.codecs.LABEL_KINDS`."""
     samples_per_position: int = 0
     """sampled: N, the draws per labelled position."""
+    vocab_fingerprint: str = ""
+    """`pipeline.store.tokenizer_identity`: every id's token bytes ("" writes no attribute)."""
+    special_tokens_fingerprint: str = ""
+    """`pipeline.store.tokenizer_identity`: the listed special tokens ("" writes no attribute)."""
     label_source_k: int = 0
     """sampled: the engine's top-K the draws were made from (plus one tail bucket)."""
 
@@ -92,7 +96,6 @@ def offsets_of(lengths: Sequence[int]) -> np.ndarray:
 
 def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.ndarray]:
     """Concatenate samples into the schema's flat arrays, keyed by dataset path."""
-    k = attrs.top_k
     arrays: dict[str, np.ndarray] = {
         "samples/token_ids": np.fromiter(
             (t for s in samples for t in s.token_ids), dtype=np.uint32),
@@ -171,6 +174,9 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             f.attrs["shard_index"] = index
             f.attrs["hidden_layers"] = json.dumps(list(attrs.hidden_layers))
             f.attrs["hidden_size"] = attrs.hidden_size
+            for key in ("vocab_fingerprint", "special_tokens_fingerprint"):
+                if getattr(attrs, key):
+                    f.attrs[key] = getattr(attrs, key)
             for key, value in format_attrs(attrs).items():
                 f.attrs[key] = value
             for name, data in arrays.items():

@@ -22,12 +22,14 @@ from pipeline.store.manifest import read_manifest
 from pipeline.store.sample_index import part_name
 from pipeline.store.codecs import label_format_named, label_kind_named
 from pipeline.store.shard_reader import ShardReader, dataset_layouts
+from pipeline.store.tokenizer_files import tokenizer_source
 
 Decode = Callable[[list[int]], str]
 
 
 def load_decoder(teacher: str) -> Decode:
-    """Decode with the teacher's tokenizer when it can be loaded locally, else show raw ids."""
+    """Decode with the labels' tokenizer (stored copy, else the teacher) when it can be loaded
+    locally, else show raw ids."""
     try:
         from transformers import AutoTokenizer
 
@@ -117,7 +119,7 @@ def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int 
     out_dir = Path(out_dir)
     m = read_manifest(out_dir)
     t = m.totals()
-    decode = decode or load_decoder(m.teacher)
+    decode = decode or load_decoder(tokenizer_source(out_dir, m.teacher)[0])
     lines = [
         f"output       {out_dir} ({'complete' if m.complete else 'INCOMPLETE: resume with the same command'})",
         f"teacher      {m.teacher}",

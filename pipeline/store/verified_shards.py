@@ -2,12 +2,18 @@
 
 Hashing a shard costs a read of every byte (about 300 MB/s on 2 cores, so an
 hour per start for 1 TB of labels). A shard verified once is recorded here,
-keyed by its real path, size, modification time and the sha256 its manifest
-promises, so a `--resume` or a second student on the same labels skips it.
-Any change to the file (a rewrite, a truncation, a `touch`) changes the key
-and the shard is verified again. What the key cannot see is a change that
-keeps size and modification time (bit rot under an unchanged inode): use
-`kd verify` or `--verify full` where that matters.
+keyed by its real path, size, modification time, the sha256 its manifest
+promises, the verifier's version (`pipeline.store.verify.VERIFIER_VERSION`,
+bumped with every new rule) and the shard's schema version, so a `--resume` or
+a second student on the same labels skips it, and a build that checks more
+verifies it again. Any change to the file (a rewrite, a truncation, a `touch`)
+changes the key and the shard is verified again. What the key cannot see, and
+so the cache does NOT catch, is a change of bytes that keeps size and
+modification time (bit rot under an unchanged inode, or a deliberate edit
+that restores the mtime): use `kd verify` or `--verify full` where that matters.
+
+The folder is $KD_VERIFY_CACHE, else `~/.cache/offline-kd/verified-shards`,
+read when the cache is first used (not when this module is imported).
 
 An entry is an empty file named by the key's sha256, created atomically, so
 concurrent writers never tear one. `claim(...)` takes an exclusive `flock` per
@@ -37,18 +43,35 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from schemas import VERIFIED_SHARDS_CACHE as DEFAULT_CACHE
+from pipeline.store import verify as verify_rules
+from schemas import SHARD_SCHEMA_VERSION, verified_shards_cache
+
+DEFAULT_CACHE = ""
+"""The default location: `schemas.verified_shards_cache()`, resolved at first use."""
 
 
 class VerifiedShards:
-    """A directory of entries, one per (shard path, size, mtime, manifest sha256) verified."""
+    """A directory of entries, one per (shard path, size, mtime, manifest sha256, verifier
+    version, schema version) verified."""
 
-    def __init__(self, root: str | Path = DEFAULT_CACHE):
-        self.root = Path(root).expanduser()
+    def __init__(self, root: str | Path = DEFAULT_CACHE, verifier_version: int | None = None,
+                 schema_version: int = SHARD_SCHEMA_VERSION):
+        self.given, self._root = root, None
+        # Read when built, so a bumped VERIFIER_VERSION applies to every cache made after it.
+        self.verifier_version = (verify_rules.VERIFIER_VERSION if verifier_version is None
+                                 else verifier_version)
+        self.schema_version = schema_version
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            self._root = Path(self.given or verified_shards_cache()).expanduser()
+        return self._root
 
     def key(self, path: str | Path, sha256: str) -> str:
         st = os.stat(path)
-        identity = [os.path.realpath(path), st.st_size, st.st_mtime_ns, sha256]
+        identity = [os.path.realpath(path), st.st_size, st.st_mtime_ns, sha256,
+                    self.verifier_version, self.schema_version]
         return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
 
     def has(self, path: str | Path, sha256: str) -> bool:

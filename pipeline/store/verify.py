@@ -31,6 +31,11 @@ from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_conten
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
 from schemas import MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, shard_name, topk_id_dtype
 
+VERIFIER_VERSION = 2
+"""Bumped with every new check: shards the verified-shard cache recorded under an older
+version are verified again (`pipeline.store.verified_shards`). 2: the two-part tokenizer
+identity and the stored tokenizer files."""
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -65,6 +70,9 @@ def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
     expected = {"schema": SHARD_SCHEMA_NAME, "schema_version": manifest.schema_version,
                 "teacher": manifest.teacher, "tokenizer_fingerprint": manifest.tokenizer_fingerprint,
                 "vocab_size": manifest.vocab_size, "top_k": manifest.top_k, "shard_index": index}
+    for key in ("vocab_fingerprint", "special_tokens_fingerprint"):
+        if getattr(manifest, key):  # outputs written before the two-part identity have neither
+            expected[key] = getattr(manifest, key)
     for key, want in expected.items():
         if a.get(key) != want:
             errors.append(f"attribute {key} is {a.get(key)!r}, manifest says {want!r}")
@@ -294,6 +302,7 @@ def verify_output(out_dir: str | Path, depth: Depth = "full") -> Verification:
         found.problems += check_index_part(out_dir, index, rec.index_sha256, depth == "full")
     for sidecar in hidden_format_named(manifest.hidden_format).sidecars(manifest):
         found.problems += check_sidecar(out_dir, sidecar, depth == "full")
+    found.problems += check_tokenizer_files(out_dir, manifest, depth == "full")
     if manifest.complete:
         found.problems += check_complete(out_dir, manifest, found if depth == "cheap" else None)
     found.problems = [replace(p, output=str(out_dir)) for p in found.problems]
@@ -307,6 +316,17 @@ def check_sidecar(out_dir: Path, sidecar: Sidecar, checksum: bool) -> list[Probl
     if checksum and sha256_file(out_dir / sidecar.name) != sidecar.sha256:
         return [Problem(sidecar.name, "sha256", sidecar.corrupt)]
     return []
+
+
+def check_tokenizer_files(out_dir: Path, m: Manifest, checksum: bool) -> list[Problem]:
+    """The stored tokenizer files (`pipeline.store.tokenizer_files`): present and the manifest's."""
+    problems = []
+    for name, sha256 in sorted(m.tokenizer_files.items()):
+        if not (out_dir / name).is_file():
+            problems.append(Problem(name, "present", "tokenizer file listed in the manifest is missing"))
+        elif checksum and sha256_file(out_dir / name) != sha256:
+            problems.append(Problem(name, "sha256", "checksum differs from the manifest (corrupt)"))
+    return problems
 
 
 def check_index_part(out_dir: Path, index: int, sha256: str, checksum: bool = True) -> list[Problem]:
@@ -366,8 +386,13 @@ def check_complete(out_dir: Path, m: Manifest, contents_into: Verification | Non
 
 def check_compatible(manifests: dict[str, Manifest]) -> list[Problem]:
     """Outputs read together must share teacher, tokenizer, vocabulary, k and hidden layers."""
-    # every codec family says which fields must agree (`pipeline.store.codecs.MUST_MATCH`)
-    fields = ("teacher", "tokenizer_fingerprint", "vocab_size", "top_k") + MUST_MATCH
+    # every codec family says which fields must agree (`pipeline.store.codecs.MUST_MATCH`).
+    # The vocabulary decides what label ids mean; special-token lists may differ (library
+    # versions list them differently). Outputs written before the two-part identity have only
+    # the fingerprint that covers both.
+    two_part = all(m.vocab_fingerprint for m in manifests.values())
+    fields = ("teacher", "vocab_fingerprint" if two_part else "tokenizer_fingerprint", "vocab_size",
+              "top_k") + MUST_MATCH
     problems = []
     (first, ref), *rest = manifests.items()
     for where, m in rest:

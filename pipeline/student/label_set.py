@@ -32,6 +32,8 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.store.fingerprint import prompt_hashes
+from pipeline.store.tokenizer_files import stored_tokenizer_dir
+from pipeline.store.tokenizer_identity import TokenizerIdentity
 from pipeline.store.shard_reader import ShardContents, ShardReader
 from pipeline.store.verified_shards import DEFAULT_CACHE, VerifiedShards
 from pipeline.store.verify import Verification, verify_outputs
@@ -76,6 +78,10 @@ class LabelSet:
     verify: str = "full"
     """`full`: every shard was verified before the set opened; `lazy`: `open_shard` verifies it."""
     verify_cache: str = DEFAULT_CACHE
+    tokenizer_identity: TokenizerIdentity | None = None
+    """Vocabulary and special-token fingerprints (None for outputs written before them)."""
+    tokenizer_dir: str = ""
+    """The first output's stored tokenizer (`<out>/tokenizer/`), "" when it has none."""
     _verified: set[int] = field(default_factory=set, repr=False)
     _pid: int = -1
 
@@ -144,7 +150,9 @@ def open_label_set(dirs: Sequence[str | Path], verify: str = "full",
     ref = next(iter(found.manifests.values()))
     labels = LabelSet([], ref.teacher, ref.tokenizer_fingerprint, ref.vocab_size, ref.top_k,
                       list(ref.hidden_layers), ref.stored_hidden_size, ref.teacher_num_layers,
-                      verify=verify, verify_cache=verify_cache)
+                      verify=verify, verify_cache=verify_cache,
+                      tokenizer_identity=ref.tokenizer_identity,
+                      tokenizer_dir=str(stored_tokenizer_dir(next(iter(found.manifests))) or ""))
     numbers = {(str(Path(d) / m.shards[i].name)): (m, i)
                for d, m in found.manifests.items() for i in m.shards}
     parts: dict[str, list[np.ndarray]] = {}

@@ -72,6 +72,7 @@ def open_verified(source: ShardSource, expected: Expected, cache: VerifiedShards
     """The shard's reader once it is verified (hashed unless cached); raise naming it otherwise."""
     path = Path(source.path)
     sha256 = source.manifest.shards[source.index].sha256
+    cache = VerifiedShards(cache.given, cache.verifier_version, source.manifest.schema_version)
     with cache.claim(path, sha256):
         cached = cache.has(path, sha256)
         problems, contents = verify_shard(path, source.index, source.manifest,

@@ -31,6 +31,7 @@ from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index
 from pipeline.store.shard_reader import read_samples
 from pipeline.store.shard_writer import ShardAttrs
+from pipeline.store.tokenizer_files import copy_tokenizer_files, stored_tokenizer_dir
 from pipeline.teacher.kept_shard import commit_kept_shard
 from schemas.merge_config import MergeConfig
 
@@ -102,12 +103,19 @@ def run_merge(cfg: MergeConfig) -> MergeSummary:
                for (d, m), w in zip(manifests.items(), cfg.weight_values)]
     sampling = {"mode": "merged", "mix_rule": cfg.mix_rule,
                 "sources": [{"teacher": s["teacher"], "weight": s["weight"]} for s in sources]}
-    attrs = ShardAttrs(ref.teacher, ref.tokenizer_fingerprint, ref.vocab_size, k, sampling)
+    attrs = ShardAttrs(ref.teacher, ref.tokenizer_fingerprint, ref.vocab_size, k, sampling,
+                       vocab_fingerprint=ref.vocab_fingerprint,
+                       special_tokens_fingerprint=ref.special_tokens_fingerprint)
     manifest = Manifest(teacher=ref.teacher, tokenizer_fingerprint=ref.tokenizer_fingerprint,
                         vocab_size=ref.vocab_size, top_k=k, mode="merged",
                         teacher_num_layers=ref.teacher_num_layers,
+                        vocab_fingerprint=ref.vocab_fingerprint,
+                        special_tokens_fingerprint=ref.special_tokens_fingerprint,
+                        special_tokens=ref.special_tokens,
                         config={"mix_rule": cfg.mix_rule, "top_k": k, "sources": sources})
     tmp = fresh_temp_dir(out)
+    stored = stored_tokenizer_dir(next(iter(manifests)))
+    manifest.tokenizer_files = copy_tokenizer_files(stored, tmp) if stored else {}
     for index in range(len(locators[0].paths)):  # shard by shard: memory flat in their number
         commit_kept_shard(tmp, manifest, index,
                           merged_shard(index, locators, cfg, ref.vocab_size, k), attrs)

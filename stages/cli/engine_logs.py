@@ -5,9 +5,16 @@ every engine process it spawns (which inherit the environment), from the
 dict config named by VLLM_LOGGING_CONFIG_PATH. `route_engine_logs` writes such
 a config (INFO and above to `<out>/engine.log`, WARNING and above to stderr)
 before vLLM is imported, so the spawned engine core and its workers log to the
-same file. Torch's C++ warnings (TORCH_CPP_LOG_LEVEL) and Python
-FutureWarnings of those processes, which speak to vLLM's developers and not to
+same file. Torch's C++ warnings (TORCH_CPP_LOG_LEVEL), its own logging's
+warnings (TORCH_LOGS=-torch) and Python FutureWarnings of those processes, which speak to vLLM's developers and not to
 a user, are silenced the same way. With `kd --verbose` nothing changes.
+
+Warnings once: every engine process (this one, the engine core, its workers)
+logs its own copy of the same warnings. `TerminalWarnings` filters the terminal
+handler only (engine.log keeps every line): a warning known to be harmless on
+this platform (`HARMLESS_WARNINGS`, the one list) never reaches the terminal,
+and any other is shown the first time one of the command's processes logs it,
+remembered in a file every process appends to under an exclusive lock.
 
 `quiet_transformers` drops transformers' per-model progress bars ("Loading
 weights", "Writing model shards") from the student stage's terminal.
@@ -18,6 +25,8 @@ weights", "Writing model shards") from the student stage's terminal.
 from __future__ import annotations
 
 import atexit
+import fcntl
+import hashlib
 import json
 import logging.config
 import os
@@ -25,23 +34,91 @@ import tempfile
 from pathlib import Path
 
 ENGINE_LOG = "engine.log"
+HARMLESS_WARNINGS = {
+    "cpu": (
+        "Triton is installed, but doesn't include CPU backend",  # no Triton kernels on CPU
+        "Triton is not installed. triton-cpu is expected",
+        "Model Runner V2 requires Triton",  # the V1 runner is what the CPU build runs
+        "Inductor compilation was disabled by user settings",  # --enforce-eager, or eager on CPU
+        "does not officially support disabling chunked prefill",  # ours: seeds need whole prefills
+        "Reset SSM cache type to float32",  # a state-space-model setting; our teachers have none
+        "Could not load this library",  # torchao's CUDA kernels (mxfp8, cutlass), absent on CPU
+    ),
+    "cuda": (),
+}
+"""vLLM warnings that say nothing a user can act on, by platform: engine.log only."""
 
 
-def logging_config(log_file: Path) -> dict:
-    """A logging dict config: the `vllm` logger's INFO to `log_file`, its WARNING+ to stderr."""
+class NoTraceback(logging.Formatter):
+    """The terminal's format: the message alone; a traceback stays in engine.log (the stage's
+    own one-line fault names it), and `kd --verbose` prints it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        plain = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
+                                       "stack_info": None})
+        return super().format(plain)
+
+
+class TerminalWarnings(logging.Filter):
+    """Passes a record to the terminal unless it is harmless here or was already shown by one
+    of this command's processes (`seen_file` holds a hash per line shown)."""
+
+    def __init__(self, seen_file: str = "", harmless: list[str] | tuple[str, ...] = ()):
+        super().__init__()
+        self.seen_file, self.harmless = seen_file, tuple(harmless)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(fragment in message for fragment in self.harmless):
+            return False
+        return not self.seen_file or first_time(self.seen_file, f"{record.levelname} {message}")
+
+
+def first_time(seen_file: str, line: str) -> bool:
+    """Record `line` as shown; whether no process of this command showed it before."""
+    key = hashlib.sha256(line.encode("utf-8", "replace")).hexdigest()
+    try:
+        with open(seen_file, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            if key in fh.read().split():
+                return False
+            fh.write(key + "\n")
+            return True
+    except OSError:
+        return True  # showing a warning twice beats hiding it
+
+
+def engine_platform() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def logging_config(log_file: Path, seen_file: str = "", platform: str = "cpu") -> dict:
+    """A logging dict config: the `vllm` logger's INFO to `log_file`, its WARNING+ to stderr
+    (each distinct line once per command, none of the platform's harmless ones)."""
     plain = {"format": "%(levelname)s %(asctime)s %(process)d [%(filename)s:%(lineno)d] %(message)s",
              "datefmt": "%m-%d %H:%M:%S"}
     return {
         "version": 1, "disable_existing_loggers": False,
-        "formatters": {"plain": plain, "short": {"format": "vLLM %(levelname)s: %(message)s"}},
+        "formatters": {"plain": plain,
+                       "short": {"()": "stages.cli.engine_logs.NoTraceback",
+                                 "format": "vLLM %(levelname)s: %(message)s"}},
+        "filters": {"once": {"()": "stages.cli.engine_logs.TerminalWarnings",
+                             "seen_file": seen_file,
+                             "harmless": list(HARMLESS_WARNINGS.get(platform, ()))}},
         "handlers": {
             "file": {"class": "logging.FileHandler", "filename": str(log_file), "mode": "a",
                      "delay": True, "level": "INFO", "formatter": "plain"},
             "terminal": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
-                         "level": "WARNING", "formatter": "short"},
+                         "level": "WARNING", "formatter": "short", "filters": ["once"]},
         },
-        "loggers": {"vllm": {"handlers": ["file", "terminal"], "level": "INFO",
-                             "propagate": False}},
+        "loggers": {
+            "vllm": {"handlers": ["file", "terminal"], "level": "INFO", "propagate": False},
+            # Imported by vLLM in every engine process, each with its own copy of a warning.
+            "torchao": {"handlers": ["file", "terminal"], "level": "WARNING", "propagate": False},
+        },
     }
 
 
@@ -63,12 +140,18 @@ def route_engine_logs(out: str | Path, verbose: bool) -> Path | None:
         return None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = logging_config(out.resolve() / ENGINE_LOG)
+    # Torch's Python-side warnings (glog-style, e.g. torchao's pytree registrations) set by
+    # TORCH_LOGS before torch is first imported here; "-torch" keeps its errors.
+    os.environ.setdefault("TORCH_LOGS", "-torch")
+    fd, seen = tempfile.mkstemp(prefix="kd-engine-warnings-", suffix=".seen")
+    os.close(fd)
+    config = logging_config(out.resolve() / ENGINE_LOG, seen, engine_platform())
     fd, path = tempfile.mkstemp(prefix="kd-engine-logging-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
         json.dump(config, fh)
-    # The engine processes read it when they start; it is not needed after this one exits.
+    # The engine processes read them while they run; neither is needed after this one exits.
     atexit.register(remove_quietly, path)
+    atexit.register(remove_quietly, seen)
     os.environ.update({"VLLM_CONFIGURE_LOGGING": "1", "VLLM_LOGGING_CONFIG_PATH": path,
                        "TORCH_CPP_LOG_LEVEL": "ERROR"})
     os.environ["PYTHONWARNINGS"] = ",".join(

@@ -30,7 +30,11 @@ from schemas.student_config import EvalConfig, StudentConfig
 from schemas.student_samples_config import StudentSamplesConfig
 from schemas.teacher_config import TeacherConfig
 from stages.cli.config_options import ConfigCommand, options_from
+from stages.cli.child_process import install as die_with_parent_in_children
 from stages.cli.faults import resume_command, student_committed, teacher_committed
+
+# At import: a spawned engine process re-imports this module first of all (child_process).
+die_with_parent_in_children()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -65,6 +69,7 @@ def run_stage(stage: Stage, cfg: Any, *errors: type[Exception]) -> Any:
     say what is committed and how to resume, each with its own exit status."""
     from pipeline.store.output_lock import OutputLocked
     from schemas.config_base import ConfigError
+    from stages.cli.engine_logs import ENGINE_LOG
     from stages.cli.faults import EXIT_ENVIRONMENT, EXIT_LOCKED, environment_error, fault_path
     from stages.cli.preemption import EXIT_PREEMPTED, Preempted
 
@@ -81,7 +86,7 @@ def run_stage(stage: Stage, cfg: Any, *errors: type[Exception]) -> Any:
     except (ConfigError, *errors) as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:
-        found = environment_error(exc)
+        found = environment_error(exc, Path(cfg.out) / ENGINE_LOG)
         if found is None:
             raise
         fault, cause = found

@@ -6,7 +6,8 @@ through the format's row builder in `pipeline.interop`, and commits the output
 directory whole (written under a temporary name, renamed at the end). Beside the
 data files, `offline_kd_export.yaml` records the format, the sources (with their
 manifest sha256) and the sample id of every row; `--format distillkit` also
-writes DistillKit's `compression_config.yaml`.
+writes DistillKit's `compression_config.yaml`. The labels' stored tokenizer
+(`pipeline.store.tokenizer_files`) is copied to `<out>/tokenizer/`.
 
     PYTHONPATH=. python -m stages.cli.main export --labels data/labels/demo --format parquet \
         --out data/export/demo-parquet
@@ -14,6 +15,7 @@ writes DistillKit's `compression_config.yaml`.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from pipeline.interop.table_sink import TableSink
 from pipeline.store.atomic_commit import commit_path, fresh_temp_dir, sha256_file
 from pipeline.store.codecs import label_kind_named
 from pipeline.store.manifest import manifest_path
+from pipeline.store.tokenizer_files import TOKENIZER_DIR
 from pipeline.student.label_set import LabelSet, LabelSetError, open_label_set
 from schemas.interop_config import ExportConfig
 
@@ -126,6 +129,8 @@ def run_export(cfg: ExportConfig) -> ExportSummary:
                 row_ids.append(row_id)
                 sink.add(row)
     write_sidecars(tmp, cfg, labels, row_ids, sink.files)
+    if labels.tokenizer_dir:  # the labels' tokenizer travels with the export, as with the labels
+        shutil.copytree(labels.tokenizer_dir, tmp / TOKENIZER_DIR)
     size = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix == ".parquet")
     commit_path(tmp, out)
     return ExportSummary(str(out), cfg.format, samples, len(row_ids), labelled, split,

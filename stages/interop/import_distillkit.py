@@ -7,7 +7,8 @@ writes it) or given by `--distillkit-config`; decodes each row with
 exact values, polynomial tail, residual bins, delta encoding) and writes an
 ordinary output: shards, index, manifest with mode `imported` whose config
 records the source files with their sha256 and the DistillKit configuration.
-The teacher directory supplies the tokenizer fingerprint and vocabulary size;
+The teacher directory supplies the tokenizer fingerprint and vocabulary size
+(and its tokenizer files, copied to `<out>/tokenizer/`);
 ids outside that vocabulary are refused. Sample ids are `<file>-<row>/0`, so
 the student's held-out split is by row. The output is built under a temporary
 name and renamed when complete.
@@ -32,6 +33,8 @@ from pipeline.interop.distillkit_config import DistillKitConfig, DistillKitForma
 from pipeline.interop.distillkit_rows import labels_from_row
 from pipeline.store.atomic_commit import commit_path, fresh_temp_dir, sha256_file
 from pipeline.store.fingerprint import tokenizer_fingerprint
+from pipeline.store.tokenizer_files import copy_tokenizer_files
+from pipeline.store.tokenizer_identity import TokenizerIdentity, identity_of
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index
@@ -128,13 +131,14 @@ def to_sample(name: str, cols: dict[str, Any], config: DistillKitConfig, vocab: 
                   got["sampled_logprobs"], "imported", label_positions=got["positions"])
 
 
-def teacher_identity(teacher: str) -> tuple[str, int]:
-    """(tokenizer fingerprint, vocabulary size) of the teacher directory or id."""
+def teacher_identity(teacher: str) -> tuple[str, TokenizerIdentity, int]:
+    """(tokenizer fingerprint, two-part identity, vocabulary size) of the teacher directory or id."""
     from transformers import AutoTokenizer
 
     from stages.teacher.labels import teacher_shape
 
-    return tokenizer_fingerprint(AutoTokenizer.from_pretrained(teacher)), teacher_shape(teacher)[0]
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    return tokenizer_fingerprint(tokenizer), identity_of(tokenizer), teacher_shape(teacher)[0]
 
 
 def run_import(cfg: ImportConfig) -> ImportSummary:
@@ -146,15 +150,19 @@ def run_import(cfg: ImportConfig) -> ImportSummary:
         raise DistillKitFormatError(f"--out {out}: exists and is not empty; choose a new directory")
     files = source_files(source)
     config, config_path = load_config(cfg)
-    fingerprint, vocab = teacher_identity(cfg.teacher)
-    attrs = ShardAttrs(cfg.teacher, fingerprint, vocab, config.k, {"mode": "imported"})
+    fingerprint, identity, vocab = teacher_identity(cfg.teacher)
+    attrs = ShardAttrs(cfg.teacher, fingerprint, vocab, config.k, {"mode": "imported"},
+                       vocab_fingerprint=identity.vocab_fingerprint,
+                       special_tokens_fingerprint=identity.special_tokens_fingerprint)
     manifest = Manifest(
         teacher=cfg.teacher, tokenizer_fingerprint=fingerprint, vocab_size=vocab, top_k=config.k,
         mode="imported",
         config={"format": cfg.format, "source": str(source), "config_file": str(config_path),
                 "source_files": [{"path": str(f), "sha256": sha256_file(f)} for f in files],
                 "distillkit_config": config.to_yaml_dict()})
+    manifest.set_tokenizer_identity(identity)
     tmp = fresh_temp_dir(out)
+    manifest.tokenizer_files = copy_tokenizer_files(cfg.teacher, tmp)
     rows = skipped = 0
     pending: list[Sample] = []
     for f in files:

@@ -92,7 +92,8 @@ def sample_scores(out: str, cfg: EvalConfig) -> dict[str, float]:
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
-    from stages.student.model import build_student, check_tokenizer, check_vocabulary
+    from stages.student.model import (build_student, check_tokenizer, check_vocabulary,
+                                      labels_tokenizer)
 
     cfg.validate()
     labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
@@ -107,7 +108,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         if spec == "narrow":
             raise ConfigError(f"--model {name}={spec}: a narrow student starts from random "
                               "weights; evaluate a saved model directory instead")
-        model, tokenizer = build_student(spec, labels.teacher, cfg.keep_layers, 0, cfg.seed)
+        model, tokenizer = build_student(spec, labels.teacher, cfg.keep_layers, 0, cfg.seed,
+                                         labels_tokenizer(labels)[0])
         check_tokenizer(tokenizer, labels, spec)
         vocab = check_vocabulary(model, labels.vocab_size)
         rows[name] = evaluate_model(model.to(device), labels, plan, vocab, cfg.loss_chunk, device)

@@ -16,6 +16,7 @@ m = derive_from_teacher('data/models/smollm2-135m-instruct', 6); print(m.config.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +82,37 @@ def narrow_config(teacher_config: Any, hidden_size: int, layers: int) -> Any:
 
 
 def build_student(student: str, teacher: str, keep_layers: int, narrow_hidden_size: int,
-                  seed: int) -> tuple[Any, Any]:
-    """(model in float32 on CPU, tokenizer) for any kind of --student."""
+                  seed: int, tokenizer_from: str | None = None) -> tuple[Any, Any]:
+    """(model in float32 on CPU, tokenizer) for any kind of --student.
+
+    `tokenizer_from` is where the labels' tokenizer (and the teacher's config, for
+    `narrow`) is read: the label set's stored copy, else the teacher path.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer_from = tokenizer_from or teacher
     if student == "from-teacher":
-        return derive_from_teacher(teacher, keep_layers), AutoTokenizer.from_pretrained(teacher)
+        require_teacher_weights(teacher)
+        return derive_from_teacher(teacher, keep_layers), AutoTokenizer.from_pretrained(tokenizer_from)
     if student == "narrow":
         torch.manual_seed(seed)
-        config = narrow_config(AutoConfig.from_pretrained(teacher), narrow_hidden_size, keep_layers)
+        config = narrow_config(AutoConfig.from_pretrained(tokenizer_from), narrow_hidden_size,
+                               keep_layers)
         return (AutoModelForCausalLM.from_config(config, dtype=torch.float32),
-                AutoTokenizer.from_pretrained(teacher))
+                AutoTokenizer.from_pretrained(tokenizer_from))
     model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
     return model, AutoTokenizer.from_pretrained(student)
+
+
+def require_teacher_weights(teacher: str) -> None:
+    """A from-teacher student is cut from the teacher's weights, which a label set does not hold."""
+    from stages.cli.model_files import looks_local
+
+    if looks_local(teacher) and not Path(teacher).expanduser().exists():
+        raise ConfigError(
+            f"--student from-teacher needs the teacher's weights, and {teacher} does not exist "
+            "(a label set carries only the teacher's tokenizer, in <labels>/tokenizer/): pass "
+            "--teacher with where the checkpoint is now, or give --student a model directory")
 
 
 def load_init_from(path: str, labels: Any) -> tuple[Any, Any]:
@@ -131,7 +150,63 @@ def check_vocabulary(model: Any, labels_vocab: int) -> int:
 
 
 def check_tokenizer(tokenizer: Any, labels: Any, source: str) -> None:
-    """The student must read the same token ids the teacher wrote; stop naming both fingerprints."""
+    """The student must read the same token ids the teacher wrote: a different vocabulary stops
+    naming the first differing ids; different special tokens only warn (stderr)."""
+    from pipeline.store.tokenizer_identity import VocabularyMismatch, compare_identity
+
+    identity = labels.tokenizer_identity or derive_identity(labels)
+    if identity is None:
+        return check_legacy_fingerprint(tokenizer, labels, source)
+    try:
+        warning = compare_identity(identity, lambda: stored_vocabulary(labels), tokenizer,
+                                   f"student ({source})")
+    except VocabularyMismatch as exc:
+        raise ConfigError(f"{exc} ({labels.teacher})") from exc
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+def labels_tokenizer(labels: Any) -> tuple[str, str]:
+    """(where the labels' tokenizer is loaded from, which: `stored copy` or `teacher path`)."""
+    if labels.tokenizer_dir:
+        return labels.tokenizer_dir, "stored copy"
+    return labels.teacher, "teacher path"
+
+
+def stored_vocabulary(labels: Any) -> list[str] | None:
+    """The labels' vocabulary by id, from the stored tokenizer (else the teacher path), or None."""
+    from transformers import AutoTokenizer
+
+    from pipeline.store.tokenizer_identity import vocabulary
+
+    try:
+        return vocabulary(AutoTokenizer.from_pretrained(labels_tokenizer(labels)[0]))
+    except (OSError, ValueError):
+        return None
+
+
+def derive_identity(labels: Any) -> Any:
+    """The two-part identity of an output written before it, computed from its stored tokenizer
+    (else the teacher path), saying which on stderr; None when neither loads."""
+    from transformers import AutoTokenizer
+
+    from pipeline.store.fingerprint import tokenizer_fingerprint
+    from pipeline.store.tokenizer_identity import identity_of
+
+    path, which = labels_tokenizer(labels)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+    agrees = ("matches" if tokenizer_fingerprint(tokenizer) == labels.tokenizer_fingerprint
+              else "differs from (special tokens listed by another library version?)")
+    print(f"note: these labels predate the vocabulary and special-token fingerprints; computed "
+          f"them from the {which} {path}, whose combined fingerprint {agrees} the labels'",
+          file=sys.stderr)
+    return identity_of(tokenizer)
+
+
+def check_legacy_fingerprint(tokenizer: Any, labels: Any, source: str) -> None:
     from pipeline.store.fingerprint import tokenizer_fingerprint
 
     mine = tokenizer_fingerprint(tokenizer)

@@ -196,7 +196,8 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
         model, tokenizer = load_init_from(cfg.init_from, labels)
     else:
         model, tokenizer = build_student(cfg.student, teacher, cfg.keep_layers,
-                                         cfg.narrow_hidden_size, cfg.seed)
+                                         cfg.narrow_hidden_size, cfg.seed,
+                                         labels.tokenizer_dir or teacher)
         check_tokenizer(tokenizer, labels, cfg.student if not cfg.derived_student else teacher)
     vocab = check_vocabulary(model, labels.vocab_size)
     layer_map = resolve_layer_map(cfg, model.config.num_hidden_layers, labels)

@@ -29,6 +29,9 @@ from tqdm import tqdm
 
 from pipeline.store.atomic_commit import remove_stale_temps, sha256_file, write_text_atomic
 from pipeline.store.fingerprint import tokenizer_fingerprint
+from pipeline.store.tokenizer_files import copy_tokenizer_files
+from stages.cli.model_files import require_model_dir
+from pipeline.store.tokenizer_identity import TokenizerIdentity, identity_of
 from pipeline.store.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from pipeline.store.output_lock import LOCK_NAME, OutputLock
 from pipeline.store.sample import Sample
@@ -222,6 +225,10 @@ def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
         clear_output(out)
         return fresh
     fresh.shards = old.shards
+    if not old.vocab_fingerprint:
+        # Shards of an earlier build carry no two-part identity: resuming keeps them valid;
+        # readers derive the identity from the stored tokenizer files instead.
+        fresh.set_tokenizer_identity(TokenizerIdentity("", "", ()))
     # The pca basis the kept shards' coefficients are on (a refit would differ).
     fresh.hidden_basis_sha256 = old.hidden_basis_sha256
     return fresh
@@ -285,7 +292,7 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
     """The manifest this run would start from: teacher, tokenizer, config and record accounting."""
     vocab_size, num_layers, hidden_size = teacher_shape(cfg.teacher)
     batch = job.batch
-    return Manifest(
+    manifest = Manifest(
         mode=cfg.mode, planned_samples=job.planned_samples,
         teacher=cfg.teacher, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         vocab_size=vocab_size, top_k=cfg.top_k, config=cfg.to_dict() | cfg.identity(),
@@ -296,6 +303,8 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
         label_format=cfg.label_format, hidden_format=cfg.hidden_format,
         label_kind=cfg.label_kind, hidden_rank=cfg.hidden_rank if cfg.hidden_format == "pca" else 0,
         samples_per_position=cfg.samples_per_position if cfg.label_kind == "sampled" else 0)
+    manifest.set_tokenizer_identity(identity_of(tokenizer))
+    return manifest
 
 
 def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -> RunSummary:
@@ -303,6 +312,7 @@ def run_teacher_labels(cfg: TeacherConfig, engine: EngineSource | None = None) -
     cfg.validate()
     if not Path(cfg.prompts).is_file():
         raise ConfigError(f"--prompts {cfg.prompts}: no such file")
+    require_model_dir(cfg.teacher, "--teacher")
     with OutputLock(cfg.out):
         return label_output(cfg, engine or EngineSource(cfg))
 
@@ -319,6 +329,7 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
     layers = resolve_layers(cfg.parsed_hidden_layers(), teacher_shape(cfg.teacher)[1])
     job = (score_job if cfg.mode == "score" else generate_job)(cfg, tokenizer)
     manifest = open_output(cfg, fresh_manifest(cfg, tokenizer, job, layers))
+    manifest.tokenizer_files = copy_tokenizer_files(cfg.teacher, out)
     plans = job.plans
     keep = reusable_shards(out, manifest)
     manifest.shards = {i: r for i, r in manifest.shards.items() if i in keep}
@@ -330,7 +341,9 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
     attrs = ShardAttrs(cfg.teacher, manifest.tokenizer_fingerprint, manifest.vocab_size, cfg.top_k,
                        cfg.sampling(), label_format=cfg.label_format,
                        hidden_format=cfg.hidden_format, **sampled_attrs(cfg),
-                       hidden_rank=manifest.hidden_rank)
+                       hidden_rank=manifest.hidden_rank,
+                       vocab_fingerprint=manifest.vocab_fingerprint,
+                       special_tokens_fingerprint=manifest.special_tokens_fingerprint)
     todo = [p for p in plans if p.index not in keep]
     with PreemptionGuard() as guard:
         stats = generate_into(out, cfg, manifest, todo, job, attrs, guard, engine)

@@ -140,6 +140,43 @@ def test_verified_shards_are_remembered_until_they_change(tmp_path, count_hashes
         PlannedBatches(labels, batches_of_shard(labels, 1))[0]
 
 
+def test_a_new_verifier_version_verifies_cached_shards_again(tmp_path, count_hashes, monkeypatch):
+    write_fake_output(tmp_path / "run", shards=2)
+    version = verify_module.VERIFIER_VERSION
+    for bump, expected in ((0, ["shard-00000.h5", "shard-00001.h5"]), (0, []),
+                           (1, ["shard-00000.h5", "shard-00001.h5"]), (1, [])):
+        monkeypatch.setattr(verify_module, "VERIFIER_VERSION", version + bump)
+        count_hashes.clear()
+        labels = open_lazy(tmp_path / "run", tmp_path / "cache")
+        PlannedBatches(labels, [np.arange(len(labels))])[0]
+        assert sorted(count_hashes) == expected, f"verifier version {version + bump}"
+
+
+def test_same_size_same_mtime_corruption_is_outside_what_the_cache_sees(tmp_path):
+    """Documented limit (pipeline.store.verified_shards): bytes changed under an unchanged size
+    and mtime keep the key, so only kd verify or --verify full finds them."""
+    write_fake_output(tmp_path / "run", shards=1)
+    labels = open_lazy(tmp_path / "run", tmp_path / "cache")
+    PlannedBatches(labels, [np.arange(len(labels))])[0]
+    shard = tmp_path / "run" / "shard-00000.h5"
+    stat = shard.stat()
+    flip_byte(shard)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    sha = read_manifest(tmp_path / "run").shards[0].sha256
+    assert VerifiedShards(tmp_path / "cache").has(shard, sha)  # still trusted by the cache
+    with pytest.raises(LabelSetError, match="shard-00000.h5: sha256"):
+        open_label_set([tmp_path / "run"], verify="full")
+
+
+def test_cache_folder_is_read_when_first_used(tmp_path, monkeypatch):
+    shard = tmp_path / "shard-00000.h5"
+    shard.write_bytes(b"x")
+    cache = VerifiedShards()
+    monkeypatch.setenv("KD_VERIFY_CACHE", str(tmp_path / "moved-here"))
+    cache.add(shard, "0" * 64)
+    assert cache.root == tmp_path / "moved-here" and any((tmp_path / "moved-here").iterdir())
+
+
 def test_one_process_at_a_time_holds_a_shards_claim(tmp_path):
     shard = tmp_path / "shard-00000.h5"
     shard.write_bytes(b"x")
