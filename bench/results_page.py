@@ -407,7 +407,19 @@ def render_onpolicy(r: Result) -> str:
                "KL on held-out teacher labels", "top-1 there", "NLL there"], "lrrrrr", rows))
 
 
+def render_warning_lines(r: Result) -> str:
+    rows = [[run["code"], run["warning_lines"]] for run in r["runs"]]
+    m = r["machine"]
+    return "\n\n".join([
+        "## Warning lines of a teacher run",
+        f"Source: `bench/results/teacher_warning_lines.json` ({r['what']}). Machine: "
+        f"{m['cpus']} cores, {m['note']}. Command: `{r['command']}`.",
+        table(["code", "warning lines"], "lr", rows),
+        "Every line is kept in the file, so what remains can be read there."])
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
+    "teacher_warning_lines.json": render_warning_lines,
     "teacher.json": render_teacher,
     "score.json": render_score,
     "student.json": render_student,

@@ -30,7 +30,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 
 TOKENIZER_DIR = "tokenizer"
 """The folder of an output that holds the teacher's tokenizer files (never renamed)."""

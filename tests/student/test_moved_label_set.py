@@ -54,7 +54,7 @@ def student_args(labels: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_stored_tokenizer_files_are_the_teachers_and_verified(moved):
-    from pipeline.store.checksum import sha256_file
+    from pipeline.store.atomic_commit import sha256_file
     from pipeline.store.manifest import read_manifest
     from pipeline.store.tokenizer_files import stored_tokenizer_dir
 
@@ -182,7 +182,7 @@ def strip_identity_attrs(out: Path) -> None:
     """Drop the two fingerprint attributes from every shard, fixing the manifest's sha256."""
     import h5py
 
-    from pipeline.store.checksum import sha256_file
+    from pipeline.store.atomic_commit import sha256_file
 
     manifest = json.loads((out / "manifest.json").read_text())
     for rec in manifest["shards"]:
