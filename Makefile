@@ -215,3 +215,19 @@ bench-storage-quality: models
 
 clean:
 	rm -rf data/labels data/models
+
+# Deployment (docs/deployment.md). llama.cpp's Hugging Face -> GGUF converter is released on
+# PyPI only inside llama-cpp-python's source distribution: take the script, its conversion/
+# package and the gguf-py it is written against (nothing is compiled).
+LLAMA_CPP_PYTHON ?= 0.3.36
+LLAMA_CONVERT    := .venv/share/llama.cpp/.extracted
+$(LLAMA_CONVERT): | $(STAMP)
+	tmp=$$(mktemp -d) && .venv/bin/pip download -q --no-deps --no-binary :all: \
+	  llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $$tmp && \
+	tar xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $$tmp --wildcards \
+	  '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' \
+	  '*/vendor/llama.cpp/gguf-py/*' && \
+	mkdir -p $(@D) && cp -r $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/. $(@D)/ && \
+	rm -rf $$tmp && touch $@
+setup: $(LLAMA_CONVERT)
+models: $(LLAMA_CONVERT)
