@@ -50,10 +50,12 @@ def check_exportable(model: Path) -> str:
         raise GGUFExportError(f"--model {model} holds torchao-quantized weights; export the float "
                               f"model/ of the same run (trained through the quantizer) with "
                               "--quant q8_0")
+    architecture = check_gguf_architecture(json.loads((model / "config.json").read_text()),
+                                           str(model))
     if not (model / "tokenizer.json").is_file() and not (model / "tokenizer.model").is_file():
         raise GGUFExportError(f"--model {model}: no tokenizer (tokenizer.json); a GGUF file "
                               "carries its tokenizer")
-    return check_gguf_architecture(json.loads((model / "config.json").read_text()), str(model))
+    return architecture
 
 
 def run_export_model(cfg: ModelExportConfig) -> GGUFSummary:
