@@ -18,6 +18,7 @@ from typing import Any
 
 from schemas import VERIFIED_SHARDS_CACHE
 from schemas.config_base import ConfigError, check_choice, flag
+from schemas.deploy_config import QAT_SCHEMES
 
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd", "tvd")
 TAILS = ("bucket", "renormalize")
@@ -29,7 +30,7 @@ VERIFY_MODES = ("lazy", "full")
 TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine")
 ALARM_POLICIES = ("stop", "warn")
 REPORT_TO = ("tensorboard", "wandb", "none")
-PHASE_KINDS = ("hidden", "kd", "full")
+PHASE_KINDS = ("hidden", "kd", "full", "qat")
 EVAL_MAX_TOKENS = 4096
 """Default bound of one evaluation: ~5 s of the demo student on 2 CPU cores (bench/results/startup.json)."""
 # What a --resume may change: where things are (a run may move machines), how long it
@@ -150,6 +151,10 @@ class StudentConfig:
     """`lazy`: check manifests, sizes, attributes, index and ids at start, hash each shard when first read (stops naming it on a mismatch); `full`: hash and scan every shard before training."""
     verify_cache: str = VERIFIED_SHARDS_CACHE
     """Directory remembering shards verified in full (keyed by path, size, modification time and the manifest's sha256), so a resume or another student does not hash them again."""
+    qat: str | None = None
+    """Quantization-aware training through torchao: the decoder's linear layers train fake-quantized as `int8da-int4w` (int8 dynamic activations, int4 grouped weights) or `int8w` (int8 grouped weights), from the first step or from a last `qat` phase (--phases full:200,qat:50); <out>/model-quantized holds the converted model (real quantized weights, for kd eval) beside the float model/ (for kd export-model)."""
+    qat_group_size: int = 32
+    """Weights per quantization group of --qat (32: the block of GGUF's Q8_0 and Q4_0)."""
 
     def validate(self) -> "StudentConfig":
         """Check every field and cross-field constraint; return self for chaining."""
@@ -194,6 +199,7 @@ class StudentConfig:
         check_choice("alarms", self.alarms, ALARM_POLICIES)
         check_choice("report_to", self.report_to, REPORT_TO)
         self.parsed_layer_map()
+        self.check_qat()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
         if self.init_from is not None and self.student != "from-teacher":
@@ -238,6 +244,18 @@ class StudentConfig:
             raise ConfigError(f"--phases add up to {counted} steps but --steps is {self.steps}; "
                               "make them add up, or leave the last phase's count out to take "
                               "the rest")
+
+    def check_qat(self) -> None:
+        """--qat names a scheme; a `qat` phase needs one and comes last (its quantizer stays on)."""
+        if self.qat is not None:
+            check_choice("qat", self.qat, QAT_SCHEMES)
+        if self.qat_group_size < 1:
+            raise ConfigError(f"--qat-group-size must be at least 1, got {self.qat_group_size}")
+        kinds = [kind for kind, _ in self.parsed_phases()]
+        if "qat" in kinds and self.qat is None:
+            raise ConfigError("--phases: a qat phase needs --qat SCHEME (int8da-int4w or int8w)")
+        if "qat" in kinds[:-1]:
+            raise ConfigError(f"--phases: the qat phase must be the last one, got {self.phases!r}")
 
     def parsed_phases(self) -> list[tuple[str, int | None]]:
         """--phases as [(kind, steps)], the last count None when left out; [] without phases."""

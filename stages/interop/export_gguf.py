@@ -23,11 +23,10 @@ from pathlib import Path
 from pipeline.interop.gguf_model import GGUFExportError, GGUFSummary, check_gguf_architecture, \
     read_gguf_summary
 from pipeline.store.checksum import commit_path
+from pipeline.student.qat import QUANTIZED_MARK
 from schemas.deploy_config import ModelExportConfig
 
 CONVERTER_SCRIPT = "convert_hf_to_gguf.py"
-QUANTIZED_MARK = "qat.json"
-"""Written by kd train-student --qat into its converted (torchao) model directory."""
 
 
 def converter_script(given: str | None) -> Path:
