@@ -74,12 +74,20 @@ def quantized_linears(layers: torch.nn.Module, scheme: str, group_size: int) -> 
     return chosen
 
 
+def decoder_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's list of decoder layers (`model.layers` of Llama, `transformer.h` of GPT-2)."""
+    found = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), None)
+    if found is None:
+        raise ConfigError(f"--qat: no list of decoder layers in {type(model).__name__}")
+    return found
+
+
 def apply_step(model: torch.nn.Module, scheme: str, group_size: int, step: str,
                layers: torch.nn.Module | None) -> None:
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    layers = model.get_decoder().layers if layers is None else layers
+    layers = decoder_layers(model) if layers is None else layers
     chosen = quantized_linears(layers, scheme, group_size)
     quantize_(model, QATConfig(base_config(scheme, group_size), step=step),
               filter_fn=lambda module, fqn: id(module) in chosen)

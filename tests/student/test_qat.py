@@ -87,7 +87,7 @@ def test_a_layer_torchao_cannot_handle_is_refused_naming_its_type():
     model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))
     with pytest.raises(ConfigError, match=r"--qat int8w: layer 0\.attn\.c_attn is a Conv1D .*"
                                           r"torch\.nn\.Linear layers only"):
-        prepare_qat(model, "int8w", 32, layers=model.transformer.h)
+        prepare_qat(model, "int8w", 32)
 
 
 def test_a_group_size_that_does_not_divide_a_layer_is_refused(tiny):
