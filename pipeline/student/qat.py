@@ -84,12 +84,19 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.Module:
 
 def apply_step(model: torch.nn.Module, scheme: str, group_size: int, step: str,
                layers: torch.nn.Module | None) -> None:
+    """QAT's prepare or convert step on the chosen Linear layers; convert on a model that was
+    never prepared is post-training quantization with the same scheme (what QAT's convert
+    does after dropping the fake quantizers)."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
     layers = decoder_layers(model) if layers is None else layers
     chosen = quantized_linears(layers, scheme, group_size)
-    quantize_(model, QATConfig(base_config(scheme, group_size), step=step),
+    config = base_config(scheme, group_size)
+    if step == "convert" and not fake_quantized_layers(model):
+        quantize_(model, config, filter_fn=lambda module, fqn: id(module) in chosen)
+        return
+    quantize_(model, QATConfig(config, step=step),
               filter_fn=lambda module, fqn: id(module) in chosen)
 
 
@@ -101,7 +108,8 @@ def prepare_qat(model: torch.nn.Module, scheme: str, group_size: int,
 
 def convert_qat(model: torch.nn.Module, scheme: str, group_size: int,
                 layers: torch.nn.Module | None = None) -> None:
-    """Replace fake quantization by real quantized weights, in place (a plain float model too)."""
+    """Replace fake quantization by real quantized weights, in place; a plain float model is
+    quantized after training (PTQ) the same way."""
     apply_step(model, scheme, group_size, "convert", layers)
 
 

@@ -70,6 +70,19 @@ def test_fake_quant_trains_the_float_weights_and_conversion_computes_the_same(ti
         assert torch.equal(load_quantized(tmp_path / "q")(IDS).logits, converted)
 
 
+@pytest.mark.parametrize("scheme", QAT_SCHEMES)
+def test_post_training_quantization_equals_converting_the_untrained_fake_quant(tiny, scheme):
+    """PTQ of the float student (convert without prepare) is QAT's convert at step 0."""
+    ptq, qat = load(tiny), load(tiny)
+    convert_qat(ptq, scheme, 32)
+    prepare_qat(qat, scheme, 32)
+    convert_qat(qat, scheme, 32)
+    assert fake_quantized_layers(ptq) == []
+    with torch.no_grad():
+        assert torch.equal(ptq(IDS).logits, qat(IDS).logits)
+        assert not torch.allclose(ptq(IDS).logits, load(tiny)(IDS).logits, atol=1e-4)
+
+
 def test_int4_weights_move_the_output_more_than_int8(tiny):
     """An independent check that the schemes are what they say: 16 levels lose more than 256."""
     reference = load(tiny)(IDS).logits
