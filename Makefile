@@ -231,3 +231,17 @@ $(LLAMA_CONVERT): | $(STAMP)
 	rm -rf $$tmp && touch $@
 setup: $(LLAMA_CONVERT)
 models: $(LLAMA_CONVERT)
+
+# Float vs post-training-quantized vs QAT-distilled students (same labels, steps, seeds), and
+# each GGUF quantization's size and KL (bench/results/deploy.json; ~15 minutes on 2 shared
+# cores). Labels: part of the shipped corpus scored once by the embedded teacher (reused after).
+DEPLOY_LABELS ?= data/labels/deploy
+DEPLOY_ARGS   ?=
+.PHONY: bench-deploy
+bench-deploy: models
+	test -f $(DEPLOY_LABELS)/train/manifest.json || $(MAKE) --no-print-directory teacher-labels \
+	  MODE=score PROMPTS=data/corpus/train.jsonl OUT=$(DEPLOY_LABELS)/train LIMIT=48 KD_ARGS=--enforce-eager
+	test -f $(DEPLOY_LABELS)/heldout/manifest.json || $(MAKE) --no-print-directory teacher-labels \
+	  MODE=score PROMPTS=data/corpus/heldout.jsonl OUT=$(DEPLOY_LABELS)/heldout LIMIT=24 KD_ARGS=--enforce-eager
+	$(PY) -m bench.deploy --train-labels $(DEPLOY_LABELS)/train \
+	  --heldout-labels $(DEPLOY_LABELS)/heldout $(DEPLOY_ARGS)

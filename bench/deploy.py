@@ -7,9 +7,9 @@ student is then quantized after training with the same scheme (torchao,
 `pipeline.student.qat.convert_qat`: post-training quantization, PTQ). Rows:
 held-out KL to the teacher, top-1 agreement and NLL (every sample of
 --heldout-labels, a score-mode output of text no run trained on) and file
-size, for float, PTQ and QAT. Then the float student of each seed is exported
-of the --gguf-seeds to GGUF at each --quants (`kd export-model`, llama.cpp's converter), read back
-with transformers' GGUF reader, and scored the same way plus its mean KL to
+size, for float, PTQ and QAT. Then the float student of each of --gguf-seeds
+is exported to GGUF at each --quants (`kd export-model`, llama.cpp's
+converter), read back with transformers' GGUF reader, and scored the same way plus its mean KL to
 the float student over every held-out position. Writes
 bench/results/deploy.json with the machine, the command and every raw run.
 
