@@ -113,6 +113,15 @@ def convert_qat(model: torch.nn.Module, scheme: str, group_size: int,
     apply_step(model, scheme, group_size, "convert", layers)
 
 
+def fake_quant_on(cfg: Any, phase: Any) -> bool:
+    """Whether a step of `phase` trains fake-quantized: every step of --qat without a qat
+    phase, else the qat phase's steps only."""
+    if cfg.qat is None:
+        return False
+    has_qat_phase = any(kind == "qat" for kind, _ in cfg.parsed_phases())
+    return phase.kind == "qat" or not has_qat_phase
+
+
 def fake_quantized_layers(model: torch.nn.Module) -> list[str]:
     from torchao.quantization.qat import FakeQuantizedLinear
 

@@ -19,18 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.store.checksum import commit_path
-from pipeline.student.phases import Phase
 from pipeline.student.qat import convert_qat, save_quantized
 from schemas.student_config import StudentConfig
-
-
-def fake_quant_on(cfg: StudentConfig, phase: Phase) -> bool:
-    """Whether a step of `phase` trains fake-quantized: every step of --qat without a qat
-    phase, else the qat phase's steps only."""
-    if cfg.qat is None:
-        return False
-    has_qat_phase = any(kind == "qat" for kind, _ in cfg.parsed_phases())
-    return phase.kind == "qat" or not has_qat_phase
 
 
 def export_quantized(model: Any, tokenizer: Any, path: Path, cfg: StudentConfig) -> None:

@@ -38,7 +38,7 @@ from pipeline.student.alarms import Alarm, AlarmMonitor, AlarmThresholds
 from pipeline.student.kd_losses import HiddenStateAdapter
 from pipeline.student.label_set import LabelSet, open_label_set
 from pipeline.student.phases import layout_phases, phase_at, phase_lr
-from pipeline.student.qat import prepare_qat, set_fake_quant
+from pipeline.student.qat import fake_quant_on, prepare_qat, set_fake_quant
 from pipeline.student.schedules import temperature_at
 from pipeline.student.token_weights import rare_token_weights
 from pipeline.student.shard_gate import ShardVerificationError
@@ -48,7 +48,7 @@ from stages.cli.preemption import Preempted, PreemptionGuard
 from stages.student.distributed import DistContext
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
 from stages.student.export import export_model, exportable
-from stages.student.export_quantized import export_quantized, fake_quant_on
+from stages.student.export_quantized import export_quantized
 from stages.student.forward import DistillationModule
 from stages.student.model import build_student, check_tokenizer, check_vocabulary, load_init_from
 from stages.student.report import MetricsLog, write_report

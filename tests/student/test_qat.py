@@ -123,3 +123,16 @@ def test_inconsistent_qat_flags_are_refused_naming_them(changes, message):
 def test_a_final_qat_phase_is_a_full_phase_that_comes_last():
     cfg = StudentConfig(labels=("x",), steps=4, phases="full:3,qat:1", qat="int8w").validate()
     assert cfg.parsed_phases() == [("full", 3), ("qat", 1)]
+
+
+def test_fake_quant_is_on_from_the_first_step_or_in_the_qat_phase_only():
+    from pipeline.student.phases import layout_phases
+    from pipeline.student.qat import fake_quant_on
+
+    def on(**changes):
+        cfg = StudentConfig(labels=("x",), steps=4, **changes).validate()
+        return [fake_quant_on(cfg, p) for p in layout_phases(cfg.parsed_phases(), 4)]
+
+    assert on() == [False]
+    assert on(qat="int8w") == [True]
+    assert on(qat="int8w", phases="kd:1,full:1,qat:2") == [False, False, True]
