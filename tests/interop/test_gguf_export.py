@@ -142,3 +142,17 @@ def test_an_existing_file_is_kept_without_overwrite(tiny, tmp_path):
     assert out.read_bytes() == b"keep"
     assert export(tiny, out, "f16", "--overwrite").returncode == 0
     assert read_gguf_summary(out).tensor_types["F16"] > 0
+
+
+def test_the_torchao_converted_model_is_refused_for_its_float_one(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.student.qat import convert_qat, save_quantized
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    convert_qat(model, "int8w", 32)
+    save_quantized(model, AutoTokenizer.from_pretrained(tiny), tmp_path / "model-quantized",
+                   "int8w", 32)
+    proc = export(tmp_path / "model-quantized", tmp_path / "q.gguf", "q8_0")
+    assert proc.returncode == 1 and "holds torchao-quantized weights" in proc.stderr
+    assert not (tmp_path / "q.gguf").exists()
