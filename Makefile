@@ -227,3 +227,33 @@ bench-storage-quality: models
 
 clean:
 	rm -rf data/labels data/models
+
+# Deployment (docs/deployment.md). llama.cpp's Hugging Face -> GGUF converter is released on
+# PyPI only inside llama-cpp-python's source distribution: take the script, its conversion/
+# package and the gguf-py it is written against (nothing is compiled).
+LLAMA_CPP_PYTHON ?= 0.3.36
+LLAMA_CONVERT    := .venv/share/llama.cpp/.extracted
+$(LLAMA_CONVERT): | $(STAMP)
+	tmp=$$(mktemp -d) && .venv/bin/pip download -q --no-deps --no-binary :all: \
+	  llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $$tmp && \
+	tar xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $$tmp --wildcards \
+	  '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' \
+	  '*/vendor/llama.cpp/gguf-py/*' && \
+	mkdir -p $(@D) && cp -r $$tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp/. $(@D)/ && \
+	rm -rf $$tmp && touch $@
+setup: $(LLAMA_CONVERT)
+models: $(LLAMA_CONVERT)
+
+# Float vs post-training-quantized vs QAT-distilled students (same labels, steps, seeds), and
+# each GGUF quantization's size and KL (bench/results/deploy.json; ~15 minutes on 2 shared
+# cores). Labels: part of the shipped corpus scored once by the embedded teacher (reused after).
+DEPLOY_LABELS ?= data/labels/deploy
+DEPLOY_ARGS   ?=
+.PHONY: bench-deploy
+bench-deploy: models
+	test -f $(DEPLOY_LABELS)/train/manifest.json || $(MAKE) --no-print-directory teacher-labels \
+	  MODE=score PROMPTS=data/corpus/train.jsonl OUT=$(DEPLOY_LABELS)/train LIMIT=48 KD_ARGS=--enforce-eager
+	test -f $(DEPLOY_LABELS)/heldout/manifest.json || $(MAKE) --no-print-directory teacher-labels \
+	  MODE=score PROMPTS=data/corpus/heldout.jsonl OUT=$(DEPLOY_LABELS)/heldout LIMIT=24 KD_ARGS=--enforce-eager
+	$(PY) -m bench.deploy --train-labels $(DEPLOY_LABELS)/train \
+	  --heldout-labels $(DEPLOY_LABELS)/heldout $(DEPLOY_ARGS)

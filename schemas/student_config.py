@@ -20,7 +20,8 @@ from schemas.choices import (ALARM_POLICIES, HIDDEN_LOSSES, KD_LOSSES, NON_FINIT
                              PHASE_KINDS, REPORT_TO, STUDENT_KINDS, TAILS, TEMPERATURE_SCHEDULES,
                              VERIFY_MODES)
 from schemas.choices import TRAINING_DTYPES as DTYPES
-from schemas.config_base import ConfigError, check_choices, flag, identity_fields
+from schemas.config_base import ConfigError, check_choice, check_choices, flag, identity_fields
+from schemas.deploy_config import QAT_SCHEMES
 
 EVAL_MAX_TOKENS = 4096
 """Default bound of one evaluation: ~5 s of the demo student on 2 CPU cores (bench/results/startup.json)."""
@@ -150,6 +151,10 @@ class StudentConfig:
     """`lazy`: check manifests, sizes, attributes, index and ids at start, hash each shard when first read (stops naming it on a mismatch); `full`: hash and scan every shard before training."""
     verify_cache: str = ""
     """Directory remembering shards verified in full (keyed by path, size, modification time, the manifest's sha256, the verifier's version and the schema version), so a resume or another student does not hash them again. Default: $KD_VERIFY_CACHE, else ~/.cache/offline-kd/verified-shards, read when first used."""
+    qat: str | None = None
+    """Quantization-aware training through torchao: the decoder's linear layers train fake-quantized as `int8da-int4w` (int8 dynamic activations, int4 grouped weights) or `int8w` (int8 grouped weights), from the first step or from a last `qat` phase (--phases full:200,qat:50); <out>/model-quantized holds the converted model (real quantized weights, for kd eval) beside the float model/ (for kd export-model)."""
+    qat_group_size: int = 32
+    """Weights per quantization group of --qat (32: the block of GGUF's Q8_0 and Q4_0)."""
 
     def validate(self) -> "StudentConfig":
         """Check every field and cross-field constraint; return self for chaining."""
@@ -187,6 +192,7 @@ class StudentConfig:
         if not (math.isfinite(self.onpolicy_weight) and self.onpolicy_weight >= 0):
             raise ConfigError(f"--onpolicy-weight must be >= 0, got {self.onpolicy_weight}")
         self.parsed_layer_map()
+        self.check_qat()
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
         if self.init_from is not None and self.student != "from-teacher":
@@ -230,6 +236,18 @@ class StudentConfig:
             raise ConfigError(f"--phases add up to {counted} steps but --steps is {self.steps}; "
                               "make them add up, or leave the last phase's count out to take "
                               "the rest")
+
+    def check_qat(self) -> None:
+        """--qat names a scheme; a `qat` phase needs one and comes last (its quantizer stays on)."""
+        if self.qat is not None:
+            check_choice("qat", self.qat, QAT_SCHEMES)
+        if self.qat_group_size < 1:
+            raise ConfigError(f"--qat-group-size must be at least 1, got {self.qat_group_size}")
+        kinds = [kind for kind, _ in self.parsed_phases()]
+        if "qat" in kinds and self.qat is None:
+            raise ConfigError("--phases: a qat phase needs --qat SCHEME (int8da-int4w or int8w)")
+        if "qat" in kinds[:-1]:
+            raise ConfigError(f"--phases: the qat phase must be the last one, got {self.phases!r}")
 
     def parsed_phases(self) -> list[tuple[str, int | None]]:
         """--phases as [(kind, steps)], the last count None when left out; [] without phases."""

@@ -5,6 +5,8 @@ A phase is a kind and a number of optimizer steps, run in the order given:
   the output head, and with --freeze-embeddings the input embeddings, are frozen;
 - `kd`: only the soft and hard token losses;
 - `full`: every loss as configured (the default, single phase).
+- `qat`: as `full`, with the decoder's linear layers fake-quantized (--qat;
+  last phase only, see `pipeline.student.qat`).
 
 The last phase may leave its count out to take the rest of the run. Each phase
 has its own learning-rate warm-up and decay (`phase_lr`), so a switch from

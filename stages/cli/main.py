@@ -9,6 +9,7 @@
     kd import --format distillkit --in DIR --teacher DIR --out DIR        # DistillKit datasets
     kd merge-labels --labels A --labels B --weights 0.7,0.3 --out M       # teacher ensemble
     kd student-samples --model DIR --prompts P --out S   # on-policy: the student's completions
+    kd export-model --model DIR --quant q8_0 --out M.gguf   # deploy: GGUF for llama.cpp, Ollama
 
 vLLM is imported only inside the commands that run it, so `kd verify` and
 `kd inspect` start fast and work on machines without vLLM.
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 import click
 
+from schemas.deploy_config import ModelExportConfig
 from schemas.interop_config import ExportConfig, ImportConfig
 from schemas.merge_config import MergeConfig
 from schemas.student_config import EvalConfig, StudentConfig
@@ -247,6 +249,17 @@ def merge_labels(cfg: MergeConfig) -> None:
     from pipeline.teacher.merge_labels import run_merge
 
     echo_or_refuse(lambda: run_merge(cfg).line(), ManifestError, MisalignedOutputs)
+
+
+@main.command("export-model")
+@options_from(ModelExportConfig)
+def export_model(cfg: ModelExportConfig) -> None:
+    """Write a trained student as a GGUF file (llama.cpp, Ollama) with its tokenizer and chat
+    template, through llama.cpp's own converter: f32, f16, bf16 or q8_0 weights."""
+    from pipeline.interop.gguf_model import GGUFExportError
+    from stages.interop.export_gguf import run_export_model
+
+    echo_or_refuse(lambda: f"{cfg.out}: {run_export_model(cfg).line()}", GGUFExportError)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.student.qat import is_quantized_dir, load_quantized
 from schemas.config_base import ConfigError
 
 
@@ -100,6 +101,8 @@ def build_student(student: str, teacher: str, keep_layers: int, narrow_hidden_si
                                keep_layers)
         return (AutoModelForCausalLM.from_config(config, dtype=torch.float32),
                 AutoTokenizer.from_pretrained(tokenizer_from))
+    if is_quantized_dir(student):  # <out>/model-quantized of kd train-student --qat
+        return load_quantized(student), AutoTokenizer.from_pretrained(student)
     model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
     return model, AutoTokenizer.from_pretrained(student)
 

@@ -38,6 +38,7 @@ from pipeline.student.alarms import Alarm, AlarmMonitor, AlarmThresholds
 from pipeline.student.kd_losses import HiddenStateAdapter
 from pipeline.student.label_set import LabelSet, open_label_set
 from pipeline.student.phases import layout_phases, phase_at, phase_lr
+from pipeline.student.qat import fake_quant_on, prepare_qat, set_fake_quant
 from pipeline.student.schedules import temperature_at
 from pipeline.student.token_weights import rare_token_weights
 from pipeline.student.shard_gate import ShardVerificationError
@@ -47,6 +48,7 @@ from stages.cli.preemption import Preempted, PreemptionGuard
 from stages.student.distributed import DistContext
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
 from stages.student.export import export_model, exportable
+from stages.student.export_quantized import export_quantized
 from stages.student.forward import DistillationModule
 from stages.student.model import build_student, check_tokenizer, check_vocabulary, load_init_from
 from stages.student.report import MetricsLog, write_report
@@ -200,6 +202,8 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
                                          labels.tokenizer_dir or teacher)
         check_tokenizer(tokenizer, labels, cfg.student if not cfg.derived_student else teacher)
     vocab = check_vocabulary(model, labels.vocab_size)
+    if cfg.qat is not None:
+        prepare_qat(model, cfg.qat, cfg.qat_group_size)
     layer_map = resolve_layer_map(cfg, model.config.num_hidden_layers, labels)
     adapter = (HiddenStateAdapter(list(layer_map), model.config.hidden_size, labels.hidden_size)
                if layer_map else None)
@@ -272,9 +276,12 @@ class TrainingRun:
             self.monitor.load_state_dict(resume_state["alarm_state"])
             self.alarms = resume_state["alarms"]
             self.check_resumed_phase(resume_state["phase"])
+            set_fake_quant(self.student.model, fake_quant_on(self.cfg, phase_at(self.phases,
+                                                                                self.step)))
             self.log.truncate_after(self.step)
             return
         self.log.truncate_after(-1)
+        set_fake_quant(self.student.model, fake_quant_on(self.cfg, phase_at(self.phases, 0)))
         self.evals = {"teacher": teacher_reference(self.labels, self.plan_eval),
                       "student_before": self.evaluate()}
         self.log.write({"step": 0, "eval": self.evals["student_before"]})
@@ -340,6 +347,7 @@ class TrainingRun:
         """One optimizer step, logged; None when a non-finite loss made it skip (--on-non-finite)."""
         cfg, s = self.cfg, self.student
         phase = phase_at(self.phases, self.step)
+        set_fake_quant(s.model, fake_quant_on(cfg, phase))
         lr = phase_lr(self.phases, self.step, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         temperature = temperature_at(self.step, cfg.kd_temperature,
                                      cfg.final_temperature or cfg.kd_temperature, self.steps,
@@ -415,6 +423,9 @@ class TrainingRun:
             sharded = self.cfg.fsdp and self.dist.world_size > 1
             export_model(exportable(self.student.model, final_state, sharded),
                          self.student.tokenizer, self.out / "model")
+            if self.cfg.qat is not None:
+                export_quantized(exportable(self.student.model, final_state, sharded),
+                                 self.student.tokenizer, self.out / "model-quantized", self.cfg)
             write_report(self.out, self.cfg, self.evals, self.step, seconds, self.phases,
                          self.alarms)
         self.dist.barrier()
