@@ -418,7 +418,37 @@ def render_warning_lines(r: Result) -> str:
         "Every line is kept in the file, so what remains can be read there."])
 
 
+def render_deploy(r: Result) -> str:
+    st, summary = r["settings"], r["summary"]
+    variants = [v for v in summary if not v.startswith("qat_gain")]
+    rows = [[v, f"{summary[v]['kl']['mean']:.4f} ± {summary[v]['kl']['stdev']:.4f}",
+             f"{summary[v]['nll']['mean']:.4f} ± {summary[v]['nll']['stdev']:.4f}",
+             f"{summary[v]['bytes']['mean'] / 2**20:.2f} MiB", summary[v]["kl"]["n"]]
+            for v in variants]
+    raw = [[run["seed"], run["variant"], f"{run['kl']:.5f}", f"{run['nll']:.5f}",
+            f"{run['train_seconds']:.0f}"] for run in r["runs"]]
+    gguf = [[g["seed"], g["quant"], f"{g['bytes'] / 2**20:.2f} MiB", f"{g['kl_to_float_student']:.2e}",
+             f"{g['kl']:.5f}"] for g in r["gguf"]]
+    gain = summary["qat_gain_kl"]
+    return section(
+        "Deployment: QAT and GGUF", "deploy.json", "bench-deploy", r,
+        f"A {st['keep_layers']}-layer, {st['narrow_hidden_size']}-wide `{st['student']}` student, "
+        f"{st['steps']} steps per seed (seeds {st['seeds']}), scheme `{st['scheme']}` (group "
+        f"{st['group_size']}); KL and NLL on {r['heldout']['teacher']['positions']:,} held-out positions "
+        "(mean ± stdev over seeds):",
+        table(["variant", "KL to teacher", "NLL", "size", "seeds"], "lrrrr", rows),
+        f"QAT minus post-training quantization, KL per seed: "
+        f"{', '.join(f'{-g:+.4f}' for g in gain['per_seed'])} (QAT better on "
+        f"{gain['seeds_where_qat_is_better']} of {len(gain['per_seed'])} seeds; the spread of the "
+        f"float student across seeds is {gain['float_stdev_across_seeds']:.4f}).",
+        table(["seed", "variant", "KL", "NLL", "train s"], "rlrrr", raw),
+        "GGUF files of the float student:",
+        table(["seed", "quant", "size", "KL to float student", "KL to teacher"], "rlrrr", gguf),
+        f"llama.cpp tokens per second: {r['llama_cpp_note']}.")
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
+    "deploy.json": render_deploy,
     "teacher_warning_lines.json": render_warning_lines,
     "teacher.json": render_teacher,
     "score.json": render_score,

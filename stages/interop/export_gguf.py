@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.interop.gguf_model import GGUFExportError, GGUFSummary, check_gguf_architecture, \
     read_gguf_summary
-from pipeline.store.checksum import commit_path
+from pipeline.store.atomic_commit import commit_path
 from pipeline.student.qat import QUANTIZED_MARK
 from schemas.deploy_config import ModelExportConfig
 

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.store.checksum import commit_path
+from pipeline.store.atomic_commit import commit_path
 from pipeline.student.qat import convert_qat, save_quantized
 from schemas.student_config import StudentConfig
 
