@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.eagle3 import EAGLE3
 from schemas.filter_thresholds import FilterThresholds
 from schemas.config_base import AUTO, ConfigError, check_choice, field_docs, flag  # noqa: F401
 
@@ -30,6 +31,8 @@ LABEL_FORMATS = ("fp16", "q8", "q8poly")
 Q8POLY_MIN_TOP_K = 32
 """--label-format q8poly keeps the first 16 logprobs in q8 and a 4-term curve for the rest: below k = 32 it saves little or nothing over q8."""
 HIDDEN_FORMATS = ("fp16", "int8", "pca")
+EAGLE3_HIDDEN_FORMAT = "int8"
+"""--hidden-format auto with --hidden-layers eagle3 (bench/results/draft.json: int8 against fp8)."""
 LABEL_KINDS = ("topk", "sampled")
 SAMPLED_SOURCE_K = 256
 """--label-kind sampled draws from the engine's top-K with K = max(this, --top-k), plus a tail bucket."""
@@ -125,9 +128,9 @@ class TeacherConfig:
     max_non_finite_rate: float = 0.01
     """Abort when more than this fraction of generated samples had NaN/inf teacher values (checked per shard)."""
     hidden_layers: str | None = None
-    """Teacher hidden states to store, comma-separated layer indices (0 = embeddings, -1 = final, after the last norm), e.g. "8,16,-1". Default: none."""
-    hidden_format: str = "fp16"
-    """How hidden states are stored: fp16 (2 bytes a value), int8 (1 byte a value + a float32 scale per token row, square-root companded, error <= max|row| / 127) or pca (--hidden-rank coefficients per token on a basis fitted on the first shard, then int8; the student's adapter targets them). README: Compact labels."""
+    """Teacher hidden states to store, comma-separated layer indices (0 = embeddings, -1 = final, after the last norm), e.g. "8,16,-1", or `eagle3`: the inputs of blocks 2, L/2 and L-3 plus the last block's output before the final norm (docs/draft-models.md). Default: none."""
+    hidden_format: str = AUTO
+    """How hidden states are stored: auto (int8 for --hidden-layers eagle3, where it beats fp8 at the same size (docs/draft-models.md), else fp16), fp16 (2 bytes a value), int8 (1 byte a value + a float32 scale per token row, square-root companded, error <= max|row| / 127) or pca (--hidden-rank coefficients per token on a basis fitted on the first shard, then int8; the student's adapter targets them). README: Compact labels."""
     hidden_rank: int = 64
     """--hidden-format pca: principal directions kept per stored layer, fitted on the run's first hidden-state shard (README: Compact labels)."""
     hidden_batch_tokens: int = 4096
@@ -151,6 +154,8 @@ class TeacherConfig:
                 raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
         check_choice("mode", self.mode, MODES)
         check_choice("label_format", self.label_format, LABEL_FORMATS)
+        if self.hidden_format == AUTO:
+            self.hidden_format = EAGLE3_HIDDEN_FORMAT if self.hidden_layers == EAGLE3 else "fp16"
         check_choice("hidden_format", self.hidden_format, HIDDEN_FORMATS)
         check_choice("label_kind", self.label_kind, LABEL_KINDS)
         if not 1 <= self.samples_per_position <= 255:
@@ -193,7 +198,8 @@ class TeacherConfig:
                               f"--max-mean-logprob ({t.max_mean_logprob}): every sample would be dropped")
         if self.min_completion_tokens < 0:
             raise ConfigError(f"--min-completion-tokens must be >= 0, got {self.min_completion_tokens}")
-        self.parsed_hidden_layers()
+        if self.hidden_layers != EAGLE3:  # the preset's layers depend on the teacher's depth
+            self.parsed_hidden_layers()
         if not self.prompts:
             raise ConfigError("--prompts is required")
         if not self.out:
@@ -230,7 +236,8 @@ class TeacherConfig:
         try:
             layers = [int(x) for x in self.hidden_layers.split(",") if x.strip()]
         except ValueError:
-            raise ConfigError(f"--hidden-layers must be comma-separated integers like 8,16,-1, "
+            raise ConfigError(f"--hidden-layers must be comma-separated integers like 8,16,-1 or "
+                              f"{EAGLE3!r}, "
                               f"got {self.hidden_layers!r}") from None
         if len(set(layers)) != len(layers):
             raise ConfigError(f"--hidden-layers lists a layer twice: {self.hidden_layers!r}")
