@@ -140,7 +140,8 @@ def capture_runs(prompts: int, max_tokens: int, repeats: int, tmp: Path) -> dict
                          "tokens": s.manifest.totals()["tokens"],
                          "generation_seconds": s.generation.seconds, "hidden_seconds": s.hidden_seconds,
                          "completion_tokens_per_second": s.generation.completion_tokens / seconds,
-                         "hidden_pass_tokens_per_second": (s.manifest.totals()["tokens"] / s.hidden_seconds
+                         "hidden_stage_tokens_per_second_model_load_included": (
+                             s.manifest.totals()["tokens"] / s.hidden_seconds
                                                            if layers else None),
                          "out": str(out)})
     EngineSource.release(engine)
