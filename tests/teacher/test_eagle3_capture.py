@@ -122,3 +122,22 @@ def test_the_preset_in_the_config():
         TeacherConfig(hidden_layers="eagle4", **base).validate()
     with pytest.raises(ConfigError, match="at least 7 layers"):
         eagle3_layers(6)
+
+
+@pytest.mark.parametrize("point", ["fsynced:shard-00000.h5@2", "renamed:shard-00001.h5@2"])
+def test_killed_in_the_hidden_state_pass_then_resumed_like_an_uninterrupted_run(runs, tmp_path, point):
+    out = tmp_path / "out"
+    crashed = run_fake(args(out), KD_CRASH_AT=point)
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    assert not read_manifest(out).complete
+    # what is committed verifies; a shard rewritten but not re-sealed is named, never trusted
+    assert all(p.check in ("size", "sha256") for p in verify_outputs([out]).problems)
+    rerun = run_fake(args(out))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert not verify_outputs([out]).problems
+    for got, want in zip(samples(out), samples(runs / "int8"), strict=True):
+        for key in ("token_ids", "positions", "topk_ids", "topk_logprobs"):
+            assert np.array_equal(got[key], want[key]), key
+        for layer in LAYERS:  # recomputed on resume: CPU float32 sums may round one code apart
+            step = int8_error_bound(want[f"hidden_{layer}"])
+            assert np.all(np.abs(got[f"hidden_{layer}"] - want[f"hidden_{layer}"]) <= 2 * step), layer
