@@ -31,7 +31,7 @@ class ExportConfig:
     format: str = "parquet"
     """`parquet` (plain columnar view), `axolotl` (its KD trainer's pre-tokenized rows), `distillkit` (its compressed-logit Parquet, exact-value mode) or `speculators` (vllm-project/speculators' offline EAGLE-3 data from a --hidden-layers eagle3 output; docs/draft-models.md)."""
     out: str = ""
-    """Output directory: data-NNNNN.parquet files and offline_kd_export.yaml (sources, sample ids in row order)."""
+    """Output directory: data-NNNNN.parquet files (speculators: a datasets directory, hidden_states/ and token_freq.pt) and offline_kd_export.yaml (sources, sample ids in row order)."""
     max_length: int = 0
     """axolotl: tokens per row at most (its sequence_len); 0: no bound."""
     long_samples: str = "refuse"
