@@ -162,3 +162,25 @@ def test_killed_in_the_hidden_state_pass_then_resumed_like_an_uninterrupted_run(
             assert np.array_equal(got[key], want[key]), key
         for layer in LAYERS:  # recomputed on resume: CPU float32 sums may round one code apart
             assert codes_apart_at_most_one(got[f"hidden_{layer}"], want[f"hidden_{layer}"]), layer
+
+
+def test_a_second_writer_of_an_eagle3_output_is_refused_naming_the_holder(runs):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = runs / "int8"
+    before = {p.name: p.read_bytes() for p in out.glob("shard-*.h5")}
+    hold = ("import sys, time; from pipeline.store.output_lock import OutputLock; "
+            "lock = OutputLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_fake(args(out))
+        assert proc.returncode == 75 and f"pid {holder.pid}" in proc.stderr, proc.stderr[-2000:]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*.h5")} == before
