@@ -70,7 +70,7 @@ BENCH_MAX_TOKENS ?= 128
 
 .PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
 	bench-student bench-startup bench-quality bench-score bench-interop bench-storage \
-	bench-storage-quality bench-ensemble bench-merge clean onpolicy bench-onpolicy docs results
+	bench-storage-quality bench-ensemble bench-merge bench-draft clean onpolicy bench-onpolicy docs results
 setup: $(STAMP)
 
 # CPU machines get torch's CPU wheel first (pip takes it from the local
@@ -214,6 +214,11 @@ bench-ensemble: models
 # kd merge-labels speed and peak memory at 1x, 4x and 16x the shards (synthetic outputs).
 bench-merge: models
 	$(PY) -m bench.merge
+
+# EAGLE-3 draft data (--hidden-layers eagle3): int8 vs fp8 quality, bytes per token, capture
+# throughput against the teacher stage without hidden states (CPU-sized, ~10 minutes).
+bench-draft: models
+	$(PY) -m bench.draft
 
 # Students trained the same way on each label format (fp16/q8 top-20, sampled N=50, q8 at
 # sampled's bytes). Phase `labels` scores the corpus with vLLM into QUALITY_LABELS (a rerun

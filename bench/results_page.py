@@ -447,7 +447,37 @@ def render_deploy(r: Result) -> str:
         f"llama.cpp tokens per second: {r['llama_cpp_note']}.")
 
 
+def render_draft(r: Result) -> str:
+    q, b, share, cap = r["quality"], r["bytes_per_token"], r["sharegpt_68k"], r["capture"]
+    layers = [str(layer) for layer in q["layers"]]
+    quality = [[name, f"{min(d['cosine_min'][l] for l in layers):.5f}",
+                f"{d['pre_norm_logits_top1_agreement']:.3f}", f"{d['pre_norm_logits_kl_mean']:.2e}",
+                f"{d['pre_norm_logits_kl_max']:.2e}"] for name, d in q["dtypes"].items()]
+    sizes = [[name, f"{value:,.0f}"] for name, value in b.items()
+             if name not in ("tokens", "layers", "hidden_size")]
+    runs = [[c["run"], c["repeat"], f"{c['generation_seconds']:.1f}", f"{c['hidden_seconds']:.1f}",
+             f"{c['completion_tokens_per_second']:.1f}"] for c in cap["runs"]]
+    projected = [[dtype, f"{gb:,.0f} GB"] for dtype, gb in share["projected_gb"].items()]
+    return section(
+        "Draft-model (EAGLE-3) capture", "draft.json", "bench-draft", r,
+        f"Layers {', '.join(layers)} (9999 = the last block's output before the final norm) of "
+        f"`{r['teacher']}` on {q['tokens']:,} tokens; logits rebuilt through the teacher's norm "
+        "and head from the stored pre-norm state, against the exact ones:",
+        table(["storage", "min cosine", "top-1 agreement", "mean KL", "max KL"], "lrrrr", quality),
+        f"Bytes per token ({b['layers']} layers, hidden size {b['hidden_size']}, over "
+        f"{b['tokens']:,} tokens):",
+        table(["storage", "bytes/token"], "lr", sizes),
+        f"ShareGPT-68k at hidden size {share['hidden_size']}: {share['assumption']} "
+        f"({share['implied_tokens']:,.0f} tokens; {share['source']}):",
+        table(["dtype", "projected size"], "lr", projected),
+        "Capture against the teacher stage without hidden states (CPU, model load included):",
+        table(["run", "repeat", "generation s", "hidden-state s", "completion tok/s"], "lrrrr", runs),
+        "Throughput ratio eagle3 / none per repeat: "
+        + ", ".join(f"{x:.2f}" for x in cap["eagle3_vs_no_hidden_throughput"]) + ".")
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
+    "draft.json": render_draft,
     "deploy.json": render_deploy,
     "teacher_warning_lines.json": render_warning_lines,
     "teacher.json": render_teacher,

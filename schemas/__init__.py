@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.eagle3 import PRE_NORM_DATASET, PRE_NORM_LAST
+
 SCHEMA_DIR = Path(__file__).parent
 SHARD_SCHEMAS: dict[int, dict] = {
     v: json.loads((SCHEMA_DIR / f"shard_v{v}.json").read_text()) for v in (1, 2)}
@@ -52,6 +54,8 @@ def shard_name(index: int) -> str:
 
 def hidden_dataset_name(layer: int) -> str:
     """Dataset path of the stored hidden states of absolute layer `layer`."""
+    if layer == PRE_NORM_LAST:
+        return PRE_NORM_DATASET
     return f"hidden/layer_{layer:02d}"
 
 

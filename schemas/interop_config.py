@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from schemas.config_base import ConfigError, check_choice
 
-EXPORT_FORMATS = ("parquet", "axolotl", "distillkit")
+EXPORT_FORMATS = ("parquet", "axolotl", "distillkit", "speculators")
+HIDDEN_DTYPES = ("bf16", "fp8")
 IMPORT_FORMATS = ("distillkit",)
 LONG_SAMPLES = ("refuse", "split")
 EXACT_DTYPES = ("float16", "float32")
@@ -28,9 +29,9 @@ class ExportConfig:
     labels: tuple[str, ...] = ()
     """Teacher output directories (repeatable; one teacher and tokenizer, refused otherwise as by the student stage)."""
     format: str = "parquet"
-    """`parquet` (plain columnar view), `axolotl` (its KD trainer's pre-tokenized rows) or `distillkit` (its compressed-logit Parquet, exact-value mode)."""
+    """`parquet` (plain columnar view), `axolotl` (its KD trainer's pre-tokenized rows), `distillkit` (its compressed-logit Parquet, exact-value mode) or `speculators` (vllm-project/speculators' offline EAGLE-3 data from a --hidden-layers eagle3 output; docs/draft-models.md)."""
     out: str = ""
-    """Output directory: data-NNNNN.parquet files and offline_kd_export.yaml (sources, sample ids in row order)."""
+    """Output directory: data-NNNNN.parquet files (speculators: a datasets directory, hidden_states/ and token_freq.pt) and offline_kd_export.yaml (sources, sample ids in row order)."""
     max_length: int = 0
     """axolotl: tokens per row at most (its sequence_len); 0: no bound."""
     long_samples: str = "refuse"
@@ -41,6 +42,8 @@ class ExportConfig:
     """distillkit: float type of the exact values (our labels are float16, so float16 is lossless)."""
     rows_per_file: int = 10_000
     """Rows per Parquet file."""
+    hidden_dtype: str = "bf16"
+    """speculators: how the hidden states are written, `bf16` or `fp8` (float8_e4m3fn with one float32 scale per token across the four layers, speculators' FP8 layout)."""
 
     def validate(self) -> "ExportConfig":
         if not self.labels:
@@ -50,6 +53,9 @@ class ExportConfig:
         check_choice("format", self.format, EXPORT_FORMATS)
         check_choice("long_samples", self.long_samples, LONG_SAMPLES)
         check_choice("exact_dtype", self.exact_dtype, EXACT_DTYPES)
+        check_choice("hidden_dtype", self.hidden_dtype, HIDDEN_DTYPES)
+        if self.hidden_dtype != "bf16" and self.format != "speculators":
+            raise ConfigError(f"--hidden-dtype {self.hidden_dtype} applies to --format speculators only")
         if self.max_length < 0 or self.max_length == 1:
             raise ConfigError(f"--max-length must be 0 (no bound) or at least 2, got {self.max_length}")
         if self.max_length and self.format != "axolotl":

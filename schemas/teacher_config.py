@@ -22,6 +22,7 @@ from typing import Any
 
 from schemas.choices import HIDDEN_FORMATS, LABEL_FORMATS, LABEL_KINDS, MODES
 from schemas.choices import ENGINE_DTYPES as DTYPES
+from schemas.eagle3 import EAGLE3
 from schemas.filter_thresholds import FilterThresholds
 from schemas.config_base import (AUTO, ConfigError, check_choice, check_choices,  # noqa: F401
                                  field_docs, flag, identity_fields)
@@ -29,6 +30,8 @@ from schemas.config_base import (AUTO, ConfigError, check_choice, check_choices,
 DEFAULT_TEACHER = "data/models/smollm2-135m-instruct"
 Q8POLY_MIN_TOP_K = 32
 """--label-format q8poly keeps the first 16 logprobs in q8 and a 4-term curve for the rest: below k = 32 it saves little or nothing over q8."""
+EAGLE3_HIDDEN_FORMAT = "int8"
+"""--hidden-format auto with --hidden-layers eagle3 (bench/results/draft.json: int8 against fp8)."""
 SAMPLED_SOURCE_K = 256
 """--label-kind sampled draws from the engine's top-K with K = max(this, --top-k), plus a tail bucket."""
 # What a rerun into an existing output may change: where the prompts file and the output are
@@ -66,8 +69,8 @@ def check_sampling_and_engine(cfg: Any) -> None:
 class TeacherConfig:
     """Everything that decides what `kd teacher-labels` generates and writes."""
 
-    CHOICES = {"mode": MODES, "label_format": LABEL_FORMATS, "hidden_format": HIDDEN_FORMATS,
-               "label_kind": LABEL_KINDS, "dtype": DTYPES}
+    CHOICES = {"mode": MODES, "label_format": LABEL_FORMATS,
+               "hidden_format": HIDDEN_FORMATS + (AUTO,), "label_kind": LABEL_KINDS, "dtype": DTYPES}
 
     prompts: str = "data/prompts/demo.jsonl"
     """Input file, JSONL or Parquet, an `id` per record. generate: `prompt` (text) or `messages` (chat list); score: `text`, `messages` (a chat) or `prompt` + `completion`."""
@@ -138,9 +141,9 @@ class TeacherConfig:
     max_non_finite_rate: float = 0.01
     """Abort when more than this fraction of generated samples had NaN/inf teacher values (checked per shard)."""
     hidden_layers: str | None = None
-    """Teacher hidden states to store, comma-separated layer indices (0 = embeddings, -1 = final, after the last norm), e.g. "8,16,-1". Default: none."""
-    hidden_format: str = "fp16"
-    """How hidden states are stored: fp16 (2 bytes a value), int8 (1 byte a value + a float32 scale per token row, square-root companded, error <= max|row| / 127) or pca (--hidden-rank coefficients per token on a basis fitted on the first shard, then int8; the student's adapter targets them). README: Compact labels."""
+    """Teacher hidden states to store, comma-separated layer indices (0 = embeddings, -1 = final, after the last norm), e.g. "8,16,-1", or `eagle3`: the inputs of blocks 2, L/2 and L-3 plus the last block's output before the final norm (docs/draft-models.md). Default: none."""
+    hidden_format: str = AUTO
+    """How hidden states are stored: auto (int8 for --hidden-layers eagle3, where it beats fp8 at the same size (docs/draft-models.md), else fp16), fp16 (2 bytes a value), int8 (1 byte a value + a float32 scale per token row, square-root companded, error <= max|row| / 127) or pca (--hidden-rank coefficients per token on a basis fitted on the first shard, then int8; the student's adapter targets them). README: Compact labels."""
     hidden_rank: int = 64
     """--hidden-format pca: principal directions kept per stored layer, fitted on the run's first hidden-state shard (README: Compact labels)."""
     hidden_batch_tokens: int = 4096
@@ -157,6 +160,8 @@ class TeacherConfig:
     def validate(self) -> "TeacherConfig":
         """Check every field and cross-field constraint; return self for chaining."""
         self.check_counts()
+        if self.hidden_format == AUTO:
+            self.hidden_format = EAGLE3_HIDDEN_FORMAT if self.hidden_layers == EAGLE3 else "fp16"
         check_choices(self)
         self.check_label_storage()
         self.check_hidden_storage()
@@ -202,7 +207,8 @@ class TeacherConfig:
         if self.hidden_format != "fp16" and not self.hidden_layers:
             raise ConfigError(f"--hidden-format {self.hidden_format} needs --hidden-layers: "
                               "no hidden states are stored without it")
-        self.parsed_hidden_layers()
+        if self.hidden_layers != EAGLE3:  # the preset's layers depend on the teacher's depth
+            self.parsed_hidden_layers()
 
     def check_generate(self) -> None:
         """The checks only `--mode generate` needs."""
@@ -264,7 +270,8 @@ class TeacherConfig:
         try:
             layers = [int(x) for x in self.hidden_layers.split(",") if x.strip()]
         except ValueError:
-            raise ConfigError(f"--hidden-layers must be comma-separated integers like 8,16,-1, "
+            raise ConfigError(f"--hidden-layers must be comma-separated integers like 8,16,-1 or "
+                              f"{EAGLE3!r}, "
                               f"got {self.hidden_layers!r}") from None
         if len(set(layers)) != len(layers):
             raise ConfigError(f"--hidden-layers lists a layer twice: {self.hidden_layers!r}")

@@ -94,6 +94,13 @@ def engine_labels(tmp_path_factory) -> Path:
     return engine_output(tmp_path_factory, "labels", teacher_args)
 
 
+@pytest.fixture(scope="session")
+def engine_eagle3_labels(tmp_path_factory) -> Path:
+    """The `teacher_args` run with `--hidden-layers eagle3` stored fp16, made once per session."""
+    return engine_output(tmp_path_factory, "eagle3", lambda out: teacher_args(
+        out, "--hidden-layers", "eagle3", "--hidden-format", "fp16"))
+
+
 def score_args(out: Path, *extra: str) -> list[str]:
     """The shared real-engine scoring run: same teacher, k and hidden layers as `teacher_args`."""
     return [sys.executable, "-m", "stages.cli.main", "teacher-labels", "--mode", "score",

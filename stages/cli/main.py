@@ -220,7 +220,8 @@ def inspect(out_dir: Path, sample_index: int, positions: int) -> None:
 @options_from(ExportConfig)
 def export_labels(cfg: ExportConfig) -> None:
     """Write labels for another trainer: axolotl's KD trainer (pre-tokenized Parquet), DistillKit
-    (compressed-logit Parquet) or a plain Parquet view (pyarrow, Hugging Face datasets)."""
+    (compressed-logit Parquet), a plain Parquet view (pyarrow, Hugging Face datasets) or
+    speculators' offline EAGLE-3 data (from a --hidden-layers eagle3 output)."""
     from pipeline.student.label_set import LabelSetError
     from pipeline.student.shard_gate import ShardVerificationError
     from stages.interop.export import run_export

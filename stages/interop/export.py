@@ -1,4 +1,5 @@
-"""`kd export`: offline-kd labels to Parquet for other trainers (plain view, axolotl, DistillKit).
+"""`kd export`: offline-kd labels for other trainers (Parquet: plain view, axolotl, DistillKit;
+speculators' EAGLE-3 data: `stages.interop.export_speculators`).
 
 Opens the label directories as the student stage does (`open_label_set`: full
 verification, one teacher and tokenizer, no sample twice), streams every sample
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -58,6 +59,21 @@ class ExportSummary:
         return (f"export: {self.samples} samples -> {self.rows} {self.format} rows "
                 f"({self.labelled_rows} labelled positions{split}), {self.files} file(s), "
                 f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out}")
+
+
+@dataclass
+class Written:
+    """What a format's writer put into the temporary directory."""
+
+    row_ids: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    samples: int = 0
+    labelled: int = 0
+    split: int = 0
+
+    def count(self, s: dict[str, Any], split: bool = False) -> None:
+        self.samples, self.labelled = self.samples + 1, self.labelled + len(s["positions"])
+        self.split += split
 
 
 def labelled_samples(labels: LabelSet) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -116,25 +132,37 @@ def run_export(cfg: ExportConfig) -> ExportSummary:
                             "exported (the export formats hold top-k rows); export a top-k output")
     if cfg.format == "axolotl" and cfg.max_length and cfg.long_samples == "refuse":
         refuse_long(labels, cfg.max_length)
+    from stages.interop.export_speculators import check_speculators_source, write_speculators
+
+    if cfg.format == "speculators":
+        check_speculators_source(labels)
     out = Path(cfg.out)
     tmp = prepare_out(out)
+    written = (write_speculators if cfg.format == "speculators" else write_rows)(cfg, labels, tmp)
+    write_sidecars(tmp, cfg, labels, written.row_ids, written.files)
+    size = sum(f.stat().st_size for f in tmp.rglob("*")
+               if f.is_file() and f.name not in (SIDECAR, DISTILLKIT_CONFIG))
+    if labels.tokenizer_dir:  # the labels' tokenizer travels with the export, as with the labels
+        shutil.copytree(labels.tokenizer_dir, tmp / TOKENIZER_DIR)
+    commit_path(tmp, out)
+    return ExportSummary(str(out), cfg.format, written.samples, len(written.row_ids),
+                         written.labelled, written.split, len(written.files), size,
+                         time.perf_counter() - start)
+
+
+def write_rows(cfg: ExportConfig, labels: LabelSet, tmp: Path) -> Written:
+    """The Parquet formats: every sample through the format's row builder into `tmp`."""
     schema, build = row_builder(cfg, labels)
-    row_ids: list[str] = []
-    samples = labelled = split = 0
+    written = Written()
     with TableSink(tmp, schema, cfg.rows_per_file) as sink:
         for sample_id, s in labelled_samples(labels):
             rows = build(sample_id, s)
-            samples, labelled, split = samples + 1, labelled + len(s["positions"]), split + (len(rows) > 1)
+            written.count(s, split=len(rows) > 1)
             for row_id, row in rows:
-                row_ids.append(row_id)
+                written.row_ids.append(row_id)
                 sink.add(row)
-    write_sidecars(tmp, cfg, labels, row_ids, sink.files)
-    if labels.tokenizer_dir:  # the labels' tokenizer travels with the export, as with the labels
-        shutil.copytree(labels.tokenizer_dir, tmp / TOKENIZER_DIR)
-    size = sum(f.stat().st_size for f in tmp.iterdir() if f.suffix == ".parquet")
-    commit_path(tmp, out)
-    return ExportSummary(str(out), cfg.format, samples, len(row_ids), labelled, split,
-                         len(sink.files), size, time.perf_counter() - start)
+    written.files = sink.files
+    return written
 
 
 def write_sidecars(tmp: Path, cfg: ExportConfig, labels: LabelSet, row_ids: list[str],
@@ -145,7 +173,8 @@ def write_sidecars(tmp: Path, cfg: ExportConfig, labels: LabelSet, row_ids: list
         "top_k": labels.top_k,
         "sources": [{"labels": d, "manifest_sha256": sha256_file(manifest_path(d))} for d in cfg.labels],
         "settings": {"max_length": cfg.max_length, "long_samples": cfg.long_samples,
-                     "kd_temperature": cfg.kd_temperature, "exact_dtype": cfg.exact_dtype},
+                     "kd_temperature": cfg.kd_temperature, "exact_dtype": cfg.exact_dtype,
+                     "hidden_dtype": cfg.hidden_dtype},
         "row_sample_ids": row_ids,
     }
     if cfg.format == "distillkit":

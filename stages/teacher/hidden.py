@@ -16,6 +16,7 @@ state *after* the model's last norm, i.e. exactly what the LM head sees.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ from pipeline.store.sample import Sample
 from pipeline.store.shard_reader import ShardReader, read_samples
 from pipeline.store.shard_writer import ShardAttrs, write_shard
 from schemas import shard_name
+from schemas.eagle3 import EAGLE3, PRE_NORM_LAST, eagle3_layers, is_pre_norm
 from schemas.teacher_config import ConfigError, TeacherConfig
 
 
@@ -44,6 +46,36 @@ def resolve_layers(layers: Sequence[int], num_layers: int) -> list[int]:
                               f"{num_layers} layers (valid: 0..{num_layers} or -1..-{num_layers + 1})")
         resolved.append(absolute)
     return sorted(set(resolved))
+
+
+def wanted_layers(cfg: TeacherConfig, num_layers: int) -> list[int]:
+    """The absolute layer keys --hidden-layers asks for (`eagle3`: `schemas.eagle3`)."""
+    if cfg.hidden_layers == EAGLE3:
+        return eagle3_layers(num_layers)
+    return resolve_layers(cfg.parsed_hidden_layers(), num_layers)
+
+
+def final_norm(model: Any) -> torch.nn.Module:
+    """The teacher's final norm (what the pre-norm hook attaches to), named in the error if absent."""
+    norm = getattr(model.base_model, "norm", None)
+    if not isinstance(norm, torch.nn.Module):
+        raise ConfigError(f"--hidden-layers eagle3: {type(model).__name__} has no final norm at "
+                          "base_model.norm to capture the pre-norm last state from")
+    return norm
+
+
+@contextmanager
+def pre_norm_capture(model: Any, wanted: bool) -> Iterator[list[torch.Tensor]]:
+    """A list that each forward appends the final norm's input to (when `wanted`)."""
+    inputs: list[torch.Tensor] = []
+    if not wanted:
+        yield inputs
+        return
+    handle = final_norm(model).register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
+    try:
+        yield inputs
+    finally:
+        handle.remove()
 
 
 def token_batches(samples: Sequence[Sample], budget: int) -> Iterator[list[int]]:
@@ -77,22 +109,35 @@ def load_forward_model(cfg: TeacherConfig) -> tuple[Any, torch.device]:
 @torch.no_grad()
 def capture_hidden(model: Any, device: torch.device, samples: list[Sample], layers: list[int],
                    budget: int) -> None:
-    """Fill `sample.hidden[layer]` (tokens, hidden) float32 for every sample, in place."""
-    for idx in token_batches(samples, budget):
-        seqs = [samples[i].token_ids for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-        # Right padding with a mask: causal attention never lets a real token see a pad.
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                    output_hidden_states=True)
-        for layer in layers:
-            states = out.hidden_states[layer].float().cpu().numpy()
-            for row, i in enumerate(idx):
-                samples[i].hidden[layer] = states[row, :len(seqs[row])]
+    """Fill `sample.hidden[layer]` (tokens, hidden) float32 for every sample, in place
+    (`PRE_NORM_LAST`: the final norm's input, from a hook)."""
+    with pre_norm_capture(model, PRE_NORM_LAST in layers) as pre_norm:
+        for idx in token_batches(samples, budget):
+            pre_norm.clear()
+            capture_batch(model, device, samples, idx, layers, pre_norm)
+
+
+def capture_batch(model: Any, device: torch.device, samples: list[Sample], idx: list[int],
+                  layers: list[int], pre_norm: list[torch.Tensor]) -> None:
+    """Run one padded batch and fill its samples' wanted states."""
+    seqs = [samples[i].token_ids for i in idx]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+    # Right padding with a mask: causal attention never lets a real token see a pad.
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                output_hidden_states=True)
+    for layer in layers:
+        if is_pre_norm(layer) and len(pre_norm) != 1:
+            raise RuntimeError(f"the final norm ran {len(pre_norm)} times in one forward; "
+                               "the pre-norm hook expects once")
+        states = pre_norm[0] if is_pre_norm(layer) else out.hidden_states[layer]
+        states = states.float().cpu().numpy()
+        for row, i in enumerate(idx):
+            samples[i].hidden[layer] = states[row, :len(seqs[row])]
 
 
 def with_basis(out: Path, manifest: Manifest, attrs: ShardAttrs, samples: Sequence[Sample],

@@ -49,7 +49,7 @@ from pipeline.teacher.soft_labels import split_flat_logprobs
 from schemas import CONFIG_NAME, REJECTS_NAME, shard_name
 from schemas.teacher_config import ConfigError, TeacherConfig
 from stages.cli.preemption import Preempted, PreemptionGuard
-from stages.teacher.hidden import add_hidden_states, resolve_layers
+from stages.teacher.hidden import add_hidden_states, wanted_layers
 from stages.teacher.label_job import LabelJob
 from stages.teacher.scoring import score_engine_args, score_job
 
@@ -326,7 +326,7 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
     remove_stale_temps(out)
     remove_stale_temps(out / INDEX_PARTS_DIR)
     tokenizer = AutoTokenizer.from_pretrained(cfg.teacher)
-    layers = resolve_layers(cfg.parsed_hidden_layers(), teacher_shape(cfg.teacher)[1])
+    layers = wanted_layers(cfg, teacher_shape(cfg.teacher)[1])
     job = (score_job if cfg.mode == "score" else generate_job)(cfg, tokenizer)
     manifest = open_output(cfg, fresh_manifest(cfg, tokenizer, job, layers))
     manifest.tokenizer_files = copy_tokenizer_files(cfg.teacher, out)

@@ -37,7 +37,7 @@ TINY = np.finfo(np.float32).tiny
 
 def scale_dataset_name(layer: int) -> str:
     """The per-token-row scales of an int8 layer (beside `hidden/layer_NN`)."""
-    return f"hidden/layer_{layer:02d}_scale"
+    return f"{hidden_dataset_name(layer)}_scale"
 
 
 LEVELS = 127
