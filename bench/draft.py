@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+
 import torch
 
 from pipeline.interop.speculators_rows import fp8_per_token

@@ -160,8 +160,7 @@ class TeacherConfig:
     def validate(self) -> "TeacherConfig":
         """Check every field and cross-field constraint; return self for chaining."""
         self.check_counts()
-        if self.hidden_format == AUTO:
-            self.hidden_format = EAGLE3_HIDDEN_FORMAT if self.hidden_layers == EAGLE3 else "fp16"
+        self.hidden_format = self.resolved_hidden_format()
         check_choices(self)
         self.check_label_storage()
         self.check_hidden_storage()
@@ -177,6 +176,12 @@ class TeacherConfig:
         if not self.out:
             raise ConfigError("--out is required")
         return self
+
+    def resolved_hidden_format(self) -> str:
+        """--hidden-format, with `auto` resolved: int8 for the eagle3 preset, else fp16."""
+        if self.hidden_format != AUTO:
+            return self.hidden_format
+        return EAGLE3_HIDDEN_FORMAT if self.hidden_layers == EAGLE3 else "fp16"
 
     def check_counts(self) -> None:
         """Sizes and counts that must be at least 1."""

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import yaml
 
@@ -35,6 +35,7 @@ from pipeline.store.manifest import manifest_path
 from pipeline.store.tokenizer_files import TOKENIZER_DIR
 from pipeline.student.label_set import LabelSet, LabelSetError, open_label_set
 from schemas.interop_config import ExportConfig
+from stages.interop.written_rows import Written, labelled_samples
 
 SIDECAR = "offline_kd_export.yaml"
 DISTILLKIT_CONFIG = "compression_config.yaml"
@@ -59,29 +60,6 @@ class ExportSummary:
         return (f"export: {self.samples} samples -> {self.rows} {self.format} rows "
                 f"({self.labelled_rows} labelled positions{split}), {self.files} file(s), "
                 f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out}")
-
-
-@dataclass
-class Written:
-    """What a format's writer put into the temporary directory."""
-
-    row_ids: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-    samples: int = 0
-    labelled: int = 0
-    split: int = 0
-
-    def count(self, s: dict[str, Any], split: bool = False) -> None:
-        self.samples, self.labelled = self.samples + 1, self.labelled + len(s["positions"])
-        self.split += split
-
-
-def labelled_samples(labels: LabelSet) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(sample id, `ShardReader.sample` dict) of every sample, shard by shard."""
-    for s in range(len(labels.shard_paths)):
-        reader = labels.open_shard(s)
-        for i, sample_id in enumerate(reader.strings("samples/ids")):
-            yield sample_id, reader.sample(i)
 
 
 def refuse_long(labels: LabelSet, max_length: int) -> None:

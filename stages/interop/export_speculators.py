@@ -16,10 +16,11 @@ from pathlib import Path
 
 from pipeline.interop.speculators_rows import missing_eagle3_layers
 from pipeline.interop.speculators_sink import HS_DIR, SpeculatorsSink, hs_name
+from pipeline.store.codecs import hidden_format_named
 from pipeline.student.label_set import LabelSet, LabelSetError
 from schemas.eagle3 import eagle3_layers
 from schemas.interop_config import ExportConfig
-from stages.interop.export import Written, labelled_samples
+from stages.interop.written_rows import Written, labelled_samples
 
 
 def check_speculators_source(labels: LabelSet) -> None:
@@ -31,7 +32,8 @@ def check_speculators_source(labels: LabelSet) -> None:
             f"{source}: --format speculators needs the EAGLE-3 hidden states, missing "
             f"{', '.join(missing)} (it holds layers {labels.hidden_layers}); "
             "rerun kd teacher-labels with --hidden-layers eagle3")
-    pca = [src.path for src in labels.sources if src.manifest.hidden_format == "pca"]
+    pca = [src.path for src in labels.sources
+           if hidden_format_named(src.manifest.hidden_format).needs_basis]
     if pca:
         raise LabelSetError(f"{Path(pca[0]).parent}: --hidden-format pca stores coefficients, not "
                             "the teacher's states speculators trains on; use int8 or fp16")

@@ -40,7 +40,7 @@ def test_registry_names_the_choices_the_teacher_stage_accepts():
     for registry, choices, default in (
             (codecs.LABEL_FORMATS, teacher_config.LABEL_FORMATS, cfg.label_format),
             (codecs.LABEL_KINDS, teacher_config.LABEL_KINDS, cfg.label_kind),
-            (codecs.HIDDEN_FORMATS, teacher_config.HIDDEN_FORMATS, cfg.hidden_format)):
+            (codecs.HIDDEN_FORMATS, teacher_config.HIDDEN_FORMATS, cfg.resolved_hidden_format())):
         assert tuple(registry) == choices and next(iter(registry)) == default
 
 
