@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 import torch
 
 from pipeline.interop.speculators_rows import fp8_per_token
@@ -56,7 +55,6 @@ SHAREGPT = {
                   "is 740e9 / (2 x 4096)",
 }
 
-
 def exact_states(docs: int) -> tuple[Any, list[dict[int, torch.Tensor]]]:
     """The teacher and, per corpus document, its float32 eagle3 states."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,11 +73,9 @@ def exact_states(docs: int) -> tuple[Any, list[dict[int, torch.Tensor]]]:
                         for layer in layers})
     return model, out
 
-
 def fp8_decoded(x: torch.Tensor) -> torch.Tensor:
     values, scale = fp8_per_token(x)
     return values.float() * scale
-
 
 def decoders(stack: torch.Tensor) -> dict[str, torch.Tensor]:
     """[tokens, 4, H] exact -> each dtype's decoded float32 [tokens, 4, H]."""
@@ -89,7 +85,6 @@ def decoders(stack: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"int8 (per token and layer)": int8, "fp8 (per token across layers)": fp8_decoded(stack),
             "fp8 (per token and layer)": torch.stack([fp8_decoded(stack[:, i]) for i in layers], 1),
             "bf16": stack.bfloat16().float()}
-
 
 def quality(model: Any, docs: list[dict[int, torch.Tensor]]) -> dict[str, Any]:
     layers = list(docs[0])
@@ -116,13 +111,11 @@ def quality(model: Any, docs: list[dict[int, torch.Tensor]]) -> dict[str, Any]:
         }
     return {"tokens": sum(len(d[layers[0]]) for d in docs), "layers": layers, "dtypes": out}
 
-
 class WarmEngine(EngineSource):
     """One engine for every run (released by the caller at the end)."""
 
     def release(self) -> None:
         pass
-
 
 def capture_runs(prompts: int, max_tokens: int, repeats: int, tmp: Path) -> dict[str, Any]:
     base = dict(teacher=str(TEACHER), prompts="data/prompts/demo.jsonl", limit=prompts,
@@ -149,7 +142,6 @@ def capture_runs(prompts: int, max_tokens: int, repeats: int, tmp: Path) -> dict
              for n, e in zip(runs[::2], runs[1::2])]
     return {"settings": base, "runs": runs, "eagle3_vs_no_hidden_throughput": ratio}
 
-
 def bytes_per_token(eagle3_out: Path, tmp: Path) -> dict[str, Any]:
     """Per token of a 4-layer capture: the shard's hidden datasets (int8 as stored, and the
     fp16 it would take), and speculators' hs files in bf16 and fp8."""
@@ -166,7 +158,6 @@ def bytes_per_token(eagle3_out: Path, tmp: Path) -> dict[str, Any]:
         out[f"speculators {dtype} (hs files, token_ids and headers included)"] = size / tokens
     return out
 
-
 def projection(per_token: dict[str, Any]) -> dict[str, Any]:
     """ShareGPT-68k at hidden 4096, scaling the measured per-value overheads to that width."""
     h, width = SHAREGPT["hidden_size"], per_token["hidden_size"]
@@ -176,7 +167,6 @@ def projection(per_token: dict[str, Any]) -> dict[str, Any]:
             "eagle3_4_layer_bytes_per_token_at_4096": per_value,
             "projected_gb": {k: v * tokens / 1e9 for k, v in per_value.items()},
             "check_at_measured_width": {"int8": 4 * (width + 4), "fp8": 4 * width + 4}}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -201,7 +191,6 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "capture")}, indent=1))
-
 
 if __name__ == "__main__":
     main()
