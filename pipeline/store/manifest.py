@@ -66,6 +66,9 @@ class Manifest:
     """sampled: N, the draws per labelled position (0 for top-k labels)."""
     planned_samples: int = 0
     """Samples the accepted records make (generate: records x n; score: their windows); 0 in v1."""
+    text_layout: bool = False
+    """Every shard carries the text layout (`pipeline.store.text_layout_datasets`, schema v3);
+    false in older manifests and in outputs written without it (`kd add-text-layout` adds it)."""
     shards: dict[int, ShardRecord] = field(default_factory=dict)
 
     @property

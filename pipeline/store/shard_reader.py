@@ -4,7 +4,7 @@ Numeric datasets are contiguous and uncompressed (every schema version), so afte
 has told us a dataset's byte offset, dtype and shape we map the bytes directly
 with `numpy.memmap` and close the HDF5 file: no h5py handle is held, which is
 what makes readers safe to fork into DataLoader workers. Strings (sample ids,
-finish reasons) are read with h5py on demand. Schema v1 shards (no
+finish reasons, text regions) are read with h5py on demand. Schema v1 shards (no
 `labels/positions`: labels on the completion suffix) read like v2 ones.
 
     python -c "from pipeline.store.shard_reader import ShardReader; \
@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.store.hidden_codec import decode_int8, hidden_format, scale_dataset_name
 from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
 from pipeline.store.sampled_codec import SAMPLED_DATASETS, label_kind, padded_rows
+from pipeline.store.text_layout_datasets import BYTE_LENGTHS, read_regions
 from schemas import SHARD_SCHEMAS, STUDENT_LOGPROBS, hidden_dataset_name
 
 
@@ -117,6 +118,13 @@ class ShardReader:
         self.decode_logprobs = decoder_of(self.attrs)
         self.hidden_format = hidden_format(self.attrs)
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
+        self._regions: Any = ...  # read on first use (`text_regions`)
+
+    def text_regions(self) -> list[list[Any]] | None:
+        """Every sample's `TextRegion`s (schema v3 text layout), or None when the shard has none."""
+        if self._regions is ...:
+            self._regions = read_regions(self.path)
+        return self._regions
 
     def __len__(self) -> int:
         return len(self.arrays["samples/prompt_lengths"])
@@ -166,6 +174,9 @@ class ShardReader:
         }
         if STUDENT_LOGPROBS in a:
             out["student_logprobs"] = a[STUDENT_LOGPROBS][l0:l1]
+        if BYTE_LENGTHS in a:  # the text layout: `token_byte_lengths` (tokens,), `regions`
+            out["token_byte_lengths"] = a[BYTE_LENGTHS][t0:t1]
+            out["regions"] = (self.text_regions() or [None] * len(self))[i]
         for layer in self.hidden_layers:
             out[f"hidden_{layer}"] = self.hidden(layer, slice(t0, t1))
         return out
@@ -204,6 +215,9 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
                         label_positions=np.array(s["positions"], np.int64), id_prefix=prefix)
         if "student_logprobs" in s:
             sample.student_logprobs = np.array(s["student_logprobs"], np.float32)
+        if "token_byte_lengths" in s:
+            sample.token_byte_lengths = np.array(s["token_byte_lengths"])
+            sample.text_regions = s["regions"]
         sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
         samples.append(sample)
     return samples

@@ -1,4 +1,4 @@
-"""Write one shard file (schema v2) from a list of samples, crash-safely.
+"""Write one shard file (schema v3) from a list of samples, crash-safely.
 
 All datasets are contiguous and uncompressed, so `numpy.memmap` at
 `dataset.id.get_offset()` reads them without h5py (see `pipeline.store.shard_reader`).
@@ -27,6 +27,7 @@ from pipeline.store.label_codec import encode_q8, logprob_dataset, q8_attrs
 from pipeline.store.q8poly_codec import encode_q8poly, q8poly_attrs
 from pipeline.store.sample import Sample
 from pipeline.store.sampled_codec import SAMPLED_DATASETS, ragged_rows
+from pipeline.store.text_layout_datasets import pack_byte_lengths, write_regions
 from schemas import (STUDENT_LOGPROBS, SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, hidden_dataset_name,
                      topk_id_dtype)
 
@@ -105,6 +106,7 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
         "samples/offsets": offsets_of([len(s.prompt_token_ids) + s.completion_length
                                        for s in samples]),
         "samples/prompt_lengths": np.asarray([len(s.prompt_token_ids) for s in samples], np.int32),
+        **pack_byte_lengths(samples),
         "labels/offsets": offsets_of([s.label_count for s in samples]),
         "labels/positions": (np.concatenate([s.positions for s in samples]).astype(np.int32)
                              if samples else np.zeros(0, np.int32)),
@@ -186,6 +188,7 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
             f.create_dataset("samples/ids", data=[s.sample_id for s in samples], dtype=text)
             f.create_dataset("samples/finish_reasons",
                              data=[s.finish_reason for s in samples], dtype=text)
+            write_regions(f, samples, text)
         commit_path(tmp, path)
     finally:
         if tmp.exists():

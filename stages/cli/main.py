@@ -183,6 +183,8 @@ def verify(dirs: tuple[Path, ...], no_checksum: bool) -> None:
         for name in orphan_files(d, manifest):
             click.echo(f"note: {Path(d) / name} is not in the manifest (left by an interrupted run; "
                        "ignored by readers, replaced on resume)")
+    for note in found.notes:
+        click.echo(f"note: {note}")
     if found.problems:
         click.echo(f"FAIL\n{describe(found.problems)}", err=True)
         sys.exit(1)
