@@ -219,3 +219,39 @@ def sample_layout_errors(reader: Any, ids: Sequence[str], regions: list[list[Tex
             return [f"sample {ids[i]} token position {t}: its bytes lie in a labelled region but "
                     "it has no label row"]
     return []
+
+
+def rewrite_with_layout(path: str | Path, byte_lengths: np.ndarray,
+                        regions: Sequence[Sequence[TextRegion]], schema_version: int) -> None:
+    """Replace shard `path` by a copy holding the text layout, stamped `schema_version`.
+
+    Every dataset and attribute is copied as stored (codes stay codes: nothing is
+    decoded and encoded again); written under a temporary name, fsynced and
+    renamed, as every file of an output (`pipeline.store.checksum.commit_path`).
+    """
+    import os
+
+    import h5py
+
+    from pipeline.store.checksum import commit_path, temp_path_for
+
+    path = Path(path)
+    tmp = temp_path_for(path)
+    text = h5py.string_dtype("utf-8")
+    try:
+        with h5py.File(path, "r") as src, h5py.File(tmp, "w", libver="latest",
+                                                    track_order=True) as dst:
+            dst.attrs.update(dict(src.attrs))
+            dst.attrs["schema_version"] = schema_version
+            names: list[str] = []
+            src.visititems(lambda name, obj: names.append(name)
+                           if isinstance(obj, h5py.Dataset) else None)
+            for name in names:
+                data = src[name][()]
+                dst.create_dataset(name, data=data, dtype=text if data.dtype.kind == "O" else None)
+            dst.create_dataset(BYTE_LENGTHS, data=byte_lengths.astype(byte_length_dtype(byte_lengths)))
+            dst.create_dataset(REGIONS, data=[encode_regions(r) for r in regions], dtype=text)
+        commit_path(tmp, path)
+    finally:
+        if tmp.exists():
+            os.unlink(tmp)
