@@ -14,7 +14,9 @@ datasets, under a temporary name, renamed) and its new sha256 and size go into
 the manifest, which is committed after every shard; the manifest becomes v3
 with `text_layout: true` after the last. A killed run leaves some shards v3
 under a v2 manifest (`kd verify` names them); the same command finishes the
-job, skipping the shards that already hold the layout.
+job: a shard that holds the layout but not the manifest's checksum (rewritten,
+then killed before the manifest commit) is checked in full (structure, values,
+layout against its ids) and its new checksum recorded.
 
     kd add-text-layout data/labels/demo
 """
@@ -33,8 +35,9 @@ from pipeline.store.manifest import Manifest, read_manifest, write_manifest
 from pipeline.store.output_lock import OutputLock
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.text_layout import TextRegion
-from pipeline.store.text_layout_datasets import (BYTE_LENGTHS, rewrite_with_layout,
+from pipeline.store.text_layout_datasets import (BYTE_LENGTHS, layout_errors, rewrite_with_layout,
                                                  teacher_tokenizer_source)
+from pipeline.store.verify import check_structure, check_values
 from pipeline.teacher.chatml_layout import ChatMarkers, LayoutUnparsable, upgraded_layout
 from pipeline.teacher.text_layouts import TokenBytes
 from schemas import SHARD_SCHEMA_VERSION
@@ -94,6 +97,24 @@ def shard_layouts(reader: ShardReader, mode: str, tb: TokenBytes, markers: ChatM
             raise LayoutUnparsable(f"{reader.path}: {exc}") from exc
 
 
+def adopt_rewritten(out: Path, m: Manifest, index: int, tb: TokenBytes) -> None:
+    """A shard a killed run rewrote after its last manifest commit: checked in full (structure,
+    values, layout against its ids), then its new sha256 and size go into the manifest."""
+    rec = m.shards[index]
+    path = out / rec.name
+    if path.stat().st_size == rec.bytes and sha256_file(path) == rec.sha256:
+        return
+    reader = ShardReader(path)
+    ids = reader.strings("samples/ids")
+    errors = check_structure(reader) or check_values(reader) or layout_errors(
+        reader, ids, True, tb.lengths)
+    if errors:
+        raise LayoutRefused(f"{path}: holds a text layout but differs from the manifest, and "
+                            f"{errors[0]}; restore the output from a copy")
+    rec.sha256, rec.bytes = sha256_file(path), path.stat().st_size
+    write_manifest(out, m)
+
+
 def refusal_of_format(out: Path, m: Manifest) -> str | None:
     if m.schema_version < 2:
         return (f"{out} is a schema v1 output (labels without positions): score its records again "
@@ -120,6 +141,8 @@ def run_add_text_layout(out: str | Path, tokenizer_path: str | None = None) -> L
         tb, markers = TokenBytes.of(tokenizer), ChatMarkers.of(tokenizer)
         todo = [i for i in sorted(m.shards)
                 if BYTE_LENGTHS not in ShardReader(out / m.shards[i].name).arrays]
+        for index in sorted(set(m.shards) - set(todo)):
+            adopt_rewritten(out, m, index, tb)
         for index in todo:  # every sample parses before any file changes
             for _ in shard_layouts(ShardReader(out / m.shards[index].name), m.mode, tb, markers):
                 pass

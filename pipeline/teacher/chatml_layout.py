@@ -71,18 +71,19 @@ def chatml_messages(tb: TokenBytes, markers: ChatMarkers, ids: Sequence[int], si
     ends = byte_ends(lengths)
     text = tb.text(ids)
     messages: list[tuple[str, int, int, bool]] = []
-    open_at: int | None = None
+    opened: int | None = None  # the position of the open message's <|im_start|>
     for t, token in enumerate(ids):
         if token == markers.start:
-            if open_at is not None:
+            if opened is not None:
                 raise LayoutUnparsable(f"sample {sid} token position {t}: {CHATML_START} inside "
                                        "an unclosed message")
-            open_at = int(ends[t])
-        elif token == markers.end and open_at is not None:
-            messages.append(header_split(text, open_at, int(ends[t] - lengths[t]), sid, t) + (True,))
-            open_at = None
-    if open_at is not None:
-        messages.append(header_split(text, open_at, len(text), sid, len(ids)) + (False,))
+            opened = t
+        elif token == markers.end and opened is not None:
+            messages.append(header_split(text, int(ends[opened]), int(ends[t] - lengths[t]),
+                                         sid, opened) + (True,))
+            opened = None
+    if opened is not None:
+        messages.append(header_split(text, int(ends[opened]), len(text), sid, opened) + (False,))
     return messages
 
 
