@@ -105,7 +105,7 @@ def run_merge(cfg: MergeConfig) -> MergeSummary:
     attrs = ShardAttrs(ref.teacher, ref.tokenizer_fingerprint, ref.vocab_size, k, sampling)
     manifest = Manifest(teacher=ref.teacher, tokenizer_fingerprint=ref.tokenizer_fingerprint,
                         vocab_size=ref.vocab_size, top_k=k, mode="merged",
-                        teacher_num_layers=ref.teacher_num_layers,
+                        teacher_num_layers=ref.teacher_num_layers, text_layout=ref.text_layout,
                         config={"mix_rule": cfg.mix_rule, "top_k": k, "sources": sources})
     tmp = fresh_temp_dir(out)
     for index in range(len(locators[0].paths)):  # shard by shard: memory flat in their number

@@ -231,7 +231,8 @@ def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
     if old.prompts_sha256 != fresh.prompts_sha256:
         mismatch.append("prompts (file content)")
     if old.schema_version != fresh.schema_version:
-        mismatch.append(f"schema version (v{old.schema_version}; this build writes v{fresh.schema_version})")
+        mismatch.append(f"schema version (v{old.schema_version}; this build writes "
+                        f"v{fresh.schema_version}: kd add-text-layout upgrades a complete v2 output)")
     if mismatch and not cfg.overwrite:
         raise ConfigError(
             f"{out} was generated with different {', '.join(mismatch)}; pass --overwrite to "

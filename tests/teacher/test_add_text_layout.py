@@ -45,21 +45,13 @@ def downgrade_to_v2(out: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     for rec in manifest["shards"]:
         path = out / rec["name"]
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
-            names: list[str] = []
-            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-            data = {n: f[n][()] for n in names if n not in LAYOUT_DATASETS}
-        attrs["schema_version"] = 2
-        path.unlink()
-        with h5py.File(path, "w", libver="latest", track_order=True) as f:
-            f.attrs.update(attrs)
-            for name, values in data.items():
-                kind = h5py.string_dtype("utf-8") if values.dtype.kind == "O" else None
-                f.create_dataset(name, data=values, dtype=kind)
+        with h5py.File(path, "r+") as f:
+            for name in [n for n in LAYOUT_DATASETS if n in f]:
+                del f[name]
+            f.attrs["schema_version"] = 2
         rec["sha256"], rec["bytes"] = sha256_file(path), path.stat().st_size
     manifest["schema_version"] = 2
-    del manifest["text_layout"]
+    manifest.pop("text_layout", None)
     (out / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -159,29 +151,18 @@ def test_ids_that_are_not_chatml_are_refused_and_nothing_changes(tmp_path):
     for rec in read_manifest(out).shards.values():  # base-model prompts: no ChatML markers
         ids = ShardReader(out / rec.name).arrays["samples/token_ids"]
         assert not np.isin(ids, [1, 2]).any() or pytest.skip("random ids hit a marker")
-    downgrade_to_v2_plain(out)
+    downgrade_to_v2(out)
     before = shard_hashes(out)
     proc = kd("add-text-layout", str(out))
     assert proc.returncode == 1 and "holds no <|im_start|>" in proc.stderr and "sample p0-0/0" in proc.stderr
     assert shard_hashes(out) == before
 
 
-def downgrade_to_v2_plain(out: Path) -> None:
-    """A random output written without a layout only needs its version numbers lowered."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    for rec in manifest["shards"]:
-        with h5py.File(out / rec["name"], "r+") as f:
-            f.attrs["schema_version"] = 2
-        rec["sha256"] = sha256_file(out / rec["name"])
-    manifest["schema_version"] = 2
-    (out / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_a_tokenizer_that_is_not_the_outputs_is_refused(tmp_path):
     require_teacher()
     out = tmp_path / "fake"
     write_random_output(out, fake_attrs(), 1, 2)
-    downgrade_to_v2_plain(out)
+    downgrade_to_v2(out)
     no_tokenizer = kd("add-text-layout", str(out))
     assert no_tokenizer.returncode == 1 and "pass --tokenizer" in no_tokenizer.stderr
     other = kd("add-text-layout", str(out), "--tokenizer", str(TEACHER))
