@@ -174,3 +174,20 @@ def test_a_document_window_needs_no_markers():
     lengths, regions = upgraded_layout(TOY, None, "d/w1", [3, 5, 6], 1, [1, 2], "score")
     assert np.array_equal(lengths, [2, 2, 1])
     assert regions == [TextRegion("text", 0, 2, False), TextRegion("text", 2, 5, True)]
+
+
+def test_generate_mode_rejects_a_prompt_whose_template_rewrites_its_content(hf, tmp_path):
+    from copy import deepcopy
+
+    from pipeline.teacher.prompts import load_prompts
+    from stages.teacher.labels import located_prompt_tokens
+
+    shouting = deepcopy(hf)
+    shouting.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                              "{{ m.content | upper }}<|im_end|>\n{% endfor %}"
+                              "<|im_start|>assistant\n")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "quiet words"}\n{"id": "b", "prompt": "123 !?"}\n')
+    batch = load_prompts(prompts, located_prompt_tokens(shouting, TokenBytes.of(shouting)), 100)
+    assert [p.id for p in batch.accepted] == ["b"]  # upper() leaves digits and marks alone
+    assert [(r.id, r.reason) for r in batch.rejects] == [("a", "content_not_located")]
