@@ -24,7 +24,8 @@ import numpy as np
 from pipeline.store.hidden_codec import decode_int8, hidden_format, scale_dataset_name
 from pipeline.store.label_codec import decoder_of, label_format, logprob_dataset
 from pipeline.store.sampled_codec import SAMPLED_DATASETS, label_kind, padded_rows
-from pipeline.store.text_layout_datasets import BYTE_LENGTHS, read_regions
+from pipeline.store.text_layout import TextRegion, decode_regions
+from pipeline.store.text_layout_datasets import BYTE_LENGTHS, read_region_strings
 from schemas import SHARD_SCHEMAS, STUDENT_LOGPROBS, hidden_dataset_name
 
 
@@ -118,13 +119,18 @@ class ShardReader:
         self.decode_logprobs = decoder_of(self.attrs)
         self.hidden_format = hidden_format(self.attrs)
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
-        self._regions: Any = ...  # read on first use (`text_regions`)
+        self._region_strings: Any = ...  # read on first use (`text_regions`, `sample`)
 
-    def text_regions(self) -> list[list[Any]] | None:
-        """Every sample's `TextRegion`s (schema v3 text layout), or None when the shard has none."""
-        if self._regions is ...:
-            self._regions = read_regions(self.path)
-        return self._regions
+    def region_strings(self) -> list[str] | None:
+        """Every sample's encoded regions (schema v3 text layout), or None when the shard has none."""
+        if self._region_strings is ...:
+            self._region_strings = read_region_strings(self.path)
+        return self._region_strings
+
+    def text_regions(self) -> list[list[TextRegion]] | None:
+        """Every sample's `TextRegion`s, or None when the shard has no text layout."""
+        strings = self.region_strings()
+        return None if strings is None else [decode_regions(s) for s in strings]
 
     def __len__(self) -> int:
         return len(self.arrays["samples/prompt_lengths"])
@@ -176,7 +182,8 @@ class ShardReader:
             out["student_logprobs"] = a[STUDENT_LOGPROBS][l0:l1]
         if BYTE_LENGTHS in a:  # the text layout: `token_byte_lengths` (tokens,), `regions`
             out["token_byte_lengths"] = a[BYTE_LENGTHS][t0:t1]
-            out["regions"] = (self.text_regions() or [None] * len(self))[i]
+            strings = self.region_strings()
+            out["regions"] = None if strings is None else decode_regions(strings[i])
         for layer in self.hidden_layers:
             out[f"hidden_{layer}"] = self.hidden(layer, slice(t0, t1))
         return out

@@ -32,7 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.store.text_layout import TextRegion, byte_ends, decode_regions, encode_regions, token_bytes_table
+from pipeline.store.text_layout import (TextRegion, byte_ends, decode_regions, encode_regions,
+                                       token_bytes_table)
 
 BYTE_LENGTHS = "samples/token_byte_lengths"
 REGIONS = "samples/text_regions"
@@ -81,15 +82,16 @@ def write_regions(f: Any, samples: Sequence[Any], text_dtype: Any) -> None:
                          dtype=text_dtype)
 
 
-def read_regions(path: str | Path) -> list[list[TextRegion]] | None:
-    """Every sample's regions of one shard file, or None when it has no layout."""
+def read_region_strings(path: str | Path) -> list[str] | None:
+    """Every sample's encoded regions (JSON, `decode_regions`) of one shard file, or None when
+    it has no layout: one read, decoded per sample only when asked for."""
     import h5py
 
     with h5py.File(path, "r") as f:
         if REGIONS not in f:
             return None
         raw = f[REGIONS][()]
-    return [decode_regions(s.decode("utf-8") if isinstance(s, bytes) else s) for s in raw]
+    return [s.decode("utf-8") if isinstance(s, bytes) else s for s in raw]
 
 
 def token_spans(byte_lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +179,7 @@ def layout_errors(reader: Any, ids: Sequence[str], required: bool,
     length in the teacher's tokenizer (None: that check is skipped).
     """
     a = reader.arrays
-    present = [BYTE_LENGTHS in a, reader.text_regions() is not None]
+    present = [BYTE_LENGTHS in a, reader.region_strings() is not None]
     if not any(present):
         return [f"{BYTE_LENGTHS} and {REGIONS} are missing (add them with {ADD_COMMAND})"] \
             if required else []
@@ -187,9 +189,15 @@ def layout_errors(reader: Any, ids: Sequence[str], required: bool,
     if lengths.shape != (tokens,) or lengths.dtype.name not in BYTE_LENGTH_DTYPES:
         return [f"{BYTE_LENGTHS} has shape {lengths.shape}, dtype {lengths.dtype}; expected "
                 f"({tokens},) uint8 or uint16, one per token"]
-    regions = reader.text_regions()
-    if len(regions) != len(ids):
-        return [f"{REGIONS} holds {len(regions)} entries for {len(ids)} samples"]
+    strings = reader.region_strings()
+    if len(strings) != len(ids):
+        return [f"{REGIONS} holds {len(strings)} entries for {len(ids)} samples"]
+    regions = []
+    for sid, text in zip(ids, strings):
+        try:
+            regions.append(decode_regions(text))
+        except (ValueError, TypeError) as exc:
+            return [f"sample {sid}: {REGIONS} entry is not a region list: {exc}"]
     if id_lengths is not None:
         token_ids = np.asarray(a["samples/token_ids"], np.int64)
         expected = lengths_of_ids(id_lengths, token_ids)

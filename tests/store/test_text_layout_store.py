@@ -183,6 +183,19 @@ def test_broken_regions_are_refused(tmp_path, token_bytes, regions, complaint):
     assert f"sample {first_sample_id(out)}" in problems[0]
 
 
+def test_a_region_entry_that_is_not_json_is_refused_naming_the_sample(tmp_path, token_bytes):
+    out = layout_output(tmp_path, token_bytes)
+
+    def garble(f):
+        rows = [s.decode() for s in f[REGIONS][()]]
+        rows[0] = rows[0][:-2]
+        del f[REGIONS]
+        f.create_dataset(REGIONS, data=rows, dtype=h5py.string_dtype("utf-8"))
+    edit_shard(out, "shard-00000.h5", garble)
+    problems, _ = problems_of(out)
+    assert len(problems) == 1 and f"sample {first_sample_id(out)}: {REGIONS} entry" in problems[0]
+
+
 def test_a_promised_layout_that_is_missing_names_the_command_that_adds_it(tmp_path, token_bytes):
     out = layout_output(tmp_path, token_bytes)
 
