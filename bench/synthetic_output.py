@@ -24,10 +24,12 @@ from pipeline.store.hidden_basis import fit_basis, write_basis
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index, write_index_part
+from pipeline.store.text_layout import TextRegion
 from pipeline.store.shard_writer import ShardAttrs, write_shard
 from pipeline.teacher.label_sampling import sampled_sample
 from pipeline.teacher.kept_shard import KEEP_ALL
 from pipeline.teacher.sample_filter import filter_samples, index_table
+from pipeline.teacher.text_layouts import TokenBytes, generated_layout
 from schemas import shard_name
 
 
@@ -91,12 +93,17 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
                         prefix: str = "p", prompt_len: int | None = None,
                         comp_len: int | None = None, scored: bool = False,
                         label_seed: int | None = None,
-                        student_logprobs: bool = False) -> Manifest:
+                        student_logprobs: bool = False,
+                        token_bytes: TokenBytes | None = None) -> Manifest:
     """Write a complete output directory of random shards and return its manifest
     (`scored`: samples labelled at scattered positions, as score mode writes chats;
     `label_seed`: the same samples as `seed` gives, their labels drawn anew from this
     seed, as a second teacher scoring the same text would label them;
-    `student_logprobs`: each label row also gets a random sampling-student logprob)."""
+    `student_logprobs`: each label row also gets a random sampling-student logprob;
+    `token_bytes` (generated samples): each sample's text layout from these byte strings,
+    its prompt one `user` region, its completion the labelled one)."""
+    if token_bytes is not None and scored:
+        raise ValueError("a random text layout is made for generated samples only")
     rng = np.random.default_rng(seed)
     relabel = None if label_seed is None else np.random.default_rng(label_seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +115,8 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
                         hidden_rank=attrs.hidden_rank,
                         config={"n": 1}, input_records=shards * per_shard,
                         accepted_prompts=shards * per_shard, planned_samples=shards * per_shard,
-                        mode="score" if scored else "generate")
+                        mode="score" if scored else "generate",
+                        text_layout=token_bytes is not None)
     sizes = dict.fromkeys(attrs.hidden_layers, attrs.hidden_size)
     for i in range(shards):
         samples = [random_sample(rng, f"{prefix}{i}-{j}", vocab=attrs.vocab_size, k=attrs.top_k,
@@ -119,6 +127,10 @@ def write_random_output(out: Path, attrs: ShardAttrs, shards: int, per_shard: in
             samples = [relabelled(s, relabel, attrs.vocab_size, attrs.top_k) for s in samples]
         for s in samples if student_logprobs else ():
             s.student_logprobs = -rng.exponential(1.0, s.label_count).astype(np.float32)
+        for s in samples if token_bytes is not None else ():
+            s.token_byte_lengths, s.text_regions = generated_layout(
+                token_bytes, [], s.prompt_token_ids, s.completion_token_ids)
+            s.text_regions.insert(0, TextRegion("user", 0, s.text_regions[0].start, False))
         outcome = filter_samples(samples, KEEP_ALL)
         if hidden_format_named(attrs.hidden_format).needs_basis and attrs.hidden_basis is None:
             attrs = fitted_attrs(out, attrs, samples, manifest)  # fitted on the first shard

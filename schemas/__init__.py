@@ -4,13 +4,14 @@
 writer, the reader and `kd verify` all load from here; `shard_v2.md` is the
 prose version. A change to either is a schema change: bump the version. Older
 versions stay readable: `SHARD_SCHEMAS` holds every version this build reads
-(v1: labels on one contiguous completion suffix; v2 adds `labels/positions`).
+(v1: labels on one contiguous completion suffix; v2 adds `labels/positions`;
+v3 adds the text layout, `samples/token_byte_lengths` and `samples/text_regions`).
 
     >>> from schemas import SHARD_SCHEMA, SHARD_SCHEMAS, shard_name
     >>> shard_name(3)
     'shard-00003.h5'
     >>> SHARD_SCHEMA["schema_version"], sorted(SHARD_SCHEMAS)
-    (2, [1, 2])
+    (3, [1, 2, 3])
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from schemas.eagle3 import PRE_NORM_DATASET, PRE_NORM_LAST
 
 SCHEMA_DIR = Path(__file__).parent
 SHARD_SCHEMAS: dict[int, dict] = {
-    v: json.loads((SCHEMA_DIR / f"shard_v{v}.json").read_text()) for v in (1, 2)}
+    v: json.loads((SCHEMA_DIR / f"shard_v{v}.json").read_text()) for v in (1, 2, 3)}
 """Every shard schema this build reads, by version; it writes the newest."""
 SHARD_SCHEMA: dict = SHARD_SCHEMAS[max(SHARD_SCHEMAS)]
 SHARD_SCHEMA_NAME: str = SHARD_SCHEMA["schema"]

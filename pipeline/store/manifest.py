@@ -77,6 +77,9 @@ class Manifest:
     """The (special token, id) pairs that fingerprint covers, so a difference can be named."""
     tokenizer_files: dict[str, str] = field(default_factory=dict)
     """`pipeline.store.tokenizer_files`: {path in the output: sha256} of the stored tokenizer."""
+    text_layout: bool = False
+    """Every shard carries the text layout (`pipeline.store.text_layout_datasets`, schema v3);
+    false in older manifests and in outputs written without it (`kd add-text-layout` adds it)."""
     shards: dict[int, ShardRecord] = field(default_factory=dict)
 
     @property

@@ -6,6 +6,8 @@ every completion token; a scored one (`--mode score`) for the positions in
 `label_positions` (assistant turns of a chat, a window's new tokens).
 
     >>> import numpy as np
+
+from pipeline.store.text_layout import TextRegion
     >>> from pipeline.store.sample import Sample
     >>> s = Sample("p1", 0, [1, 2], [5, 6], np.zeros((2, 3), np.int64),
     ...            np.zeros((2, 3), np.float32), np.zeros(2, np.float32), "stop")
@@ -53,6 +55,11 @@ class Sample:
     student_logprobs: np.ndarray | None = None
     """(label rows,) float32 logprob of each labelled token under the student that sampled
     it (score mode on `kd student-samples` records), or None."""
+    token_byte_lengths: np.ndarray | None = None
+    """(tokens,) UTF-8 bytes of each token of `token_ids` (0 for a special token), from the
+    teacher's token byte table (`pipeline.store.text_layout`), or None (no text layout)."""
+    text_regions: list[TextRegion] | None = None
+    """The sample's messages / prompt, completion / text as byte ranges of its teacher text."""
 
     @property
     def sample_id(self) -> str:

@@ -4,7 +4,7 @@ Numeric datasets are contiguous and uncompressed (every schema version), so afte
 has told us a dataset's byte offset, dtype and shape we map the bytes directly
 with `numpy.memmap` and close the HDF5 file: no h5py handle is held, which is
 what makes readers safe to fork into DataLoader workers. Strings (sample ids,
-finish reasons) are read with h5py on demand. Schema v1 shards (no
+finish reasons, text regions) are read with h5py on demand. Schema v1 shards (no
 `labels/positions`: labels on the completion suffix) read like v2 ones.
 
     python -c "from pipeline.store.shard_reader import ShardReader; \
@@ -24,6 +24,8 @@ import numpy as np
 from pipeline.store.codecs import (ROW_FIELDS, SAMPLE_TEXTS, UnknownFormat, hidden_format_of,
                                    label_format_of, label_kind_of)
 from pipeline.store.codecs.base import SampleText
+from pipeline.store.text_layout import TextRegion, decode_regions
+from pipeline.store.text_layout_datasets import BYTE_LENGTHS, read_region_strings
 from schemas import SHARD_SCHEMAS
 
 
@@ -138,6 +140,18 @@ class ShardReader:
         self.hidden_layers: list[int] = json.loads(self.attrs.get("hidden_layers", "[]"))
         self.row_fields = [f for f in ROW_FIELDS.values() if f.dataset in self.arrays]
         """The optional per-row datasets this shard holds (`pipeline.store.codecs.ROW_FIELDS`)."""
+        self._region_strings: Any = ...  # read on first use (`text_regions`, `sample`)
+
+    def region_strings(self) -> list[str] | None:
+        """Every sample's encoded regions (schema v3 text layout), or None when the shard has none."""
+        if self._region_strings is ...:
+            self._region_strings = read_region_strings(self.path)
+        return self._region_strings
+
+    def text_regions(self) -> list[list[TextRegion]] | None:
+        """Every sample's `TextRegion`s, or None when the shard has no text layout."""
+        strings = self.region_strings()
+        return None if strings is None else [decode_regions(s) for s in strings]
 
     def __len__(self) -> int:
         return len(self.arrays["samples/prompt_lengths"])
@@ -185,6 +199,10 @@ class ShardReader:
         spans = {"label_rows": slice(l0, l1), "tokens": slice(t0, t1)}
         for row_field in self.row_fields:
             out[row_field.name] = a[row_field.dataset][spans[row_field.rows]]
+        if BYTE_LENGTHS in a:  # the text layout: `token_byte_lengths` (tokens,), `regions`
+            out["token_byte_lengths"] = a[BYTE_LENGTHS][t0:t1]
+            strings = self.region_strings()
+            out["regions"] = None if strings is None else decode_regions(strings[i])
         for layer in self.hidden_layers:
             out[f"hidden_{layer}"] = self.hidden(layer, slice(t0, t1))
         return out
@@ -224,6 +242,9 @@ def read_samples(reader: ShardReader) -> list["Sample"]:
             setattr(sample, row_field.name, np.array(s[row_field.name], row_field.dtype))
         for name, values in texts.items():
             setattr(sample, name, values[i])
+        if "token_byte_lengths" in s:
+            sample.token_byte_lengths = np.array(s["token_byte_lengths"])
+            sample.text_regions = s["regions"]
         sample.hidden = {layer: np.array(s[f"hidden_{layer}"]) for layer in reader.hidden_layers}
         samples.append(sample)
     return samples

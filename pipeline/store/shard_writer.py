@@ -1,4 +1,4 @@
-"""Write one shard file (schema v2) from a list of samples, crash-safely.
+"""Write one shard file (schema v3) from a list of samples, crash-safely.
 
 All datasets are contiguous and uncompressed, so `numpy.memmap` at
 `dataset.id.get_offset()` reads them without h5py (see `pipeline.store.shard_reader`).
@@ -24,6 +24,7 @@ from pipeline.store.atomic_commit import commit_path, sha256_file, temp_path_for
 from pipeline.store.codecs import (ROW_FIELDS, SAMPLE_TEXTS, hidden_format_named,
                                    label_format_named, label_kind_named)
 from pipeline.store.sample import Sample
+from pipeline.store.text_layout_datasets import pack_byte_lengths, write_regions
 from schemas import SHARD_SCHEMA_NAME, SHARD_SCHEMA_VERSION, topk_id_dtype
 
 
@@ -102,6 +103,7 @@ def pack_samples(samples: Sequence[Sample], attrs: ShardAttrs) -> dict[str, np.n
         "samples/offsets": offsets_of([len(s.prompt_token_ids) + s.completion_length
                                        for s in samples]),
         "samples/prompt_lengths": np.asarray([len(s.prompt_token_ids) for s in samples], np.int32),
+        **pack_byte_lengths(samples),
         "labels/offsets": offsets_of([s.label_count for s in samples]),
         "labels/positions": (np.concatenate([s.positions for s in samples]).astype(np.int32)
                              if samples else np.zeros(0, np.int32)),
@@ -183,6 +185,7 @@ def write_shard(path: str | Path, index: int, samples: Sequence[Sample],
                 f.create_dataset(name, data=data)
             for name, values in texts.items():
                 f.create_dataset(name, data=values, dtype=text)
+            write_regions(f, samples, text)
         commit_path(tmp, path)
     finally:
         if tmp.exists():

@@ -1,4 +1,4 @@
-"""Verify output directories against their shard schema (v1 or v2): checksums, schema, invariants, unique ids.
+"""Verify output directories against their shard schema (v1, v2 or v3): checksums, schema, invariants, unique ids.
 
 `verify_outputs` is the one verification path: `kd verify DIR...` runs it and
 so does every reader before it trusts data (`pipeline.student.label_set`),
@@ -29,12 +29,13 @@ from pipeline.store.codecs.base import Sidecar
 from pipeline.store.manifest import Manifest, ManifestError, manifest_path, read_manifest
 from pipeline.store.sample_index import CONTENT_COLUMNS, INDEX_NAME, kept_contents, part_name, read_index
 from pipeline.store.shard_reader import ShardContents, ShardFormatError, ShardReader, read_root_attrs
+from pipeline.store.text_layout_datasets import layout_errors, teacher_byte_lengths
 from schemas import MANIFEST_NAME, SHARD_SCHEMA_NAME, SHARD_SCHEMAS, shard_name, topk_id_dtype
 
-VERIFIER_VERSION = 2
+VERIFIER_VERSION = 3
 """Bumped with every new check: shards the verified-shard cache recorded under an older
 version are verified again (`pipeline.store.verified_shards`). 2: the two-part tokenizer
-identity and the stored tokenizer files."""
+identity and the stored tokenizer files; 3: the text layout (schema v3)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Verification:
     problems: list[Problem] = field(default_factory=list)
     shards: list[ShardContents] = field(default_factory=list)
     """Every shard that passed, in the order of the directories, then of shard index."""
+    notes: list[str] = field(default_factory=list)
+    """What was not checked and why (e.g. text layout byte lengths without a tokenizer)."""
 
 
 def check_attrs(a: dict[str, Any], manifest: Manifest, index: int) -> list[str]:
@@ -240,8 +243,12 @@ def check_header(path: Path, index: int, manifest: Manifest) -> list[Problem]:
 
 
 def verify_shard(path: Path, index: int, manifest: Manifest, checksum: bool = True,
-                 values: bool = True) -> tuple[list[Problem], ShardContents | None]:
+                 values: bool = True, id_lengths: np.ndarray | None = None
+                 ) -> tuple[list[Problem], ShardContents | None]:
     """Every check of one shard listed in `manifest`; its contents when they pass.
+
+    `id_lengths` (every id's byte length in the teacher's tokenizer) adds the
+    check of the text layout's byte lengths against the token ids.
 
     Without `checksum` and `values` (a shard already verified in full, see
     `pipeline.store.verified_shards`) only its header, offsets and ids are read.
@@ -260,6 +267,8 @@ def verify_shard(path: Path, index: int, manifest: Manifest, checksum: bool = Tr
     errors = check_structure(reader)
     if not errors and values:
         errors = check_values(reader)
+    if not errors and values:
+        errors = layout_errors(reader, contents.ids, manifest.text_layout, id_lengths)
     counts = {"samples": len(reader), "tokens": len(reader.arrays["samples/token_ids"]),
               "completion_tokens": len(reader.arrays["labels/sampled_logprobs"])}
     errors += [f"{key} is {got}, manifest says {getattr(rec, key)}"
@@ -288,6 +297,11 @@ def verify_output(out_dir: str | Path, depth: Depth = "full") -> Verification:
         found.problems.append(Problem(MANIFEST_NAME, "manifest", detail, output=str(out_dir)))
         return found
     found.manifests[str(out_dir)] = manifest
+    id_lengths = None
+    if manifest.text_layout and depth != "cheap":
+        id_lengths, source = teacher_byte_lengths(out_dir, manifest.teacher)
+        if id_lengths is None:
+            found.notes.append(f"{out_dir}: text layout: {source}")
     for index, rec in sorted(manifest.shards.items()):
         if rec.name != shard_name(index):
             found.problems.append(Problem(rec.name, "name", f"shard {index} should be {shard_name(index)}"))
@@ -296,7 +310,7 @@ def verify_output(out_dir: str | Path, depth: Depth = "full") -> Verification:
             found.problems += check_header(out_dir / rec.name, index, manifest)
         else:
             problems, contents = verify_shard(out_dir / rec.name, index, manifest,
-                                              checksum=depth == "full")
+                                              checksum=depth == "full", id_lengths=id_lengths)
             found.problems += problems
             found.shards += [contents] if contents is not None else []
         found.problems += check_index_part(out_dir, index, rec.index_sha256, depth == "full")
@@ -430,6 +444,7 @@ def verify_outputs(dirs: Sequence[str | Path], depth: Depth = "full") -> Verific
         union.manifests |= found.manifests
         union.problems += found.problems
         union.shards += found.shards
+        union.notes += found.notes
     if len(union.manifests) > 1:
         union.problems += check_compatible(union.manifests)
     union.problems += check_unique_ids(union.shards)

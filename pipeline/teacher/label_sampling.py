@@ -62,4 +62,4 @@ def sampled_sample(s: Sample, n: int, seed: int) -> Sample:
                          np.random.default_rng(sample_seed(seed, s.sample_id)))
     return Sample(s.prompt_id, s.index, s.prompt_token_ids, s.completion_token_ids, ids, lps,
                   s.sampled_logprobs, s.finish_reason, dict(s.hidden), s.label_positions,
-                  s.id_prefix, s.student_logprobs)
+                  s.id_prefix, s.student_logprobs, s.token_byte_lengths, s.text_regions)

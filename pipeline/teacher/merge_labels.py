@@ -108,7 +108,7 @@ def run_merge(cfg: MergeConfig) -> MergeSummary:
                        special_tokens_fingerprint=ref.special_tokens_fingerprint)
     manifest = Manifest(teacher=ref.teacher, tokenizer_fingerprint=ref.tokenizer_fingerprint,
                         vocab_size=ref.vocab_size, top_k=k, mode="merged",
-                        teacher_num_layers=ref.teacher_num_layers,
+                        teacher_num_layers=ref.teacher_num_layers, text_layout=ref.text_layout,
                         vocab_fingerprint=ref.vocab_fingerprint,
                         special_tokens_fingerprint=ref.special_tokens_fingerprint,
                         special_tokens=ref.special_tokens,

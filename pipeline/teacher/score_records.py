@@ -31,13 +31,14 @@ needs no model (the teacher stage adapts a Hugging Face tokenizer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from pipeline.teacher.prompts import (Messages, PromptBatch, RecordError, check_messages,
                                       nonempty_text, read_records, with_system)
 from pipeline.teacher.student_records import check_token_fields
+from pipeline.teacher.text_layouts import TokenBytes, chat_layout, generated_layout, window_layout
 
 WINDOW_PREFIX = "w"
 """Sample ids of scored items: `<record id>/w<window>`."""
@@ -54,6 +55,11 @@ class ScoreItem:
     """Labelled positions in `token_ids`, increasing, each >= 1 (position 0 has no context)."""
     student_logprobs: list[float] | None = None
     """One per labelled position: the sampling student's logprob of that token, if given."""
+    byte_lengths: Any = None
+    """(tokens,) UTF-8 bytes of each token (`pipeline.teacher.text_layouts`), or None when
+    the tokenizer gives no byte table."""
+    regions: Any = None
+    """The item's `TextRegion`s (its text layout), or None likewise."""
 
     @property
     def sample_id(self) -> str:
@@ -83,6 +89,10 @@ class ScoreTokenizer(Protocol):
     fingerprint: str
     """`pipeline.store.fingerprint.tokenizer_fingerprint`: what records with token ids must name."""
 
+    token_bytes: TokenBytes | None
+    """Every id's bytes, for the text layout (`pipeline.teacher.text_layouts`); a tokenizer
+    without it (None, or no such attribute) scores items without a layout."""
+
 
 def window_spans(n_tokens: int, width: int, overlap: int) -> list[tuple[int, int, int]]:
     """(start, end, first labelled) per window over n_tokens: at most `width` tokens each,
@@ -97,10 +107,17 @@ def window_spans(n_tokens: int, width: int, overlap: int) -> list[tuple[int, int
     return spans
 
 
-def text_items(rid: str, token_ids: Sequence[int], width: int, overlap: int) -> list[ScoreItem]:
-    """A document's windows, each labelled from its first new token on."""
-    return [ScoreItem(rid, j, list(token_ids[start:end]), list(range(first - start, end - start)))
-            for j, (start, end, first) in enumerate(window_spans(len(token_ids), width, overlap))]
+def text_items(rid: str, token_ids: Sequence[int], width: int, overlap: int,
+               tb: TokenBytes | None = None) -> list[ScoreItem]:
+    """A document's windows, each labelled from its first new token on (with `tb`: each
+    window's context and new tokens as its text regions)."""
+    items = []
+    for j, (start, end, first) in enumerate(window_spans(len(token_ids), width, overlap)):
+        ids = list(token_ids[start:end])
+        lengths, regions = window_layout(tb, ids, first - start) if tb else (None, None)
+        items.append(ScoreItem(rid, j, ids, list(range(first - start, end - start)),
+                               byte_lengths=lengths, regions=regions))
+    return items
 
 
 def assistant_positions(tok: ScoreTokenizer, messages: Messages) -> tuple[list[int], list[int]]:
@@ -143,7 +160,10 @@ def check_all_or_none(records: list[ScoreRecord]) -> None:
                          "logprobs for every row or none; score them as two outputs")
 
 
-def chat_item(rid: str, tok: ScoreTokenizer, messages: Messages, width: int) -> ScoreItem:
+def chat_item(rid: str, tok: ScoreTokenizer, messages: Messages, width: int,
+              region_roles: dict[str, str] | None = None) -> ScoreItem:
+    """A chat's item: assistant turns labelled; with a byte table, its text layout (regions
+    named by `region_roles` where it renames a role)."""
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
         raise RecordError("no_assistant_turn", "the chat has no assistant turn to label")
@@ -156,7 +176,27 @@ def chat_item(rid: str, tok: ScoreTokenizer, messages: Messages, width: int) -> 
                           "(--max-model-len - 1); chats are never cut")
     if not positions:
         raise RecordError("no_assistant_turn", "no token of the assistant turns survived tokenization")
-    return ScoreItem(rid, 0, ids, positions)
+    tb = getattr(tok, "token_bytes", None)
+    if tb is None:
+        return ScoreItem(rid, 0, ids, positions)
+    lengths, regions, positions = chat_layout(tb, ids, messages, positions, region_roles)
+    return ScoreItem(rid, 0, ids, positions, byte_lengths=lengths, regions=regions)
+
+
+PROMPT_COMPLETION_ROLES = {"user": "prompt", "assistant": "completion"}
+"""The regions of a `prompt` + `completion` record are named after its fields."""
+
+
+def with_token_layout(item: ScoreItem, tb: TokenBytes | None, messages: Messages,
+                      region_roles: dict[str, str] | None = None) -> ScoreItem:
+    """A token-id record's item with its layout: `messages` (the prompt's) located in the
+    prompt ids' bytes, then the completion ids' bytes (labelled, every token has a row)."""
+    if tb is None:
+        return item
+    first = item.positions[0]
+    lengths, regions = generated_layout(tb, messages, item.token_ids[:first],
+                                        item.token_ids[first:], region_roles)
+    return replace(item, byte_lengths=lengths, regions=regions)
 
 
 SCORE_FIELDS = ("text", "messages", "prompt", "completion")
@@ -185,20 +225,34 @@ def score_items(rid: str, record: dict[str, Any], tok: ScoreTokenizer, width: in
                 system_prompt: str | None = None) -> tuple[str, list[ScoreItem]]:
     """(kind, items) of one parsed record, or RecordError with the reason."""
     kind = record_kind(record)
+    tb = getattr(tok, "token_bytes", None)
+    roles = PROMPT_COMPLETION_ROLES if kind == "completion" else None
     given = check_token_fields(record, getattr(tok, "fingerprint", None))
     if given is not None:
-        return kind, [token_item(rid, *given, width)]
+        return kind, [with_token_layout(token_item(rid, *given, width), tb,
+                                        prompt_messages(record, kind), roles)]
     if kind == "text":
         ids, _ = tok.encode(nonempty_text(record, "text"), add_special_tokens=True)
         if len(ids) < 2:
             raise RecordError("too_short", f"the text has {len(ids)} token(s); scoring needs 2")
-        return kind, text_items(rid, ids, width, overlap)
+        return kind, text_items(rid, ids, width, overlap, tb)
     if kind == "chat":
         messages = check_messages(record["messages"])
     else:
         messages = [{"role": "user", "content": nonempty_text(record, "prompt")},
                     {"role": "assistant", "content": nonempty_text(record, "completion")}]
-    return kind, [chat_item(rid, tok, with_system(messages, system_prompt), width)]
+    return kind, [chat_item(rid, tok, with_system(messages, system_prompt), width, roles)]
+
+
+def prompt_messages(record: dict[str, Any], kind: str) -> Messages:
+    """The messages before the completion of a token-id record: a chat's all but its closing
+    assistant turn (the completion), or the `prompt` as a user message."""
+    if kind == "chat":
+        messages = check_messages(record["messages"])
+        return messages[:-1] if messages[-1]["role"] == "assistant" else messages
+    if kind == "completion":
+        return [{"role": "user", "content": nonempty_text(record, "prompt")}]
+    return []
 
 
 def load_score_records(path: str | Path, tok: ScoreTokenizer, width: int, overlap: int,

@@ -10,6 +10,7 @@
     kd merge-labels --labels A --labels B --weights 0.7,0.3 --out M       # teacher ensemble
     kd student-samples --model DIR --prompts P --out S   # on-policy: the student's completions
     kd export-model --model DIR --quant q8_0 --out M.gguf   # deploy: GGUF for llama.cpp, Ollama
+    kd add-text-layout data/labels/old  # give a pre-v3 output its text layout (cross-tokenizer)
 
 vLLM is imported only inside the commands that run it, so `kd verify` and
 `kd inspect` start fast and work on machines without vLLM.
@@ -193,10 +194,29 @@ def verify(dirs: tuple[Path, ...], no_checksum: bool) -> None:
         for name in orphan_files(d, manifest):
             click.echo(f"note: {Path(d) / name} is not in the manifest (left by an interrupted run; "
                        "ignored by readers, replaced on resume)")
+    for note in found.notes:
+        click.echo(f"note: {note}")
     if found.problems:
         click.echo(f"FAIL\n{describe(found.problems)}", err=True)
         sys.exit(1)
     click.echo(f"OK: {len(found.manifests)} output(s) verified")
+
+
+@main.command("add-text-layout")
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tokenizer", default=None, help="The teacher's tokenizer folder (default: "
+              "OUT_DIR/tokenizer/, else the manifest's teacher path).")
+def add_text_layout(out_dir: Path, tokenizer: str | None) -> None:
+    """Add the schema v3 text layout (token byte lengths, text regions) to an older output,
+    from its token ids and the teacher's tokenizer alone, so students of other tokenizers
+    can learn from it. Shards are rewritten atomically; rerun to finish an interrupted run."""
+    from pipeline.store.manifest import ManifestError
+    from pipeline.store.output_lock import OutputLocked
+    from pipeline.teacher.add_text_layout import LayoutRefused, run_add_text_layout
+    from pipeline.teacher.chatml_layout import LayoutUnparsable
+
+    echo_or_refuse(lambda: run_add_text_layout(out_dir, tokenizer).line(), LayoutRefused,
+                   LayoutUnparsable, ManifestError, OutputLocked)
 
 
 @main.command()

@@ -45,6 +45,7 @@ from pipeline.teacher.prompts import Prompt, load_prompts, require_accepted, wri
 from pipeline.teacher.sample_filter import FilterOutcome, filter_samples, index_table
 from pipeline.teacher.seeding import seed_for_prompt
 from pipeline.teacher.shard_scheduler import ShardPlan, run_shards
+from pipeline.teacher.text_layouts import TokenBytes, generated_layout, locate_messages
 from pipeline.teacher.soft_labels import split_flat_logprobs
 from schemas import CONFIG_NAME, REJECTS_NAME, shard_name
 from schemas.teacher_config import ConfigError, TeacherConfig
@@ -119,12 +120,24 @@ def plan_shards(prompts: list[Prompt], cfg: TeacherConfig) -> list[ShardPlan]:
             for i in range(0, len(prompts), per)]
 
 
+def located_prompt_tokens(tokenizer: Any, tb: TokenBytes):
+    """`render_prompt_tokens`, refusing a prompt whose messages its text layout cannot locate."""
+    render = render_prompt_tokens(tokenizer)
+
+    def tokenize(messages: list[dict[str, str]]) -> list[int]:
+        ids = render(messages)
+        locate_messages(tb.text(ids), messages)  # RecordError: the record is rejected, named
+        return ids
+    return tokenize
+
+
 def generate_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
     """Generate mode's prompts, shard plans, sampling and sample conversion."""
-    batch = load_prompts(cfg.prompts, render_prompt_tokens(tokenizer),
+    tb = TokenBytes.of(tokenizer)
+    batch = load_prompts(cfg.prompts, located_prompt_tokens(tokenizer, tb),
                          cfg.max_model_len - cfg.max_tokens, cfg.system_prompt, cfg.limit,
                          owns=owned_by(cfg.worker_index, cfg.num_workers))
-    prompt_ids = {p.id: p.token_ids for p in batch.accepted}
+    prompts = {p.id: p for p in batch.accepted}
 
     def params(seed: int) -> Any:
         from vllm import SamplingParams
@@ -134,8 +147,13 @@ def generate_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
                               detokenize=False, flat_logprobs=True)
 
     def to_samples(plan: ShardPlan, outputs: dict[str, Any]) -> list[Sample]:
-        return [s for pid, _, _ in plan.requests
-                for s in samples_from_output(prompt_ids[pid], pid, outputs[pid], cfg.engine_k)]
+        samples = [s for pid, _, _ in plan.requests
+                   for s in samples_from_output(prompts[pid].token_ids, pid, outputs[pid],
+                                                cfg.engine_k)]
+        for s in samples:
+            s.token_byte_lengths, s.text_regions = generated_layout(
+                tb, prompts[s.prompt_id].messages, s.prompt_token_ids, s.completion_token_ids)
+        return samples
 
     return LabelJob(batch, plan_shards(batch.accepted, cfg), len(batch.accepted) * cfg.n,
                     params, to_samples)
@@ -216,7 +234,8 @@ def open_output(cfg: TeacherConfig, fresh: Manifest) -> Manifest:
     if old.prompts_sha256 != fresh.prompts_sha256:
         mismatch.append("prompts (file content)")
     if old.schema_version != fresh.schema_version:
-        mismatch.append(f"schema version (v{old.schema_version}; this build writes v{fresh.schema_version})")
+        mismatch.append(f"schema version (v{old.schema_version}; this build writes "
+                        f"v{fresh.schema_version}: kd add-text-layout upgrades a complete v2 output)")
     if mismatch and not cfg.overwrite:
         raise ConfigError(
             f"{out} was generated with different {', '.join(mismatch)}; pass --overwrite to "
@@ -302,7 +321,8 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
         hidden_size=hidden_size if layers else 0, teacher_num_layers=num_layers,
         label_format=cfg.label_format, hidden_format=cfg.hidden_format,
         label_kind=cfg.label_kind, hidden_rank=cfg.hidden_rank if cfg.hidden_format == "pca" else 0,
-        samples_per_position=cfg.samples_per_position if cfg.label_kind == "sampled" else 0)
+        samples_per_position=cfg.samples_per_position if cfg.label_kind == "sampled" else 0,
+        text_layout=True)
     manifest.set_tokenizer_identity(identity_of(tokenizer))
     return manifest
 

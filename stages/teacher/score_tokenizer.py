@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.teacher.prompts import Messages
+from pipeline.teacher.text_layouts import TokenBytes
 
 PLAIN_SEPARATOR = "\n\n"
 """Between messages when the tokenizer has no chat template (as in generate mode)."""
@@ -30,6 +31,7 @@ class HfScoreTokenizer:
                              "assistant turns); this teacher's tokenizer is a slow one")
         self.tokenizer = tokenizer
         self.fingerprint = tokenizer_fingerprint(tokenizer)
+        self.token_bytes = TokenBytes.of(tokenizer)
 
     def render(self, messages: Messages, add_generation_prompt: bool) -> str:
         if getattr(self.tokenizer, "chat_template", None):

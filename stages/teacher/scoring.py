@@ -102,7 +102,9 @@ def scored_sample(item: ScoreItem, output: Any, k: int) -> Sample:
                else np.asarray(item.student_logprobs, np.float32))
     return Sample(item.record_id, item.window, item.token_ids[:first], item.token_ids[first:],
                   top_ids, top_lps, actual, "scored", label_positions=positions,
-                  id_prefix=WINDOW_PREFIX, student_logprobs=student)
+                  id_prefix=WINDOW_PREFIX, student_logprobs=student,
+                  token_byte_lengths=item.byte_lengths,
+                  text_regions=None if item.regions is None else list(item.regions))
 
 
 def score_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:

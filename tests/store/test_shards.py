@@ -43,7 +43,7 @@ def test_root_attributes_follow_the_schema(tmp_path, rng):
     write_shard(tmp_path / "s.h5", 5, [fake_sample(rng, "p")], fake_attrs())
     r = ShardReader(tmp_path / "s.h5")
     assert set(SHARD_SCHEMA["root_attributes"]) <= set(r.attrs)
-    assert r.attrs["schema"] == "offline-kd/shard" and r.attrs["schema_version"] == 2
+    assert r.attrs["schema"] == "offline-kd/shard" and r.attrs["schema_version"] == 3
     assert r.attrs["shard_index"] == 5 and r.attrs["top_k"] == 4
     assert json.loads(r.attrs["sampling"]) == {"n": 1, "temperature": 1.0}
 

@@ -99,7 +99,7 @@ def test_bad_records_are_rejected_with_reasons_and_the_rest_labelled(score_label
         "both": "ambiguous_record", "empty-turn": "empty_assistant_turn",
         "no-assistant": "no_assistant_turn", "orphan": "missing_prompt"}
     m = read_manifest(score_labels)
-    assert (m.mode, m.schema_version, m.accepted_prompts, m.rejected_prompts) == ("score", 2, 5, 4)
+    assert (m.mode, m.schema_version, m.accepted_prompts, m.rejected_prompts) == ("score", 3, 5, 4)
     kept = {sid.split("/")[0] for sid, _ in scored_samples(score_labels)}
     assert kept == {"long", "short", "short2", "chat", "pc"}
     assert m.totals()["generated"] == m.planned_samples
