@@ -476,7 +476,21 @@ def render_draft(r: Result) -> str:
         + ", ".join(f"{x:.2f}" for x in cap["eagle3_vs_no_hidden_throughput"]) + ".")
 
 
+def render_text_layout_bytes(r: Result) -> str:
+    rows = [[Path(run["labels"]).name, run["mode"], f"{run['tokens']:,}", run["samples"],
+             f"{run['payload_bytes_per_token']:.2f}", f"{run['file_growth_bytes_per_token']:.2f}",
+             f"{run['payload_bytes_per_labelled_token']:.2f}", f"{run['add_seconds']:.1f}"]
+            for run in r["runs"]]
+    return section(
+        "Cross-tokenizer text layout: bytes per token", "text_layout_bytes.json", "", r,
+        "`kd add-text-layout` on existing label sets: what `samples/token_byte_lengths` and "
+        "`samples/text_regions` add (payload) and how much the shard files grow:",
+        table(["labels", "mode", "tokens", "samples", "payload B/token", "file growth B/token",
+               "payload B/labelled token", "add s"], "llrrrrrr", rows))
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
+    "text_layout_bytes.json": render_text_layout_bytes,
     "draft.json": render_draft,
     "deploy.json": render_deploy,
     "teacher_warning_lines.json": render_warning_lines,

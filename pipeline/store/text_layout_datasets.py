@@ -235,13 +235,13 @@ def rewrite_with_layout(path: str | Path, byte_lengths: np.ndarray,
 
     Every dataset and attribute is copied as stored (codes stay codes: nothing is
     decoded and encoded again); written under a temporary name, fsynced and
-    renamed, as every file of an output (`pipeline.store.checksum.commit_path`).
+    renamed, as every file of an output (`pipeline.store.atomic_commit.commit_path`).
     """
     import os
 
     import h5py
 
-    from pipeline.store.checksum import commit_path, temp_path_for
+    from pipeline.store.atomic_commit import commit_path, temp_path_for
 
     path = Path(path)
     tmp = temp_path_for(path)

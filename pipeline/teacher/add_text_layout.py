@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.store.checksum import remove_stale_temps, sha256_file
+from pipeline.store.atomic_commit import remove_stale_temps, sha256_file
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.manifest import Manifest, read_manifest, write_manifest
 from pipeline.store.output_lock import OutputLock

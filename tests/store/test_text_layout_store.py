@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TEACHER, fake_attrs, fake_sample, require_teacher
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.manifest import read_manifest, write_manifest
 from pipeline.store.shard_reader import ShardReader, read_samples
 from pipeline.store.shard_writer import write_shard
@@ -23,7 +23,7 @@ from pipeline.store.text_layout import TextRegion, decode_regions, encode_region
 from pipeline.store.text_layout_datasets import (ADD_COMMAND, BYTE_LENGTHS, LAYOUT_DATASETS, REGIONS,
                                                  TOKENIZER_DIR, rewrite_with_layout)
 from pipeline.store.verify import verify_outputs
-from pipeline.teacher.synthetic_output import write_random_output
+from bench.synthetic_output import write_random_output
 from pipeline.teacher.text_layouts import TokenBytes
 from schemas import SHARD_SCHEMAS
 

@@ -23,13 +23,13 @@ import pytest
 
 from conftest import MIXED_PROMPTS, ROOT, SCORE_INPUT, TEACHER, fake_attrs, require_teacher
 from fake_engine import run_fake
-from pipeline.store.checksum import sha256_file
+from pipeline.store.atomic_commit import sha256_file
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.manifest import read_manifest
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.text_layout_datasets import LAYOUT_DATASETS
 from pipeline.store.verify import verify_outputs
-from pipeline.teacher.synthetic_output import write_random_output
+from bench.synthetic_output import write_random_output
 from schemas import SHARD_SCHEMA_VERSION
 
 
