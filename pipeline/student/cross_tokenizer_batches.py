@@ -128,7 +128,9 @@ class AlignmentCache:
     def path(self, shard_path: str) -> Path | None:
         if self.dir is None:
             return None
-        key = hashlib.sha256(str(Path(shard_path).resolve()).encode()).hexdigest()[:16]
+        stat = os.stat(shard_path)  # a shard rewritten in place gets a new entry
+        name = f"{Path(shard_path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        key = hashlib.sha256(name.encode()).hexdigest()[:16]
         return self.dir / f"{Path(shard_path).stem}-{key}.npz"
 
     def shard(self, shard_path: str, compute: Callable[[], list[Alignment]]) -> list[Alignment]:

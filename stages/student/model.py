@@ -139,4 +139,5 @@ def check_tokenizer(tokenizer: Any, labels: Any, source: str) -> None:
         raise ConfigError(
             f"tokenizer mismatch: the student ({source}) has fingerprint {mine[:16]}..., the labels "
             f"were written with {labels.tokenizer_fingerprint[:16]}... ({labels.teacher}); a student "
-            "must share the teacher's tokenizer to learn from its token-level labels")
+            "must share the teacher's tokenizer to learn from its token-level labels, or train "
+            "with --cross-tokenizer alm (byte-aligned chunks, docs/cross-tokenizer.md)")
