@@ -230,5 +230,11 @@ bench-storage-quality: models
 	$(PY) -m bench.storage_quality train --labels-dir $(QUALITY_LABELS) --steps $(STEPS) \
 	  --batch-tokens $(BATCH_TOKENS) --lr $(LR) --device $(QUALITY_DEVICE)
 
+# Cross-tokenizer students (Qwen3, Gemma3 tokenizers) from the embedded teacher's score-mode
+# labels: alignment cost, step time, stored bytes per token, 1:1 share, and ALM+KL+CE against
+# CE only in held-out bits per byte (docs/cross-tokenizer.md).
+bench-cross-tokenizer: models
+	$(PY) -m bench.cross_tokenizer
+
 clean:
 	rm -rf data/labels data/models

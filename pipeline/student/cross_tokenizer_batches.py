@@ -34,6 +34,7 @@ import torch
 
 from pipeline.store.text_layout import TextRegion, decode_regions, token_bytes_table
 from pipeline.student.cross_tokenizer_loss import byte_vocab_map
+from pipeline.student.label_set import LabelSetError
 from pipeline.student.token_alignment import Alignment, AlignmentError, align, render_student
 
 TOKEN_BYTE_LENGTHS = "samples/token_byte_lengths"
@@ -41,7 +42,7 @@ TEXT_REGIONS = "samples/text_regions"
 Layout = tuple[np.ndarray, list[TextRegion]]
 
 
-class TextLayoutMissing(ValueError):
+class TextLayoutMissing(LabelSetError):
     """An output without the cross-tokenizer text layout; the message names the command adding it."""
 
 

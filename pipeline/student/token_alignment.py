@@ -39,13 +39,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.store.text_layout import TextRegion, byte_ends
+from pipeline.student.label_set import LabelSetError
 
 PLAIN_ROLES = ("text", "prompt", "completion")
 """Region roles rendered as plain text; any other role is a chat message's."""
 
 
-class AlignmentError(ValueError):
-    """A sample cannot be aligned; the message names the sample and what fails."""
+class AlignmentError(LabelSetError):
+    """A sample cannot be aligned; the message names the sample and what fails (a refusal
+    of the labels for this student, printed as one line)."""
 
 
 def chunk_ids(teacher_ends: np.ndarray, student_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
