@@ -142,3 +142,29 @@ def test_kd_eval_bits_per_byte_match_a_direct_computation(doc_labels, straight, 
     student, teacher = direct_bits_per_byte(straight / "model", doc_labels)
     assert rows["after"]["bits_per_byte"] == pytest.approx(student, rel=1e-4)
     assert rows["teacher"]["bits_per_byte"] == pytest.approx(teacher, rel=1e-6)
+
+
+def test_same_tokenizer_rows_report_bits_per_byte_too(doc_labels, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.store.shard_reader import ShardReader
+    from pipeline.store.text_layout import token_bytes_table
+    from schemas.student_config import EvalConfig
+    from stages.student.evaluate import run_eval
+    from tests.conftest import save_tiny_student
+
+    student = save_tiny_student(tmp_path / "tiny")
+    rows = run_eval(EvalConfig(labels=(str(doc_labels),), all=True, model=(f"tiny={student}",)))
+    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32).eval()
+    table, _ = token_bytes_table(AutoTokenizer.from_pretrained(student))
+    nll = n_bytes = 0.0
+    for path in sorted(doc_labels.glob("shard-*.h5")):
+        reader = ShardReader(path)
+        for i in range(len(reader)):
+            s = reader.sample(i)
+            ids, pos = torch.tensor(np.asarray(s["token_ids"], np.int64)), np.asarray(s["positions"])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(ids[None]).logits[0].double(), -1)
+            nll -= float(lp[pos - 1].gather(-1, ids[pos][:, None]).sum())
+            n_bytes += sum(len(table[int(t)]) for t in ids[pos])
+    assert rows["tiny"]["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-4)

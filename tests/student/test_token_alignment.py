@@ -139,3 +139,48 @@ def test_teacher_tokens_straddling_a_region_are_refused():
 
     with pytest.raises(AlignmentError, match="region 1 .*straddle"):
         align(np.array([2, 4]), regions, Student())
+
+
+def chat_layout(messages):
+    """A teacher chat's ids and layout, built by hand as the teacher stage stores it: every
+    message's content a region (assistant contents labelled, with their end-of-turn token)."""
+    require_teacher()
+    tok, table, _ = tokenizer_and_table(str(TEACHER))
+    ids = tok.apply_chat_template(messages, tokenize=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    lengths = np.array([len(table[i]) for i in ids], np.int64)
+    text, ends = b"".join(table[i] for i in ids), byte_ends(lengths)
+    regions, cursor, labelled = [], 0, []
+    for m in messages:
+        start = text.index(m["content"].encode(), cursor)
+        cursor = start + len(m["content"].encode())
+        regions.append(TextRegion(m["role"], start, cursor, m["role"] == "assistant"))
+        if m["role"] == "assistant":
+            inside = np.flatnonzero((ends - lengths >= start) & (ends <= cursor) & (lengths > 0))
+            labelled += inside.tolist() + [int(inside[-1]) + 1]  # and its <|im_end|>
+    return tok, np.array(ids), lengths, regions, text, labelled
+
+
+@pytest.mark.parametrize("name,eot", [("qwen3", "<|im_end|>"), ("gemma3", "<end_of_turn>")])
+def test_chat_contents_align_and_end_of_turn_maps_to_the_students_own(name, eot):
+    from pipeline.student.cross_tokenizer_batches import StudentSide
+
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Name a prime 🙂"},
+                {"role": "assistant", "content": "Seven: 7 is prime."},
+                {"role": "user", "content": "和另一个?"},
+                {"role": "assistant", "content": "Eleven (11)."}]
+    t_tok, ids, lengths, regions, text, labelled = chat_layout(messages)
+    s_tok, s_table, s_special = tokenizer_and_table(str(require_tokenizer(name)))
+    side = StudentSide.build(s_tok, t_tok)
+    student = render_student(regions, text, s_tok, s_table)
+    a = align(lengths, regions, student, side.teacher_end_of_turn, ids, s_special)
+    eot_id = s_tok.convert_tokens_to_ids(eot)
+    assert sorted(np.flatnonzero(a.teacher_chunk >= 0).tolist()) == sorted(labelled)
+    zero = np.flatnonzero(a.chunk_bytes == 0)
+    assert len(zero) == 2  # one end-of-turn chunk per assistant turn
+    for c in zero:
+        assert a.student_ids[a.student_chunk == c].tolist() == [eot_id]
+        assert t_tok.convert_ids_to_tokens(ids[a.teacher_chunk == c].tolist()) == ["<|im_end|>"]
+    answer = b"".join(s_table[i] for i in a.student_ids[a.student_chunk >= 0])
+    assert answer == "Seven: 7 is prime.Eleven (11).".encode()
