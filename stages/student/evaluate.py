@@ -138,13 +138,14 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     byte_lengths = teacher_byte_lengths(labels.teacher)
     rows = {"teacher": teacher_reference(labels, plan, byte_lengths)}
+    sides: dict[str, Any] = {}  # cross-tokenizer rows of one tokenizer share its alignment
     for name, spec in cfg.named_models().items():
         if spec == "narrow":
             raise ConfigError(f"--model {name}={spec}: a narrow student starts from random "
                               "weights; evaluate a saved model directory instead")
         model, tokenizer = build_student(spec, labels.teacher, cfg.keep_layers, 0, cfg.seed)
         if tokenizer_fingerprint(tokenizer) != labels.tokenizer_fingerprint:
-            rows[name] = cross_row(model.to(device), tokenizer, labels, plan, device)
+            rows[name] = cross_row(model.to(device), tokenizer, labels, plan, device, sides)
             continue
         check_tokenizer(tokenizer, labels, spec)
         vocab = check_vocabulary(model, labels.vocab_size)
@@ -159,17 +160,20 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
 
 
 def cross_row(model: Any, tokenizer: Any, labels: LabelSet, plan: list[np.ndarray],
-              device: torch.device) -> dict[str, float]:
-    """A model of another tokenizer: bits per byte of the same labelled text (its own tokens)."""
+              device: torch.device, sides: dict[str, Any]) -> dict[str, float]:
+    """A model of another tokenizer: bits per byte of the same labelled text (its own tokens);
+    `sides` keeps each tokenizer's alignment (by fingerprint) for the next such row."""
     from transformers import AutoTokenizer
 
     from pipeline.student.cross_tokenizer_batches import AlignmentCache, StudentSide
     from stages.student.cross_tokenizer import (CrossPlannedBatches, evaluate_cross,
                                                 student_vocab)
 
-    side = StudentSide.build(tokenizer, AutoTokenizer.from_pretrained(labels.teacher))
-    data = CrossPlannedBatches(labels, plan, side, AlignmentCache(None, side.fingerprint))
-    return evaluate_cross(model, data, student_vocab(model, tokenizer), device)
+    key = tokenizer_fingerprint(tokenizer)
+    if key not in sides:
+        side = StudentSide.build(tokenizer, AutoTokenizer.from_pretrained(labels.teacher))
+        sides[key] = CrossPlannedBatches(labels, plan, side, AlignmentCache(None, key))
+    return evaluate_cross(model, sides[key], student_vocab(model, tokenizer), device)
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
