@@ -148,10 +148,16 @@ def test_alignment_cache_round_trip(tmp_path, rng):
     samples = [window_sample(tok, table, text, 3, rng) for text in TRICKY[:2]]
     computed = [side.align(s, lay) for s, lay in samples]
     calls = []
-    cache = AlignmentCache(tmp_path, side.fingerprint)
-    cache.shard("x/shard-00000.h5", lambda: calls.append(1) or computed)
-    again = AlignmentCache(tmp_path, side.fingerprint).shard("x/shard-00000.h5", lambda: 1 / 0)
+    shard = tmp_path / "shard-00000.h5"
+    shard.write_bytes(b"labels")
+    cache = AlignmentCache(tmp_path / "alignment", side.fingerprint)
+    cache.shard(str(shard), lambda: calls.append(1) or computed)
+    again = AlignmentCache(tmp_path / "alignment", side.fingerprint).shard(str(shard), lambda: 1 / 0)
     assert calls == [1] and len(again) == 2
+    shard.write_bytes(b"other labels")  # a shard rewritten in place is aligned again
+    AlignmentCache(tmp_path / "alignment", side.fingerprint).shard(str(shard),
+                                                                  lambda: calls.append(2) or computed)
+    assert calls == [1, 2]
     for a, b in zip(computed, again):
         for k, v in a.arrays().items():
             np.testing.assert_array_equal(v, b.arrays()[k])
