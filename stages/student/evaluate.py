@@ -35,6 +35,8 @@ from pipeline.student.eval_metrics import EvalTotals, SampleScores
 from pipeline.student.label_set import LabelSet, open_label_set
 from schemas.config_base import ConfigError
 from schemas.student_config import EvalConfig
+from pipeline.store.fingerprint import tokenizer_fingerprint
+from stages.student.cross_tokenizer import bits_per_byte
 from stages.student.forward import batch_eval
 
 
@@ -52,28 +54,60 @@ def eval_plan(labels: LabelSet, eval_idx: np.ndarray, batch_tokens: int, max_tok
 
 @torch.no_grad()
 def evaluate_model(model: Any, labels: LabelSet, plan: list[np.ndarray], vocab: int, chunk: int,
-                   device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """KL, top-1 agreement, NLL and perplexity of `model` over the batches of `plan`."""
+                   device: torch.device, autocast_dtype: torch.dtype | None = None,
+                   byte_lengths: np.ndarray | None = None) -> dict[str, float]:
+    """KL, top-1 agreement, NLL and perplexity of `model` over the batches of `plan`; with
+    `byte_lengths` (UTF-8 bytes of each token id) also bits per byte of the labelled text."""
     was_training = model.training
     model.eval()
     totals = EvalTotals()
     enabled = autocast_dtype is not None
+    n_bytes = 0
     for batch in PlannedBatches(labels, plan):
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=enabled):
             batch_eval(model, to_device(batch, device), vocab, chunk, totals)
+        n_bytes += labelled_bytes(batch, byte_lengths)
     model.train(was_training)
-    return totals.means()
+    means = totals.means()
+    if byte_lengths is not None:
+        means["bits_per_byte"] = bits_per_byte(means["nll"] * means["positions"], n_bytes)
+    return means
 
 
-def teacher_reference(labels: LabelSet, plan: list[np.ndarray]) -> dict[str, float]:
-    """The teacher's own row: NLL of its samples from the stored sampled logprobs."""
-    nll, positions = 0.0, 0
+def labelled_bytes(batch: dict[str, Any], byte_lengths: np.ndarray | None) -> int:
+    if byte_lengths is None:
+        return 0
+    return int(byte_lengths[batch["target_ids"].numpy()].sum())
+
+
+def teacher_byte_lengths(teacher: str) -> np.ndarray | None:
+    """UTF-8 bytes of every id of the labels' tokenizer (None where the teacher's files are absent)."""
+    from transformers import AutoTokenizer
+
+    from pipeline.store.text_layout import token_bytes_table
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(teacher)
+    except (OSError, ValueError):
+        return None
+    table, _ = token_bytes_table(tokenizer)
+    return np.fromiter(map(len, table), np.int64, len(table))
+
+
+def teacher_reference(labels: LabelSet, plan: list[np.ndarray],
+                      byte_lengths: np.ndarray | None = None) -> dict[str, float]:
+    """The teacher's own row: NLL (and bits per byte) of its samples from the stored sampled logprobs."""
+    nll, positions, n_bytes = 0.0, 0, 0
     for batch in PlannedBatches(labels, plan):
         nll -= float(batch["teacher_sampled_logprobs"].double().sum())
         positions += int(batch["teacher_sampled_logprobs"].numel())
+        n_bytes += labelled_bytes(batch, byte_lengths)
     mean = nll / max(positions, 1)
-    return {"kl": 0.0, "top1_agreement": 1.0, "nll": mean, "perplexity": math.exp(mean),
-            "positions": positions}
+    row = {"kl": 0.0, "top1_agreement": 1.0, "nll": mean, "perplexity": math.exp(mean),
+           "positions": positions}
+    if byte_lengths is not None:
+        row["bits_per_byte"] = bits_per_byte(nll, n_bytes)
+    return row
 
 
 def sample_scores(out: str, cfg: EvalConfig) -> dict[str, float]:
@@ -93,7 +127,7 @@ def sample_scores(out: str, cfg: EvalConfig) -> dict[str, float]:
 
 def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     from stages.student.model import (build_student, check_tokenizer, check_vocabulary,
-                                      labels_tokenizer)
+                                      labels_tokenizer, shares_vocabulary)
 
     cfg.validate()
     labels = open_label_set(cfg.labels, cfg.verify, cfg.verify_cache)
@@ -103,16 +137,22 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         _, eval_idx = split_by_prompt(labels.prompt_hash, cfg.eval_fraction, cfg.seed)
         plan = eval_plan(labels, eval_idx, cfg.batch_tokens, cfg.eval_max_tokens, cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = {"teacher": teacher_reference(labels, plan)}
+    byte_lengths = teacher_byte_lengths(labels.teacher)
+    rows = {"teacher": teacher_reference(labels, plan, byte_lengths)}
+    sides: dict[str, Any] = {}  # cross-tokenizer rows of one tokenizer share its alignment
     for name, spec in cfg.named_models().items():
         if spec == "narrow":
             raise ConfigError(f"--model {name}={spec}: a narrow student starts from random "
                               "weights; evaluate a saved model directory instead")
         model, tokenizer = build_student(spec, labels.teacher, cfg.keep_layers, 0, cfg.seed,
                                          labels_tokenizer(labels)[0])
+        if not shares_vocabulary(tokenizer, labels):
+            rows[name] = cross_row(model.to(device), tokenizer, labels, plan, device, sides)
+            continue
         check_tokenizer(tokenizer, labels, spec)
         vocab = check_vocabulary(model, labels.vocab_size)
-        rows[name] = evaluate_model(model.to(device), labels, plan, vocab, cfg.loss_chunk, device)
+        rows[name] = evaluate_model(model.to(device), labels, plan, vocab, cfg.loss_chunk, device,
+                                    byte_lengths=byte_lengths)
         del model
     for name, out in cfg.named_samples().items():
         rows[name] = rows.get(name, {}) | sample_scores(out, cfg)
@@ -121,12 +161,31 @@ def run_eval(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     return rows
 
 
+def cross_row(model: Any, tokenizer: Any, labels: LabelSet, plan: list[np.ndarray],
+              device: torch.device, sides: dict[str, Any]) -> dict[str, float]:
+    """A model of another tokenizer: bits per byte of the same labelled text (its own tokens);
+    `sides` keeps each tokenizer's alignment (by fingerprint) for the next such row."""
+    from transformers import AutoTokenizer
+
+    from pipeline.student.cross_tokenizer_batches import AlignmentCache, StudentSide
+    from stages.student.cross_tokenizer import (CrossPlannedBatches, evaluate_cross,
+                                                student_vocab)
+
+    key = tokenizer_fingerprint(tokenizer)
+    if key not in sides:
+        side = StudentSide.build(tokenizer, AutoTokenizer.from_pretrained(labels.teacher))
+        sides[key] = CrossPlannedBatches(labels, plan, side, AlignmentCache(None, key))
+    return evaluate_cross(model, sides[key], student_vocab(model, tokenizer), device)
+
+
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """Markdown table of evaluation rows; the columns of its own samples (`kd eval --samples`)
     only when some row has them, "-" where a row has no such number."""
     columns = [("KL to teacher", "kl", ".4f"), ("top-1 agreement", "top1_agreement", ".4f"),
                ("NLL", "nll", ".4f"), ("perplexity", "perplexity", ".2f"),
                ("positions", "positions", "d")]
+    if any("bits_per_byte" in r for r in rows.values()):
+        columns.insert(0, ("bits per byte", "bits_per_byte", ".4f"))
     if any("teacher_nll_of_samples" in r for r in rows.values()):
         columns += [("teacher NLL of its samples", "teacher_nll_of_samples", ".4f"),
                     ("reverse-KL estimate", "reverse_kl_estimate", ".4f"),

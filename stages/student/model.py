@@ -169,6 +169,18 @@ def check_tokenizer(tokenizer: Any, labels: Any, source: str) -> None:
         print(warning, file=sys.stderr)
 
 
+def shares_vocabulary(tokenizer: Any, labels: Any) -> bool:
+    """Whether `tokenizer` reads the labels' ids as the teacher wrote them (special-token lists
+    may differ); False sends a model to the cross-tokenizer path of `kd eval`."""
+    from pipeline.store.fingerprint import tokenizer_fingerprint
+    from pipeline.store.tokenizer_identity import identity_of
+
+    identity = labels.tokenizer_identity or derive_identity(labels)
+    if identity is None:
+        return tokenizer_fingerprint(tokenizer) == labels.tokenizer_fingerprint
+    return identity_of(tokenizer).vocab_fingerprint == identity.vocab_fingerprint
+
+
 def labels_tokenizer(labels: Any) -> tuple[str, str]:
     """(where the labels' tokenizer is loaded from, which: `stored copy` or `teacher path`)."""
     if labels.tokenizer_dir:
@@ -217,4 +229,5 @@ def check_legacy_fingerprint(tokenizer: Any, labels: Any, source: str) -> None:
         raise ConfigError(
             f"tokenizer mismatch: the student ({source}) has fingerprint {mine[:16]}..., the labels "
             f"were written with {labels.tokenizer_fingerprint[:16]}... ({labels.teacher}); a student "
-            "must share the teacher's tokenizer to learn from its token-level labels")
+            "must share the teacher's tokenizer to learn from its token-level labels, or train "
+            "with --cross-tokenizer alm (byte-aligned chunks, docs/cross-tokenizer.md)")

@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +45,10 @@ from pipeline.student.shard_gate import ShardVerificationError
 from schemas.config_base import ConfigError
 from schemas.student_config import StudentConfig
 from stages.cli.preemption import Preempted, PreemptionGuard
+from pipeline.student.cross_tokenizer_batches import AlignmentCache, StudentSide
+from stages.student.cross_tokenizer import (CrossPlannedBatches, CrossTokenizerModule,
+                                            build_cross_student, evaluate_cross, student_vocab,
+                                            teacher_cross_reference)
 from stages.student.distributed import DistContext
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
 from stages.student.export import export_model, exportable
@@ -86,9 +90,11 @@ class BatchStream:
     """This rank's batches, epoch after epoch, resumable at any cursor."""
 
     def __init__(self, labels: LabelSet, train_idx: np.ndarray, cfg: StudentConfig,
-                 dist: DistContext, cursor: Cursor, with_hidden: bool):
+                 dist: DistContext, cursor: Cursor, with_hidden: bool,
+                 dataset: Callable[[list[np.ndarray]], Any] | None = None):
         self.labels, self.train_idx, self.cfg, self.dist = labels, train_idx, cfg, dist
         self.cursor, self.with_hidden = cursor, with_hidden
+        self.dataset = dataset or (lambda plan: PlannedBatches(labels, plan, with_hidden))
         self._iter: Iterator[dict[str, Any]] | None = None
 
     def epoch_plan(self, epoch: int) -> list[np.ndarray]:
@@ -107,7 +113,7 @@ class BatchStream:
 
     def _open(self) -> Iterator[dict[str, Any]]:
         plan = self.epoch_plan(self.cursor.epoch)[self.cursor.batch:]
-        data = PlannedBatches(self.labels, plan, self.with_hidden)
+        data = self.dataset(plan)
         loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False,
                                              num_workers=self.cfg.loader_workers,
                                              prefetch_factor=4 if self.cfg.loader_workers else None,
@@ -187,6 +193,8 @@ class Trainable:
     """`DistillationModule` (student + adapter), wrapped by `DistContext.wrap`."""
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
+    side: StudentSide | None = None
+    """--cross-tokenizer: how the student's tokens align with the teacher's."""
 
 
 def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
@@ -194,6 +202,8 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
     """Build or load the student, check it against the labels, place and wrap it."""
     teacher = cfg.teacher or labels.teacher
     torch.manual_seed(cfg.seed)
+    if cfg.cross_tokenizer:
+        return build_cross_trainable(cfg, teacher, dist)
     if cfg.init_from is not None:
         model, tokenizer = load_init_from(cfg.init_from, labels)
     else:
@@ -222,6 +232,23 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     prime_adamw_state(optimizer)
     return Trainable(model, tokenizer, vocab, layer_map, module, params, optimizer)
+
+
+def build_cross_trainable(cfg: StudentConfig, teacher: str, dist: DistContext) -> Trainable:
+    """--cross-tokenizer: a student of any tokenizer, its losses over byte-aligned chunks."""
+    model, tokenizer, teacher_tokenizer = build_cross_student(cfg, teacher)
+    vocab = student_vocab(model, tokenizer)
+    model.to(dist.device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+    module = dist.wrap(CrossTokenizerModule(model, vocab, cfg), cfg.fsdp,
+                       layers=model.get_decoder().layers, find_unused=False)
+    params = list(module.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    prime_adamw_state(optimizer)
+    return Trainable(model, tokenizer, vocab, {}, module, params, optimizer,
+                     StudentSide.build(tokenizer, teacher_tokenizer))
 
 
 class TrainingRun:
@@ -253,8 +280,12 @@ class TrainingRun:
             (self.out / "student_config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
         resume_state = load_resume_state(cfg, self.out, dist.world_size)
         cursor = resume_cursor(resume_state, dist.world_size) if resume_state else Cursor()
+        self.cache = None
+        if self.student.side is not None:
+            self.cache = AlignmentCache(self.out / "alignment", self.student.side.fingerprint)
         self.stream = BatchStream(labels, train_idx, cfg, dist, cursor,
-                                  with_hidden=bool(self.student.layer_map))
+                                  with_hidden=bool(self.student.layer_map),
+                                  dataset=self.cross_batches if self.student.side else None)
         self.steps = total_steps(cfg, self.stream.batches_per_epoch())
         try:
             self.phases = layout_phases(cfg.parsed_phases(), self.steps)
@@ -282,8 +313,9 @@ class TrainingRun:
             return
         self.log.truncate_after(-1)
         set_fake_quant(self.student.model, fake_quant_on(self.cfg, phase_at(self.phases, 0)))
-        self.evals = {"teacher": teacher_reference(self.labels, self.plan_eval),
-                      "student_before": self.evaluate()}
+        teacher = (teacher_cross_reference(self.cross_batches(self.plan_eval))
+                   if self.student.side else teacher_reference(self.labels, self.plan_eval))
+        self.evals = {"teacher": teacher, "student_before": self.evaluate()}
         self.log.write({"step": 0, "eval": self.evals["student_before"]})
 
     def phase_record(self) -> dict[str, Any]:
@@ -296,9 +328,15 @@ class TrainingRun:
             raise ConfigError(f"--resume: the checkpoint at step {self.step} was in phase "
                               f"{saved}, the phases given put it in {self.phase_record()}")
 
+    def cross_batches(self, plan: list[np.ndarray]) -> CrossPlannedBatches:
+        return CrossPlannedBatches(self.labels, plan, self.student.side, self.cache)
+
     def evaluate(self) -> dict[str, float]:
         s = self.student
         with self.dist.full_params(s.module):
+            if s.side is not None:
+                return evaluate_cross(s.model, self.cross_batches(self.plan_eval), s.vocab,
+                                      self.dist.device, self.amp)
             return evaluate_model(s.model, self.labels, self.plan_eval, s.vocab, self.cfg.loss_chunk,
                                   self.dist.device, self.amp)
 
