@@ -15,7 +15,6 @@ bits per byte of the labelled text (teacher: its stored sampled logprobs).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.store.text_layout import token_bytes_table
-from pipeline.student.cross_tokenizer_batches import (AlignmentCache, Layout, StudentSide,
+from pipeline.student.cross_tokenizer_batches import (AlignmentCache, StudentSide,
                                                       collate_cross, stored_layouts)
 from pipeline.student.cross_tokenizer_loss import cross_tokenizer_losses
 from pipeline.student.embedding_transplant import source_rows, transplant

@@ -9,7 +9,6 @@ bit-identical to an uninterrupted run's. The converted model loads for
 
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 import torch
