@@ -489,7 +489,45 @@ def render_text_layout_bytes(r: Result) -> str:
                "payload B/labelled token", "add s"], "llrrrrrr", rows))
 
 
+def render_cross_tokenizer(r: Result) -> str:
+    a, st = r["args"], r["step_time"]
+    align = [[pair, f"{v['cold_ms_per_sample']:.3f}", f"{v['cached_ms_per_sample']:.3f}",
+              f"{v['one_to_one_byte_share']:.1%}", f"{v['stored_layout_bytes_per_token']:.2f}"]
+             for pair, v in r["alignment"].items()]
+    base = st["ordinary KD, teacher tokenizer"]["median_step_seconds"]
+    steps = [[name, " ".join(f"{x:.2f}" for x in v["step_seconds"]),
+              f"{v['median_step_seconds']:.2f}", f"{v['median_step_seconds'] / base:.2f}x"]
+             for name, v in st.items()]
+    evidence = []
+    for pair, e in r["evidence"].items():
+        s = e["summary"]
+        for run in e["runs"]:
+            evidence.append([pair, run["seed"], run["loss"],
+                             f"{run['heldout_bits_per_byte']['student']:.4f}",
+                             f"{run['heldout_bits_per_byte']['teacher']:.4f}"])
+        evidence.append([pair, "mean", "CE only minus ALM + 1:1 KL + CE",
+                         f"{s['gain_mean']:+.4f} (wins {s['wins']})",
+                         f"spread ±{s['alm+kl+ce']['std_across_seeds']:.4f} / "
+                         f"±{s['ce only']['std_across_seeds']:.4f}"])
+    return section(
+        "Cross-tokenizer distillation", "cross_tokenizer.json", "bench-cross-tokenizer", r,
+        f"{a['keep_layers']}-layer students, {a['steps']} steps of {a['batch_tokens']} tokens, "
+        f"seeds {', '.join(map(str, a['seeds']))}, on score-mode labels of {a['train_docs']} "
+        "corpus documents. Alignment per sample (cold, then from the cache), the share of "
+        "labelled bytes in chunks of one token on both sides, and what the stored text layout "
+        "adds:",
+        table(["student tokenizer", "cold ms/sample", "cached ms/sample", "1:1 byte share",
+               "layout B/token"], "lrrrr", align),
+        "Step time (seconds per step; ratio to an ordinary KD step of the same student):",
+        table(["path", "steps (s)", "median s", "ratio"], "lrrr", steps),
+        "Held-out bits per byte (lower is better; the mean row is CE only minus ALM + KL + CE, "
+        "positive when distillation wins):",
+        table(["pair", "seed", "loss", "student bits/byte", "teacher bits/byte"], "lrlrr",
+              evidence))
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
+    "cross_tokenizer.json": render_cross_tokenizer,
     "text_layout_bytes.json": render_text_layout_bytes,
     "draft.json": render_draft,
     "deploy.json": render_deploy,
