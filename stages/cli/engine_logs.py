@@ -47,6 +47,18 @@ HARMLESS_WARNINGS = {
     "cuda": (),
 }
 """vLLM warnings that say nothing a user can act on, by platform: engine.log only."""
+QUIET_LOGGERS = (
+    "torchao",  # "Failed to load ..._C_mxfp8...so": its CUDA kernels, absent on CPU
+    "torch.utils._pytree",  # torchao's enum registration, deprecated in torch 2.13: not ours
+)
+"""Loggers of libraries imported by every student command (transformers imports torchao when
+it is installed) whose warnings speak to those libraries' developers: errors only."""
+
+
+def quiet_library_loggers() -> None:
+    """Raise `QUIET_LOGGERS` to ERROR (before torch or torchao is imported; kd --verbose skips it)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class NoTraceback(logging.Formatter):

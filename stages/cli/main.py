@@ -34,6 +34,7 @@ from schemas.student_samples_config import StudentSamplesConfig
 from schemas.teacher_config import TeacherConfig
 from stages.cli.config_options import ConfigCommand, options_from
 from stages.cli.child_process import install as die_with_parent_in_children
+from stages.cli.engine_logs import quiet_library_loggers
 from stages.cli.faults import resume_command, student_committed, teacher_committed
 
 # At import: a spawned engine process re-imports this module first of all (child_process).
@@ -51,6 +52,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
     printed resume command), 75 another run writes the same output, 143 preempted
     (SIGTERM: run the printed resume command)."""
     ctx.obj = {"verbose": verbose}
+    if not verbose:
+        quiet_library_loggers()
 
 
 main.command_class = ConfigCommand  # --config FILE.yaml and old flag spellings, beside --help
