@@ -41,7 +41,7 @@ from pipeline.store.summary import storage_bytes
 from schemas.eagle3 import PRE_NORM_LAST, eagle3_layers
 from schemas.interop_config import ExportConfig
 from schemas.teacher_config import TeacherConfig
-from stages.interop.export import run_export
+from stages.interop.label_export import run_export
 from stages.teacher.hidden import pre_norm_capture
 from stages.teacher.labels import EngineSource, run_teacher_labels
 

@@ -2,7 +2,7 @@
 
 A synthetic output shaped like the demo labels (vocabulary 49152, k 20, 60
 prompt + 200 completion tokens per sample) is exported to each format in turn
-(`stages.interop.export.run_export`, full verification included, as `kd export`
+(`stages.interop.label_export.run_export`, full verification included, as `kd export`
 runs it); each format is timed `--repeats` times, interleaved, and the median
 kept. Reported per format: label rows (labelled positions) per second, and
 output bytes per labelled token next to the shards' own; then the DistillKit
@@ -26,7 +26,7 @@ from bench.result_file import write_result
 from pipeline.store.shard_writer import ShardAttrs
 from bench.synthetic_output import write_random_output
 from schemas.interop_config import EXPORT_FORMATS, ExportConfig, ImportConfig
-from stages.interop.export import run_export
+from stages.interop.label_export import run_export
 from stages.interop.import_distillkit import run_import
 
 VOCAB, K, PROMPT, COMPLETION = 49152, 20, 60, 200

@@ -42,7 +42,7 @@ def status_kib() -> dict[str, int]:
 
 def run_job(sources: list[str], out: str) -> dict[str, Any]:
     """Merge in this process while a thread samples its memory."""
-    from pipeline.teacher.merge_labels import run_merge
+    from stages.teacher.merge_labels import run_merge
     from schemas.merge_config import MergeConfig
 
     before = status_kib()

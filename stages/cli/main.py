@@ -247,7 +247,7 @@ def export_labels(cfg: ExportConfig) -> None:
     speculators' offline EAGLE-3 data (from a --hidden-layers eagle3 output)."""
     from pipeline.student.label_set import LabelSetError
     from pipeline.student.shard_gate import ShardVerificationError
-    from stages.interop.export import run_export
+    from stages.interop.label_export import run_export
 
     echo_or_refuse(lambda: run_export(cfg).line(), LabelSetError, ShardVerificationError)
 
@@ -270,7 +270,7 @@ def merge_labels(cfg: MergeConfig) -> None:
     weighted mean of probabilities (--mix-rule mean) or of logprobs, renormalised (geometric)."""
     from pipeline.store.manifest import ManifestError
     from pipeline.store.output_alignment import MisalignedOutputs
-    from pipeline.teacher.merge_labels import run_merge
+    from stages.teacher.merge_labels import run_merge
 
     echo_or_refuse(lambda: run_merge(cfg).line(), ManifestError, MisalignedOutputs)
 

@@ -1,6 +1,6 @@
 """What an export format's writer put into its temporary directory, and the samples it walks.
 
-Shared by `stages.interop.export` (the Parquet formats) and
+Shared by `stages.interop.label_export` (the Parquet formats) and
 `stages.interop.export_speculators`, so neither imports the other.
 """
 

@@ -51,7 +51,7 @@ from stages.student.cross_tokenizer import (CrossPlannedBatches, CrossTokenizerM
                                             teacher_cross_reference)
 from stages.student.distributed import DistContext
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
-from stages.student.export import export_model, exportable
+from stages.student.model_export import export_model, exportable
 from stages.student.export_quantized import export_quantized
 from stages.student.forward import DistillationModule
 from stages.student.model import build_student, check_tokenizer, check_vocabulary, load_init_from

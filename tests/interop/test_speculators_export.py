@@ -24,7 +24,7 @@ from schemas.config_base import ConfigError
 from schemas.eagle3 import eagle3_layers
 from schemas.interop_config import ExportConfig
 from speculators_reference import load
-from stages.interop.export import SIDECAR, run_export
+from stages.interop.label_export import SIDECAR, run_export
 
 LAYERS = eagle3_layers(30)
 H = 16

@@ -13,7 +13,7 @@ from pipeline.store.sample import Sample
 from pipeline.store.sample_index import merge_index, write_index_part
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.shard_writer import ShardAttrs, write_shard
-from pipeline.teacher.merge_labels import run_merge
+from stages.teacher.merge_labels import run_merge
 from pipeline.teacher.sample_filter import filter_samples, index_table
 from pipeline.teacher.kept_shard import KEEP_ALL
 from schemas.config_base import ConfigError
