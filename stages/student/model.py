@@ -152,6 +152,9 @@ def check_vocabulary(model: Any, labels_vocab: int) -> int:
     return labels_vocab
 
 
+CROSS_TOKENIZER_HINT = "train with --cross-tokenizer alm (byte-aligned chunks, docs/cross-tokenizer.md)"
+
+
 def check_tokenizer(tokenizer: Any, labels: Any, source: str) -> None:
     """The student must read the same token ids the teacher wrote: a different vocabulary stops
     naming the first differing ids; different special tokens only warn (stderr)."""
@@ -164,7 +167,7 @@ def check_tokenizer(tokenizer: Any, labels: Any, source: str) -> None:
         warning = compare_identity(identity, lambda: stored_vocabulary(labels), tokenizer,
                                    f"student ({source})")
     except VocabularyMismatch as exc:
-        raise ConfigError(f"{exc} ({labels.teacher})") from exc
+        raise ConfigError(f"{exc} ({labels.teacher}); {CROSS_TOKENIZER_HINT}") from exc
     if warning:
         print(warning, file=sys.stderr)
 
@@ -229,5 +232,5 @@ def check_legacy_fingerprint(tokenizer: Any, labels: Any, source: str) -> None:
         raise ConfigError(
             f"tokenizer mismatch: the student ({source}) has fingerprint {mine[:16]}..., the labels "
             f"were written with {labels.tokenizer_fingerprint[:16]}... ({labels.teacher}); a student "
-            "must share the teacher's tokenizer to learn from its token-level labels, or train "
-            "with --cross-tokenizer alm (byte-aligned chunks, docs/cross-tokenizer.md)")
+            "must share the teacher's tokenizer to learn from its token-level labels, or "
+            f"{CROSS_TOKENIZER_HINT}")
