@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.store.atomic_commit import sha256_file
+from pipeline.store.codecs import hidden_format_named
 from pipeline.store.hidden_basis import BASIS_NAME, FIT_TOKENS, fit_basis, read_basis, write_basis
 from pipeline.store.manifest import Manifest, write_manifest
 from pipeline.store.sample import Sample
@@ -181,7 +182,7 @@ def add_hidden_states(out: Path, cfg: TeacherConfig, manifest: Manifest, attrs: 
         path = out / shard_name(index)
         samples = read_samples(ShardReader(path))
         capture_hidden(model, device, samples, layers, cfg.hidden_batch_tokens)
-        if cfg.hidden_format == "pca":
+        if hidden_format_named(cfg.hidden_format).needs_basis:
             attrs = with_basis(out, manifest, attrs, samples, cfg.hidden_rank)
         old = manifest.shards[index]
         record = write_shard(path, index, samples, attrs)

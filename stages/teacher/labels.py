@@ -28,6 +28,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from pipeline.store.atomic_commit import remove_stale_temps, sha256_file, write_text_atomic
+from pipeline.store.codecs import hidden_format_named, label_kind_named
 from pipeline.store.fingerprint import tokenizer_fingerprint
 from pipeline.store.tokenizer_files import copy_tokenizer_files
 from stages.cli.model_files import require_model_dir
@@ -320,8 +321,10 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
         rejects_by_reason=batch.rejects_by_reason(), hidden_layers=layers,
         hidden_size=hidden_size if layers else 0, teacher_num_layers=num_layers,
         label_format=cfg.label_format, hidden_format=cfg.hidden_format,
-        label_kind=cfg.label_kind, hidden_rank=cfg.hidden_rank if cfg.hidden_format == "pca" else 0,
-        samples_per_position=cfg.samples_per_position if cfg.label_kind == "sampled" else 0,
+        label_kind=cfg.label_kind,
+        hidden_rank=cfg.hidden_rank if hidden_format_named(cfg.hidden_format).needs_basis else 0,
+        samples_per_position=(cfg.samples_per_position
+                              if label_kind_named(cfg.label_kind).drawn else 0),
         text_layout=True)
     manifest.set_tokenizer_identity(identity_of(tokenizer))
     return manifest
@@ -386,7 +389,7 @@ def label_output(cfg: TeacherConfig, engine: EngineSource) -> RunSummary:
 
 def sampled_attrs(cfg: TeacherConfig) -> dict[str, Any]:
     """The shard attributes of --label-kind sampled (none for top-k labels)."""
-    if cfg.label_kind != "sampled":
+    if not label_kind_named(cfg.label_kind).drawn:
         return {}
     return {"label_kind": "sampled", "samples_per_position": cfg.samples_per_position,
             "label_source_k": cfg.engine_k}
@@ -402,6 +405,7 @@ def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[
     thresholds = cfg.filter_thresholds()
     llm = engine.get()
     per_request = cfg.n if cfg.mode == "generate" else 1
+    drawn = label_kind_named(cfg.label_kind).drawn
     gen_bar = tqdm(total=sum(len(p.requests) for p in todo) * per_request, desc=cfg.mode,
                    unit="sample", dynamic_ncols=True)
     write_bar = tqdm(total=len(todo), desc="write", unit="shard", dynamic_ncols=True)
@@ -409,7 +413,7 @@ def generate_into(out: Path, cfg: TeacherConfig, manifest: Manifest, todo: list[
     def write(job: tuple[int, FilterOutcome, list[Sample]]) -> tuple[int, ShardRecord]:
         index, outcome, generated = job
         kept = outcome.kept
-        if cfg.label_kind == "sampled":  # filtered on the top-K rows, stored as draws
+        if drawn:  # filtered on the top-K rows, stored as draws
             kept = [sampled_sample(s, cfg.samples_per_position, cfg.seed) for s in kept]
         record = write_shard(out / shard_name(index), index, kept, attrs)
         table = index_table(generated, outcome.metrics, outcome.reasons, record.name)
