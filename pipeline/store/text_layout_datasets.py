@@ -180,9 +180,9 @@ def layout_errors(reader: Any, ids: Sequence[str], required: bool,
     """
     a = reader.arrays
     present = [BYTE_LENGTHS in a, reader.region_strings() is not None]
-    if not any(present):
+    if not any(present):  # a shard whose samples were all dropped has nothing to lay out
         return [f"{BYTE_LENGTHS} and {REGIONS} are missing (add them with {ADD_COMMAND})"] \
-            if required else []
+            if required and len(ids) else []
     if not all(present):
         return [f"{LAYOUT_DATASETS[present.index(False)]} is missing; the layout needs both datasets"]
     lengths, tokens = a[BYTE_LENGTHS], len(a["samples/token_ids"])

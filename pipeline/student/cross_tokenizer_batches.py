@@ -48,6 +48,8 @@ class TextLayoutMissing(LabelSetError):
 
 def stored_layouts(reader: Any) -> list[Layout]:
     """Every sample's (token byte lengths, regions) of a shard, from its stored datasets."""
+    if len(reader) == 0:  # every sample dropped: the writer stores no layout datasets
+        return []
     if TOKEN_BYTE_LENGTHS not in reader.arrays:
         out = reader.path.parent
         raise TextLayoutMissing(f"{reader.path}: no {TOKEN_BYTE_LENGTHS} / {TEXT_REGIONS} (written "

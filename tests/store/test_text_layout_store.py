@@ -21,7 +21,8 @@ from pipeline.store.shard_reader import ShardReader, read_samples
 from pipeline.store.shard_writer import write_shard
 from pipeline.store.text_layout import TextRegion, decode_regions, encode_regions
 from pipeline.store.text_layout_datasets import (ADD_COMMAND, BYTE_LENGTHS, LAYOUT_DATASETS, REGIONS,
-                                                 TOKENIZER_DIR, rewrite_with_layout)
+                                                 TOKENIZER_DIR, layout_errors,
+                                                 rewrite_with_layout)
 from pipeline.store.verify import verify_outputs
 from bench.synthetic_output import write_random_output
 from pipeline.teacher.text_layouts import TokenBytes
@@ -231,3 +232,19 @@ def test_rewrite_with_layout_copies_every_dataset_as_stored(tmp_path, rng):
         assert [decode_regions(s.decode()) for s in f[REGIONS][()]] == regions
     assert not list(tmp_path.glob(".*.tmp"))
     assert json.loads(ShardReader(path).attrs["hidden_layers"]) == []
+
+
+def test_a_shard_whose_samples_were_all_dropped_needs_no_layout(tmp_path):
+    """A strict filter can keep nothing of a shard: its file holds no samples and no layout
+    datasets, and a manifest promising the layout accepts it; a shard with samples does not."""
+    from pipeline.student.cross_tokenizer_batches import stored_layouts
+
+    write_shard(tmp_path / "empty.h5", 0, [], fake_attrs())
+    empty = ShardReader(tmp_path / "empty.h5")
+    assert layout_errors(empty, [], required=True, id_lengths=None) == []
+    assert stored_layouts(empty) == []
+    full_path = tmp_path / "full.h5"
+    write_shard(full_path, 0, [fake_sample(np.random.default_rng(0), "p")], fake_attrs())
+    full = ShardReader(full_path)
+    assert layout_errors(full, ["p/0"], required=True, id_lengths=None) == [
+        f"{BYTE_LENGTHS} and {REGIONS} are missing (add them with {ADD_COMMAND})"]
