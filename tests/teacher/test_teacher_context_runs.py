@@ -180,3 +180,22 @@ def test_hidden_layers_with_record_contexts_are_refused_naming_the_flag(tmp_path
     require_teacher()
     proc = run_fake(context_args(tmp_path / "out", CONTEXTS, "--hidden-layers", "3"))
     assert proc.returncode != 0 and "--hidden-layers" in proc.stderr
+
+
+def test_inspect_shows_both_views_and_export_reads_the_output(reference, tmp_path):
+    from pipeline.store.summary import summarise_output
+
+    order = [sid for rec in sorted(read_manifest(reference).shards.values(), key=lambda r: r.name)
+             for sid in ShardReader(reference / rec.name).strings("samples/ids")]
+    text = summarise_output(reference, order.index("hinted/w0"), decode=lambda ids: str(ids))
+    assert "teacher view per_record: 3 record(s)" in text
+    assert "teacher user      'Hint: the answer is four.\\n\\nWhat is 2 + 2?'" in text
+    plain = summarise_output(reference, order.index("plain/w0"), decode=lambda ids: str(ids))
+    assert "the teacher saw the stored (student's) view" in plain
+    out = tmp_path / "export"
+    proc = run_fake(["export", "--format", "parquet", "--labels", str(reference), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sorted(out.glob("*.parquet")))
+    assert table.num_rows == len(order)
