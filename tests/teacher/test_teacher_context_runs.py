@@ -199,3 +199,17 @@ def test_inspect_shows_both_views_and_export_reads_the_output(reference, tmp_pat
 
     table = pq.read_table(sorted(out.glob("*.parquet")))
     assert table.num_rows == len(order)
+
+
+def test_eval_reads_the_students_view_and_says_the_teacher_saw_more(reference, tmp_path):
+    from conftest import save_tiny_student
+
+    student = save_tiny_student(tmp_path / "student")
+    rows = tmp_path / "eval.json"
+    proc = run_fake(["eval", "--all", "--labels", str(reference), "--model", f"tiny={student}",
+                     "--output", str(rows)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "behind a context the stored samples lack" in proc.stdout
+    stored = samples(reference)
+    assert json.loads(rows.read_text())["tiny"]["positions"] == sum(
+        len(s["positions"]) for s in stored.values())
