@@ -60,9 +60,7 @@ def teacher_view(record: dict[str, Any], kind: str,
     try:
         given = check_messages(record["teacher_messages"])
     except RecordError as exc:
-        raise RecordError(f"bad_teacher_{exc.reason.removeprefix('bad_')}",
-                          f"teacher_{exc}".replace("teacher_`messages`", "`teacher_messages`")
-                          ) from None
+        raise RecordError("bad_teacher_messages", f"`teacher_messages`: {exc}") from None
     return lambda messages: given
 
 
