@@ -49,7 +49,7 @@ from pipeline.machine import describe_machine
 
 TEACHER = "data/models/smollm2-135m-instruct"
 PAIRS = {"qwen3": "data/tokenizers/qwen3", "gemma3": "data/tokenizers/gemma3"}
-PARTS = ("evidence", "alignment", "step-time")
+PARTS = ("evidence", "alignment", "step-time", "paired-step")
 STEP_GOAL = 1.15
 """The issue's goal for a cross-tokenizer step against the step it is compared with."""
 
@@ -162,12 +162,9 @@ def main() -> None:
     score(heldout_documents(work / "heldout-docs.jsonl"), heldout_labels, None)
     result: dict[str, Any] = {"alignment": {}, "step_time": {}, "evidence": {}}
     if set(args.parts) != set(PARTS):
-        result = json.loads(Path(args.output).read_text())
-        result.setdefault("earlier runs", []).append(
-            {k: result.pop(k) for k in ("machine", "command", "args") if k in result}
-            | {"parts": [p for p in PARTS if p not in args.parts]})
+        result = keep_earlier(json.loads(Path(args.output).read_text()), args.parts)
     result |= {"machine": describe_machine(), "command": " ".join(sys.argv), "args": vars(args),
-               "step_goal": STEP_GOAL}
+               "parts": args.parts, "step_goal": STEP_GOAL}
     if "evidence" in args.parts:
         evidence(args, work, train_labels, heldout_labels, result)
     if "alignment" in args.parts:
@@ -176,7 +173,22 @@ def main() -> None:
         write(result, args.output)
     if "step-time" in args.parts:
         step_times(args, work, train_labels, result)
+    if "paired-step" in args.parts:
+        result["paired_step_ratio"] = {name: paired_losses_ratio(train_labels, path, args)
+                                       for name, path in PAIRS.items()}
     write(result, args.output)
+
+
+def keep_earlier(result: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """The file's top-level run moves to "earlier runs"; each earlier run keeps the parts
+    that `parts` does not rerun (and is dropped when none is left)."""
+    top = {k: result.pop(k) for k in ("machine", "command", "args", "parts") if k in result}
+    earlier = result.pop("earlier runs", [])
+    covered = {p for e in earlier for p in e["parts"]}
+    top["parts"] = top.get("parts") or [p for p in PARTS if p not in covered]
+    kept = [e | {"parts": [p for p in e["parts"] if p not in parts]} for e in earlier + [top]]
+    result["earlier runs"] = [e for e in kept if e["parts"]]
+    return result
 
 
 def evidence(args: argparse.Namespace, work: Path, train_labels: str, heldout_labels: str,
@@ -214,6 +226,46 @@ def step_times(args: argparse.Namespace, work: Path, train_labels: str,
                                                       alpha=0.0, **same)
         write(result, args.output)
     result["step_ratio"] = step_ratios(times)
+
+
+def paired_losses_ratio(labels: str, tokenizer: str, args: argparse.Namespace,
+                        reps: int = 6) -> dict[str, Any]:
+    """Ratio (b) measured in one process: the same student and batch, steps of ALM + 1:1 KL + CE
+    and of CE only alternating, so the load of a shared machine hits both alike."""
+    import torch
+
+    from pipeline.student.cross_head import fused_cross_losses
+    from pipeline.student.cross_tokenizer_batches import StudentSide, collate_cross, stored_layouts
+    from pipeline.student.label_set import open_label_set
+    from schemas.student_config import StudentConfig
+    from stages.student.cross_tokenizer import build_cross_student
+    from stages.student.forward import decoder_states
+
+    cfg = StudentConfig(labels=(labels,), cross_tokenizer="alm", student_tokenizer=tokenizer,
+                        keep_layers=args.keep_layers).validate()
+    model, tok, teacher_tok = build_cross_student(cfg, TEACHER)
+    side, reader = StudentSide.build(tok, teacher_tok), open_label_set([labels]).open_shard(0)
+    layouts, samples, tokens = stored_layouts(reader), [], 0
+    while tokens < args.batch_tokens:
+        samples.append(reader.sample(len(samples)))
+        tokens += len(samples[-1]["token_ids"])
+    batch = collate_cross(samples, [side.align(x, layouts[i]) for i, x in enumerate(samples)],
+                          side.vocab_map)
+    weight, optimizer = model.get_output_embeddings().weight, torch.optim.AdamW(model.parameters())
+    seconds: dict[str, list[float]] = {"alm+kl+ce": [], "ce only": []}
+    for rep in range(reps + 1):
+        for loss, alpha in (("alm+kl+ce", 0.5), ("ce only", 0.0)):
+            start = time.perf_counter()
+            flat, _ = decoder_states(model, batch, False)
+            fused_cross_losses(flat[batch["loss_rows"]], weight, batch, vocab=len(tok),
+                               alpha=alpha).weighted.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if rep:  # the first of each is a warm-up
+                seconds[loss].append(time.perf_counter() - start)
+    ratios = [a / c for a, c in zip(seconds["alm+kl+ce"], seconds["ce only"])]
+    return {"step_seconds": seconds, "rows": len(batch["loss_rows"]),
+            "median_ratio": statistics.median(ratios), "ratios": ratios}
 
 
 def step_ratios(times: dict[str, dict[str, Any]], pairs: Any = PAIRS) -> dict[str, dict[str, float]]:

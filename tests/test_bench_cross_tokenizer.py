@@ -41,3 +41,20 @@ def test_the_carry_folder_round_trips_the_tokenizers(tmp_path):
         assert (tmp_path / "work" / "tokenizers" / pair / "tokenizer.json").read_bytes() == \
             (tmp_path / "tok" / pair / "tokenizer.json").read_bytes()
         assert out == str(tmp_path / "work" / "tokenizers" / pair)
+
+
+def test_a_partial_rerun_keeps_what_each_earlier_run_still_owns():
+    from bench.cross_tokenizer import keep_earlier
+
+    first = {"machine": "m1", "command": "c1", "args": {}, "evidence": {"x": 1}}
+    second = keep_earlier(dict(first), ["alignment", "step-time"])
+    assert second["earlier runs"] == [{"machine": "m1", "command": "c1", "args": {},
+                                       "parts": ["evidence"]}]
+    second |= {"machine": "m2", "command": "c2", "args": {}, "parts": ["alignment", "step-time"]}
+    third = keep_earlier(second, ["step-time"])
+    assert [(e["command"], e["parts"]) for e in third["earlier runs"]] == [
+        ("c1", ["evidence"]), ("c2", ["alignment"])]
+    assert keep_earlier(dict(third) | {"machine": "m3", "command": "c3", "args": {},
+                                       "parts": ["step-time"]},
+                        ["evidence", "alignment"])["earlier runs"] == [
+        {"machine": "m3", "command": "c3", "args": {}, "parts": ["step-time"]}]

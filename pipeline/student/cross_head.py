@@ -12,11 +12,13 @@ weighted 0 on the rows outside 1:1 chunks. Same sums as the dense path
 (tests/student/test_cross_head.py), at the cost of cross-entropy plus O(N k).
 
     >>> import torch
-    >>> [(s.start, s.stop) for s in chunk_splits(torch.tensor([0, 0, 1, 1, 1, 2]), 3, 4)]
+    >>> [(s.start, s.stop) for s in chunk_splits(torch.tensor([0, 0, 1, 1, 1, 2]), 4)]
     [(0, 2), (2, 6)]
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 import torch
 from torch import Tensor
@@ -26,14 +28,15 @@ from pipeline.student.cross_tokenizer_loss import (CrossSums, alm_chunk_loss, ch
 from pipeline.student.fused_head import HeadLoss, head_losses
 
 
-def chunk_splits(row_chunk: Tensor, chunks: int, size: int) -> list[slice]:
+def chunk_splits(row_chunk: Tensor, size: int) -> list[slice]:
     """Row slices of about `size` rows, each ending where a byte chunk ends (row_chunk sorted)."""
     rows = int(row_chunk.numel())
     ends = (torch.nonzero(row_chunk[1:] != row_chunk[:-1]).flatten() + 1).tolist() + [rows]
     splits, start = [], 0
     while start < rows:
-        fits = [e for e in ends if start < e <= start + size]
-        end = fits[-1] if fits else next(e for e in ends if e > start)
+        last = bisect_right(ends, start + size) - 1
+        # one chunk longer than `size` gets a split of its own
+        end = ends[last] if last >= 0 and ends[last] > start else ends[bisect_right(ends, start)]
         splits.append(slice(start, end))
         start = end
     return splits
@@ -63,7 +66,7 @@ def fused_cross_losses(states: Tensor, weight: Tensor, batch: dict[str, Tensor],
     forms one soft gradient.
     """
     row_chunk, teacher_chunks = batch["row_chunk"], batch["chunk_teacher_logprobs"]
-    splits = chunk_splits(row_chunk, len(teacher_chunks), chunk_size)
+    splits = chunk_splits(row_chunk, chunk_size)
     first_chunk = [int(row_chunk[s.start]) if s.start < len(row_chunk) else len(teacher_chunks)
                    for s in splits] + [len(teacher_chunks)]
     first_chunk[0] = 0

@@ -18,10 +18,15 @@ from tests.student.test_cross_tokenizer_loss import teacher_side, window_sample
 from tests.student.test_token_alignment import TRICKY, tokenizer_and_table
 
 
+def test_a_chunk_longer_than_the_size_gets_its_own_split():
+    row_chunk = torch.tensor([0] * 10 + [1] * 10 + [2] * 2)
+    assert [(s.start, s.stop) for s in chunk_splits(row_chunk, 3)] == [(0, 10), (10, 20), (20, 22)]
+
+
 @pytest.mark.parametrize("size", [1, 3, 7, 1000])
 def test_chunk_splits_cover_the_rows_and_end_on_chunk_boundaries(rng, size):
     row_chunk = torch.from_numpy(rng.integers(0, 4, 60)).cumsum(0)
-    splits = chunk_splits(row_chunk, int(row_chunk[-1]) + 1, size)
+    splits = chunk_splits(row_chunk, size)
     assert splits[0].start == 0 and splits[-1].stop == 60
     assert all(a.stop == b.start for a, b in zip(splits, splits[1:]))
     for s in splits[:-1]:
