@@ -13,9 +13,12 @@ trained from those labels alone. Reported, with every raw run:
 - the bytes per token the new stored data add (`samples/token_byte_lengths` as one
   uint8 per token, `samples/text_regions` as its JSON), from the labels' own layouts;
 - the share of labelled bytes in 1:1 chunks (where the top-k KL applies), per pair;
-- student step time, median over the steps after the first: the cross-tokenizer
-  path against the ordinary same-tokenizer KD step of the same model (the
-  teacher's tokenizer), and with each other tokenizer;
+- student step time, median over the steps after the first, as two ratios per
+  pair: (a) the cross student's ALM + 1:1 KL + CE step against the ordinary
+  same-tokenizer KD step of the same architecture with the teacher's vocabulary
+  (this includes the cost of the larger vocabulary: embedding, LM head, optimizer),
+  and (b) against a CE-only step of the very same cross student, which isolates
+  what the cross-tokenizer losses add; plus the cross path with the teacher's tokenizer;
 - the evidence (run first): per pair and seed, `--alpha 0.5` (ALM + 1:1 KL + CE)
   against `--alpha 0` (CE only), same text, steps and seed, then one `kd eval --all`
   per pair: bits per byte on the held-out documents.
@@ -23,6 +26,9 @@ trained from those labels alone. Reported, with every raw run:
 The labels are score-mode runs of the teacher stage, which store the text layout.
 
     python -m bench.cross_tokenizer --steps 8 --seeds 0 1     # the defaults (make bench-cross-tokenizer)
+    python -m bench.cross_tokenizer --parts alignment step-time   # rerun those, keep the rest of the file
+
+`bench/cross_tokenizer_gpu.py` runs the evidence on a GPU without the teacher's weights.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ from pipeline.machine import describe_machine
 
 TEACHER = "data/models/smollm2-135m-instruct"
 PAIRS = {"qwen3": "data/tokenizers/qwen3", "gemma3": "data/tokenizers/gemma3"}
+PARTS = ("evidence", "alignment", "step-time", "paired-step")
+STEP_GOAL = 1.15
+"""The issue's goal for a cross-tokenizer step against the step it is compared with."""
 
 
 def kd(*args: str) -> float:
@@ -75,9 +84,8 @@ def alignment_costs(labels: str, tokenizer_dir: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from pipeline.store.text_layout import encode_regions
-    from pipeline.student.cross_tokenizer_batches import AlignmentCache, StudentSide
+    from pipeline.student.cross_tokenizer_batches import AlignmentCache, StudentSide, stored_layouts
     from pipeline.student.label_set import open_label_set
-    from stages.student.cross_tokenizer import shard_layouts
 
     set_ = open_label_set([labels])
     side = StudentSide.build(AutoTokenizer.from_pretrained(tokenizer_dir),
@@ -87,7 +95,7 @@ def alignment_costs(labels: str, tokenizer_dir: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for s, path in enumerate(set_.shard_paths):
             reader = set_.open_shard(s)
-            layouts = shard_layouts(reader, side.teacher_table)
+            layouts = stored_layouts(reader)
             start = time.perf_counter()
             aligned = [side.align(reader.sample(i), layouts[i]) for i in range(len(reader))]
             cold += time.perf_counter() - start
@@ -137,22 +145,56 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-docs", type=int, default=120)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--timing-steps", type=int, default=4)
+    ap.add_argument("--timing-steps", type=int, default=6)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--keep-layers", type=int, default=4)
     ap.add_argument("--batch-tokens", type=int, default=256)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--work", default="data/bench-cross-tokenizer")
     ap.add_argument("--output", default="bench/results/cross_tokenizer.json")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="what to (re)run; the other parts are kept from --output")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_labels, heldout_labels = str(work / "labels-train"), str(work / "labels-heldout")
     score("data/corpus/train.jsonl", train_labels, args.train_docs)
     score(heldout_documents(work / "heldout-docs.jsonl"), heldout_labels, None)
-    result: dict[str, Any] = {"machine": describe_machine(), "command": " ".join(sys.argv),
-                              "args": vars(args), "alignment": {}, "step_time": {}, "evidence": {}}
-    for name, path in PAIRS.items():  # the evidence first: it is what the bench is for
+    result: dict[str, Any] = {"alignment": {}, "step_time": {}, "evidence": {}}
+    if set(args.parts) != set(PARTS):
+        result = keep_earlier(json.loads(Path(args.output).read_text()), args.parts)
+    result |= {"machine": describe_machine(), "command": " ".join(sys.argv), "args": vars(args),
+               "parts": args.parts, "step_goal": STEP_GOAL}
+    if "evidence" in args.parts:
+        evidence(args, work, train_labels, heldout_labels, result)
+    if "alignment" in args.parts:
+        for name, path in {"same (smollm2)": TEACHER, **PAIRS}.items():
+            result["alignment"][name] = alignment_costs(train_labels, path)
+        write(result, args.output)
+    if "step-time" in args.parts:
+        step_times(args, work, train_labels, result)
+    if "paired-step" in args.parts:
+        result["paired_step_ratio"] = {name: paired_losses_ratio(train_labels, path, args)
+                                       for name, path in PAIRS.items()}
+    write(result, args.output)
+
+
+def keep_earlier(result: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """The file's top-level run moves to "earlier runs"; each earlier run keeps the parts
+    that `parts` does not rerun (and is dropped when none is left)."""
+    top = {k: result.pop(k) for k in ("machine", "command", "args", "parts") if k in result}
+    earlier = result.pop("earlier runs", [])
+    covered = {p for e in earlier for p in e["parts"]}
+    top["parts"] = top.get("parts") or [p for p in PARTS if p not in covered]
+    kept = [e | {"parts": [p for p in e["parts"] if p not in parts]} for e in earlier + [top]]
+    result["earlier runs"] = [e for e in kept if e["parts"]]
+    return result
+
+
+def evidence(args: argparse.Namespace, work: Path, train_labels: str, heldout_labels: str,
+             result: dict[str, Any]) -> None:
+    """Per pair and seed, ALM + 1:1 KL + CE against CE only, then held-out bits per byte."""
+    for name, path in PAIRS.items():
         runs = []
         for seed in args.seeds:
             for label, alpha in (("alm+kl+ce", 0.5), ("ce only", 0.0)):
@@ -166,19 +208,79 @@ def main() -> None:
                                           "teacher": rows["teacher"]}
         result["evidence"][name] = {"runs": runs, "summary": summarise(runs)}
         write(result, args.output)
-    for name, path in {"same (smollm2)": TEACHER, **PAIRS}.items():
-        result["alignment"][name] = alignment_costs(train_labels, path)
-    write(result, args.output)
-    same = dict(labels=train_labels, steps=args.timing_steps, seed=0, alpha=0.5, args=args)
-    result["step_time"]["ordinary KD, teacher tokenizer"] = train(
-        out=work / "time-kd", tokenizer=None, cross=False, **same)
-    result["step_time"]["cross path, teacher tokenizer"] = train(
-        out=work / "time-cross-same", tokenizer=None, **same)
+
+
+def step_times(args: argparse.Namespace, work: Path, train_labels: str,
+               result: dict[str, Any]) -> None:
+    """Step times and the ratios (a) against ordinary KD, (b) against CE only of the same student."""
+    same = dict(labels=train_labels, steps=args.timing_steps, seed=0, args=args)
+    times = result["step_time"] = {}
+    times["ordinary KD, teacher tokenizer"] = train(out=work / "time-kd", tokenizer=None,
+                                                    cross=False, alpha=0.5, **same)
+    times["cross path, teacher tokenizer"] = train(out=work / "time-cross-same", tokenizer=None,
+                                                   alpha=0.5, **same)
     for name, path in PAIRS.items():
-        result["step_time"][f"cross path, {name}"] = train(out=work / f"time-{name}",
-                                                           tokenizer=path, **same)
+        times[f"cross path, {name}"] = train(out=work / f"time-{name}", tokenizer=path,
+                                             alpha=0.5, **same)
+        times[f"cross path, {name}, CE only"] = train(out=work / f"time-{name}-ce", tokenizer=path,
+                                                      alpha=0.0, **same)
         write(result, args.output)
-    write(result, args.output)
+    result["step_ratio"] = step_ratios(times)
+
+
+def paired_losses_ratio(labels: str, tokenizer: str, args: argparse.Namespace,
+                        reps: int = 6) -> dict[str, Any]:
+    """Ratio (b) measured in one process: the same student and batch, steps of ALM + 1:1 KL + CE
+    and of CE only alternating, so the load of a shared machine hits both alike."""
+    import torch
+
+    from pipeline.student.cross_head import fused_cross_losses
+    from pipeline.student.cross_tokenizer_batches import StudentSide, collate_cross, stored_layouts
+    from pipeline.student.label_set import open_label_set
+    from schemas.student_config import StudentConfig
+    from stages.student.cross_tokenizer import build_cross_student
+    from stages.student.forward import decoder_states
+
+    cfg = StudentConfig(labels=(labels,), cross_tokenizer="alm", student_tokenizer=tokenizer,
+                        keep_layers=args.keep_layers).validate()
+    model, tok, teacher_tok = build_cross_student(cfg, TEACHER)
+    side, reader = StudentSide.build(tok, teacher_tok), open_label_set([labels]).open_shard(0)
+    layouts, samples, tokens = stored_layouts(reader), [], 0
+    while tokens < args.batch_tokens:
+        samples.append(reader.sample(len(samples)))
+        tokens += len(samples[-1]["token_ids"])
+    batch = collate_cross(samples, [side.align(x, layouts[i]) for i, x in enumerate(samples)],
+                          side.vocab_map)
+    weight, optimizer = model.get_output_embeddings().weight, torch.optim.AdamW(model.parameters())
+    seconds: dict[str, list[float]] = {"alm+kl+ce": [], "ce only": []}
+    for rep in range(reps + 1):
+        for loss, alpha in (("alm+kl+ce", 0.5), ("ce only", 0.0)):
+            start = time.perf_counter()
+            flat, _ = decoder_states(model, batch, False)
+            fused_cross_losses(flat[batch["loss_rows"]], weight, batch, vocab=len(tok),
+                               alpha=alpha).weighted.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if rep:  # the first of each is a warm-up
+                seconds[loss].append(time.perf_counter() - start)
+    ratios = [a / c for a, c in zip(seconds["alm+kl+ce"], seconds["ce only"])]
+    return {"step_seconds": seconds, "rows": len(batch["loss_rows"]),
+            "median_ratio": statistics.median(ratios), "ratios": ratios}
+
+
+def step_ratios(times: dict[str, dict[str, Any]], pairs: Any = PAIRS) -> dict[str, dict[str, float]]:
+    """Per pair: (a) cross ALM + KL + CE step / ordinary KD step with the teacher's vocabulary,
+    (b) the same / a CE-only step of the same cross student."""
+    ordinary = times["ordinary KD, teacher tokenizer"]["median_step_seconds"]
+    out = {"teacher tokenizer": {"vs ordinary KD, teacher vocabulary (a)":
+                                 times["cross path, teacher tokenizer"]["median_step_seconds"]
+                                 / ordinary}}
+    for name in pairs:
+        cross = times[f"cross path, {name}"]["median_step_seconds"]
+        out[name] = {"vs ordinary KD, teacher vocabulary (a)": cross / ordinary,
+                     "vs CE only, same student (b)":
+                         cross / times[f"cross path, {name}, CE only"]["median_step_seconds"]}
+    return out
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

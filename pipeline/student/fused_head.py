@@ -34,7 +34,8 @@ gradient formed in forward; soft and hard come back detached, for logging.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -75,9 +76,14 @@ class HeadLoss:
                              f"{self.chunk_size}")
 
 
+TokenTerm = Callable[[slice, Tensor], Tensor]
+"""(rows, their target logprobs z[y] - lse) -> a differentiable sum that joins the soft loss."""
+
+
 def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, target_ids: Tensor,
                    spec: HeadLoss, soft_weights: Tensor | None = None,
-                   sampled: tuple[Tensor, Tensor | None] | None = None
+                   sampled: tuple[Tensor, Tensor | None] | None = None,
+                   token_term: Callable[[Tensor], Tensor] | None = None
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(soft sum, hard sum, dL/dz, on-policy sum) of one chunk's logits z (float32 or wider).
 
@@ -86,6 +92,8 @@ def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, tar
     saves a (chunk, V) buffer. With `spec.onpolicy_weight`, `sampled` = (teacher's
     logprob of each target, the behaviour student's or None) adds that times the
     on-policy reverse-KL surrogate, a function of the target's logprob z[y] - lse.
+    `token_term`, a function of those target logprobs too (the cross-tokenizer ALM
+    chunk loss), adds its value to the soft sum.
     """
     soft_on = spec.alpha > 0
     lse = torch.logsumexp(z, dim=-1).requires_grad_()
@@ -99,6 +107,8 @@ def chunk_gradient(z: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, tar
                                         tail=spec.tail, temperature=spec.temperature,
                                         beta=spec.beta, weights=soft_weights)
                 if soft_on else torch.zeros_like(hard))
+        if soft_on and token_term is not None:
+            soft = soft + token_term(at_target - lse)
         weighted = weighted_token_sum(soft, hard, spec.alpha)
         onpolicy = torch.zeros_like(hard)
         if spec.onpolicy_weight and sampled is not None:
@@ -128,7 +138,8 @@ class _FusedHead(torch.autograd.Function):
     def forward(ctx: Any, states: Tensor, weight: Tensor, teacher_ids: Tensor,
                 teacher_logprobs: Tensor, target_ids: Tensor, spec: HeadLoss,
                 soft_weights: Tensor | None, teacher_sampled: Tensor | None,
-                behaviour: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                behaviour: Tensor | None, splits: Sequence[slice] | None,
+                token_term: TokenTerm | None) -> tuple[Tensor, Tensor, Tensor]:
         mm = matmul_dtype(weight)
         head = weight[:spec.vocab].to(mm)
         grad_states = torch.empty_like(states)
@@ -137,8 +148,10 @@ class _FusedHead(torch.autograd.Function):
         soft = torch.zeros((), dtype=acc, device=states.device)
         hard = torch.zeros((), dtype=acc, device=states.device)
         onpolicy = torch.zeros((), dtype=acc, device=states.device)
-        for start in range(0, states.shape[0], spec.chunk_size):
-            rows = slice(start, start + spec.chunk_size)
+        if splits is None:
+            splits = [slice(start, start + spec.chunk_size)
+                      for start in range(0, states.shape[0], spec.chunk_size)]
+        for rows in splits:
             x = states[rows].to(mm)
             # The matmuls run in autocast's dtype, as autograd's would; the losses in float32.
             z = (x @ head.T).to(acc)
@@ -147,7 +160,8 @@ class _FusedHead(torch.autograd.Function):
             s, h, g_z, o = chunk_gradient(z, teacher_ids[rows].long(), teacher_logprobs[rows],
                                           target_ids[rows].long(), spec,
                                           None if soft_weights is None else soft_weights[rows],
-                                          sampled)
+                                          sampled,
+                                          None if token_term is None else partial(token_term, rows))
             soft, hard, onpolicy = soft + s, hard + h, onpolicy + o
             g_z = g_z.to(mm)
             grad_states[rows] = (g_z @ head).to(states.dtype)
@@ -165,24 +179,29 @@ class _FusedHead(torch.autograd.Function):
         shape, dtype = ctx.weight_meta
         grad_weight = grad_head.new_zeros(shape, dtype=dtype)
         grad_weight[:grad_head.shape[0]] = grad_head * g_total
-        return grad_states * g_total, grad_weight, None, None, None, None, None, None, None
+        return (grad_states * g_total, grad_weight) + (None,) * 9
 
 
 def head_losses(states: Tensor, weight: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor,
                 target_ids: Tensor, spec: HeadLoss, soft_weights: Tensor | None = None,
-                teacher_sampled: Tensor | None = None, behaviour: Tensor | None = None
+                teacher_sampled: Tensor | None = None, behaviour: Tensor | None = None,
+                splits: Sequence[slice] | None = None, token_term: TokenTerm | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """(alpha*soft + (1-alpha)*hard, soft, hard) sums over the N rows of `states` (N, d).
 
     weight: the LM head (V', d) with V' >= spec.vocab; soft_weights (N,), optional,
     weights each row's soft term; teacher_sampled (N,) (the teacher's logprob of each
     target) and behaviour (N,) (the sampling student's, optional) feed the on-policy
-    term when spec.onpolicy_weight > 0 (it is in the first value only). Only the
-    first value is differentiable, with respect to states and weight.
+    term when spec.onpolicy_weight > 0 (it is in the first value only). `splits`
+    (row slices in order, covering every row; default: runs of spec.chunk_size) are
+    the chunks; `token_term(rows, their target logprobs)`, a sum that must depend on
+    no row outside `rows`, joins the soft sum (`pipeline.student.cross_head`'s ALM
+    loss, whose splits end on chunk boundaries). Only the first value is
+    differentiable, with respect to states and weight.
     """
     if states.dim() != 2 or states.shape[1] != weight.shape[1]:
         raise ValueError(f"states must be (N, {weight.shape[1]}); got {tuple(states.shape)}")
     if weight.shape[0] < spec.vocab:
         raise ValueError(f"the head has {weight.shape[0]} rows, fewer than vocab {spec.vocab}")
     return _FusedHead.apply(states, weight, teacher_ids, teacher_logprobs, target_ids, spec,
-                            soft_weights, teacher_sampled, behaviour)
+                            soft_weights, teacher_sampled, behaviour, splits, token_term)

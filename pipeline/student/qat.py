@@ -29,6 +29,7 @@ groups, weight-only: with groups of 32 the layout of GGUF's Q8_0 blocks).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,8 @@ def fake_quantized_layers(model: torch.nn.Module) -> list[str]:
 
 def set_fake_quant(model: torch.nn.Module, enabled: bool) -> None:
     """Switch every fake quantizer of the model on or off (off: the layer is plain float)."""
+    if not enabled and sys.modules.get("torchao") is None:
+        return  # no fake quantizer exists before torchao is imported; a GPU box may lack it
     from torchao.quantization.qat.linear import enable_linear_fake_quant
 
     model.apply(lambda module: enable_linear_fake_quant(module, enabled))

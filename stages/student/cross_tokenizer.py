@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from pipeline.store.text_layout import token_bytes_table
 from pipeline.student.cross_tokenizer_batches import (AlignmentCache, StudentSide,
                                                       collate_cross, stored_layouts)
-from pipeline.student.cross_tokenizer_loss import cross_tokenizer_losses
+from pipeline.student.cross_head import fused_cross_losses
 from pipeline.student.embedding_transplant import source_rows, transplant
 from pipeline.student.label_set import LabelSet
 from schemas.config_base import ConfigError
@@ -128,11 +128,13 @@ class CrossTokenizerModule(torch.nn.Module):
 
     def forward(self, batch: dict[str, Any], plan: Any = None) -> tuple[torch.Tensor, ...]:
         cfg = self.cfg
-        logits = labelled_logits(self.student, batch, self.vocab)
-        sums = cross_tokenizer_losses(logits, batch, alpha=cfg.alpha, kd_loss=cfg.kd_loss,
-                                      temperature=plan.temperature if plan else cfg.kd_temperature,
-                                      alm_temperature=cfg.alm_temperature)
-        zero = logits.new_zeros((), dtype=torch.float32)
+        flat, _ = decoder_states(self.student, batch, False)
+        sums = fused_cross_losses(flat[batch["loss_rows"]],
+                                  self.student.get_output_embeddings().weight, batch,
+                                  vocab=self.vocab, alpha=cfg.alpha, kd_loss=cfg.kd_loss,
+                                  temperature=plan.temperature if plan else cfg.kd_temperature,
+                                  alm_temperature=cfg.alm_temperature, chunk_size=cfg.loss_chunk)
+        zero = flat.new_zeros((), dtype=torch.float32)
         return sums.weighted, sums.alm + sums.kl, sums.ce, zero, zero.new_zeros(0)
 
 

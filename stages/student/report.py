@@ -6,7 +6,8 @@ cosine similarity per mapped layer), one per evaluation and one per alarm;
 TensorBoard gets the same scalars when it is installed (unless --report-to
 none), Weights & Biases too with --report-to wandb. At the end `report.json`
 (config, phases, alarms, evaluations), `report.md` (the evaluation table) and
-`curves.png` (`pipeline.student.plots.training_figure`) are written.
+`curves.png` (`pipeline.student.plots.training_figure`) are written; without
+matplotlib (a bare GPU machine) curves.png is left out and report.md says so.
 
     python -c "from stages.student.report import read_metrics; print(len(read_metrics('data/student/demo/metrics.jsonl')))"
 """
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.student.phases import Phase
-from pipeline.student.plots import save, training_figure
 from schemas.config_base import ConfigError
 from schemas.student_config import StudentConfig
 from stages.student.evaluate import format_table
@@ -124,6 +124,12 @@ def write_report(out: Path, cfg: StudentConfig, evals: dict[str, dict[str, float
         "`curves.png`: training loss parts, held-out KL and NLL at every evaluation, learning "
         "rate and temperature, gradient norm, hidden-state cosine similarity, throughput and "
         "memory; dashed lines mark phase boundaries.\n")
+    try:
+        from pipeline.student.plots import save, training_figure
+    except ImportError as exc:
+        with open(out / "report.md", "a") as f:
+            f.write(f"\n`curves.png` was not drawn: {exc} (pip install matplotlib).\n")
+        return
     limits = {"grad_clip": cfg.grad_clip, "max_grad_norm_alarm": cfg.max_grad_norm_alarm,
               "min_grad_norm_alarm": cfg.min_grad_norm_alarm}
     figure = training_figure(metrics, [(p.kind, p.start) for p in phases], rows.get("teacher"),

@@ -160,3 +160,42 @@ def test_same_tokenizer_rows_report_bits_per_byte_too(doc_labels, tmp_path):
             nll -= float(lp[pos - 1].gather(-1, ids[pos][:, None]).sum())
             n_bytes += sum(len(table[int(t)]) for t in ids[pos])
     assert rows["tiny"]["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def chat_labels(tmp_path_factory) -> Path:
+    """Score-mode labels of the shipped held-out chats (system, user and assistant turns)."""
+    chats = [line for line in (ROOT / "data/corpus/heldout.jsonl").read_text().splitlines()
+             if "messages" in json.loads(line)][:6]
+    src = tmp_path_factory.mktemp("chats") / "chats.jsonl"
+    src.write_text("\n".join(chats) + "\n")
+    return engine_output(tmp_path_factory, "chat-labels", lambda out: [
+        sys.executable, "-m", "stages.cli.main", "teacher-labels", "--mode", "score",
+        "--teacher", str(TEACHER), "--prompts", str(src), "--out", str(out), "--top-k", "8",
+        "--dtype", "float32", "--max-model-len", "1024", "--shard-size", "3", "--enforce-eager"])
+
+
+def test_chat_labels_train_a_cross_student_end_to_end(chat_labels, tmp_path):
+    from pipeline.store.shard_reader import ShardReader
+    from pipeline.store.text_layout import decode_regions
+    from pipeline.student.cross_tokenizer_batches import TEXT_REGIONS, unpack
+
+    out = tmp_path / "chat"
+    proc = kd(train_args(chat_labels, out, "--steps", "2", "--eval-fraction", "0.3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) and r["soft"] > 0 for r in train if "loss" in r)
+    # Every labelled byte of every chat lies in exactly one chunk: the evaluation's labelled
+    # bytes are the stored labelled regions' lengths.
+    rows_out = tmp_path / "eval.json"
+    proc = kd(["eval", "--all", "--labels", str(chat_labels), "--model", f"s={out / 'model'}",
+               "--output", str(rows_out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    labelled = sum(r.end - r.start for path in sorted(chat_labels.glob("shard-*.h5"))
+                   for regions in ShardReader(path).strings(TEXT_REGIONS)
+                   for r in decode_regions(regions) if r.labelled)
+    rows = json.loads(rows_out.read_text())
+    assert labelled > 0 and rows["s"]["labelled_bytes"] == labelled
+    # The teacher's end of turn pairs with Qwen3's own <|im_end|>: 0-byte chunks exist.
+    aligned = [a for f in (out / "alignment").rglob("*.npz") for a in unpack(np.load(f))]
+    assert any((a.chunk_bytes[a.one_to_one()] == 0).any() for a in aligned)
