@@ -272,9 +272,11 @@ $(LLAMA_CONVERT): | $(STAMP)
 setup: $(LLAMA_CONVERT)
 models: $(LLAMA_CONVERT)
 
-# Float vs post-training-quantized vs QAT-distilled students (same labels, steps, seeds), and
-# each GGUF quantization's size and KL (bench/results/deploy.json; ~15 minutes on 2 shared
-# cores). Labels: part of the shipped corpus scored once by the embedded teacher (reused after).
+# Float vs post-training-quantized vs QAT-distilled students (QAT from the first step and as a
+# final phase, with its float control; same labels, steps, seeds), and each GGUF quantization's
+# size and KL (bench/results/deploy.json; ~30 minutes on 2 shared cores). Labels: part of the
+# shipped corpus scored once by the embedded teacher (reused after). With llama-cpp-python
+# installed (`make llama-cpp`) it also measures the GGUF student's tokens per second.
 DEPLOY_LABELS ?= data/labels/deploy
 DEPLOY_ARGS   ?=
 .PHONY: bench-deploy
@@ -285,3 +287,11 @@ bench-deploy: models
 	  MODE=score PROMPTS=data/corpus/heldout.jsonl OUT=$(DEPLOY_LABELS)/heldout LIMIT=24 KD_ARGS=--enforce-eager
 	$(PY) -m bench.deploy --train-labels $(DEPLOY_LABELS)/train \
 	  --heldout-labels $(DEPLOY_LABELS)/heldout $(DEPLOY_ARGS)
+
+# Opt-in: llama-cpp-python compiles llama.cpp from source (did not finish in 25 minutes on 2
+# shared cores here), so neither `make setup` nor CI runs it. Afterwards `make bench-deploy`
+# measures llama.cpp's tokens per second of the GGUF student.
+.PHONY: llama-cpp
+llama-cpp: $(STAMP)
+	CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_CURL=OFF" \
+	  .venv/bin/pip install llama-cpp-python==$(LLAMA_CPP_PYTHON)

@@ -236,17 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory with the teacher's config.json and tokenizer (no weights "
                              "needed) when the label set holds no tokenizer copy")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=12, help="total steps of every run")
-    parser.add_argument("--qat-steps", type=int, default=0,
+    parser.add_argument("--steps", type=int, default=16, help="total steps of every run")
+    parser.add_argument("--qat-steps", type=int, default=6,
                         help="steps of the final QAT phase of qat-final (0: no qat-final run)")
-    parser.add_argument("--phase-control", action="store_true",
+    parser.add_argument("--phase-control", action=argparse.BooleanOptionalAction, default=True,
                         help="also the float-phased run (kd:N-M,full:M) and its PTQ")
     parser.add_argument("--batch-tokens", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--student", default="narrow")
     parser.add_argument("--keep-layers", type=int, default=2)
-    parser.add_argument("--narrow-hidden-size", type=int, default=64)
+    parser.add_argument("--narrow-hidden-size", type=int, default=128)
     parser.add_argument("--scheme", default="int8da-int4w")
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--quants", default="f16,q8_0", help="GGUF quantizations ('' for none)")
@@ -263,7 +263,8 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0 <= args.qat_steps < args.steps:
         raise SystemExit(f"--qat-steps {args.qat_steps} must be in 0..{args.steps - 1} (--steps)")
     if args.phase_control and not args.qat_steps:
-        raise SystemExit("--phase-control needs --qat-steps (it is the control of qat-final)")
+        raise SystemExit("--phase-control needs --qat-steps (it is the control of qat-final); "
+                         "pass --no-phase-control with --qat-steps 0")
 
 
 def write(args: argparse.Namespace, start: float, labels: LabelSet, plan: list[np.ndarray],
