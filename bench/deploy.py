@@ -134,6 +134,7 @@ def seed_rows(args: argparse.Namespace, seed: int, work: Path, labels: LabelSet,
     for name, fields in run_plans(args).items():
         out = work / f"{name}-{seed}"
         seconds = train(args, seed, out, fields)
+        print(f"seed {seed} {name}: {args.steps} steps in {seconds:.1f} s", flush=True)
         if "qat" in fields:
             model, files = load_quantized(out / "model-quantized"), out / "model-quantized"
             reference = floats["float-phased" if "phases" in fields and "float-phased" in floats
