@@ -49,7 +49,7 @@ from bench.llama_cpp_speed import llama_cpp_status, tokens_per_second
 from pipeline.machine import describe_machine
 from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.label_set import LabelSet, open_label_set
-from pipeline.student.qat import convert_qat, load_quantized, save_quantized
+from pipeline.student.qat import convert_qat, save_quantized
 from schemas.student_config import StudentConfig
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
 from stages.student.train import run_train_student
@@ -114,16 +114,25 @@ def load_float(path: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def quantized_after_training(float_dir: Path, args: argparse.Namespace, out: Path) -> Any:
-    """PTQ: the float student converted with the scheme (on CPU, as kd train-student --qat
-    does), and saved at `out` as --qat runs save theirs."""
+def quantized(float_dir: Path, args: argparse.Namespace) -> Any:
+    """The float weights at `float_dir` converted with the scheme on DEVICE: PTQ of a float run;
+    for a --qat run the same conversion its <out>/model-quantized holds (QAT's convert step is
+    the base config applied to the weights trained through the quantizer), done here on
+    DEVICE rather than moving torchao's tensor subclasses there."""
+    model = load_float(float_dir).to(DEVICE)
+    convert_qat(model, args.scheme, args.group_size)
+    return model
+
+
+def ptq_file_bytes(float_dir: Path, args: argparse.Namespace, out: Path) -> int:
+    """Size of the PTQ student saved as --qat runs save theirs (converted on CPU, like them)."""
     from transformers import AutoTokenizer
 
     model = load_float(float_dir)
     convert_qat(model, args.scheme, args.group_size)
     save_quantized(model, AutoTokenizer.from_pretrained(float_dir), out, args.scheme,
                    args.group_size)
-    return model
+    return size(out)
 
 
 def seed_rows(args: argparse.Namespace, seed: int, work: Path, labels: LabelSet,
@@ -135,25 +144,24 @@ def seed_rows(args: argparse.Namespace, seed: int, work: Path, labels: LabelSet,
         out = work / f"{name}-{seed}"
         seconds = train(args, seed, out, fields)
         print(f"seed {seed} {name}: {args.steps} steps in {seconds:.1f} s", flush=True)
+        row = base | {"variant": name, "train_seconds": seconds, **fields}
         if "qat" in fields:
-            model, files = load_quantized(out / "model-quantized"), out / "model-quantized"
+            model = quantized(out / "model", args)
             reference = floats["float-phased" if "phases" in fields and "float-phased" in floats
                                else "float"]
-        else:
-            floats[name] = model = load_float(out / "model").to(DEVICE)
-            files, reference = out / "model", None
-            base["parameters"] = sum(p.numel() for p in model.parameters())
-        rows.append(base | {"variant": name, "train_seconds": seconds, "bytes": size(files),
-                            **fields} | heldout_scores(model, labels, plan))
-        if reference is not None:
-            rows[-1]["kl_to_float_student"] = kl_to(reference, model, labels, plan)
-        if name in ("float", "float-phased"):
-            ptq_name = name.replace("float", "ptq")
-            ptq = quantized_after_training(out / "model", args, work / f"{ptq_name}-{seed}")
-            rows.append(base | {"variant": ptq_name, "train_seconds": seconds,
-                                "bytes": size(work / f"{ptq_name}-{seed}")}
-                        | heldout_scores(ptq, labels, plan)
-                        | {"kl_to_float_student": kl_to(floats[name], ptq, labels, plan)})
+            rows.append(row | {"bytes": size(out / "model-quantized")}
+                        | heldout_scores(model, labels, plan)
+                        | {"kl_to_float_student": kl_to(reference, model, labels, plan)})
+            continue
+        floats[name] = model = load_float(out / "model").to(DEVICE)
+        base["parameters"] = row["parameters"] = sum(p.numel() for p in model.parameters())
+        rows.append(row | {"bytes": size(out / "model")} | heldout_scores(model, labels, plan))
+        ptq_name = name.replace("float", "ptq")
+        ptq = quantized(out / "model", args)
+        ptq_bytes = ptq_file_bytes(out / "model", args, work / f"{ptq_name}-{seed}")
+        rows.append(base | {"variant": ptq_name, "train_seconds": seconds, "bytes": ptq_bytes}
+                    | heldout_scores(ptq, labels, plan)
+                    | {"kl_to_float_student": kl_to(floats[name], ptq, labels, plan)})
     return rows
 
 
