@@ -472,6 +472,20 @@ def render_deploy_gpu(r: Result) -> str:
                    "deploy_gpu.json", "", r, *deploy_sections(r))
 
 
+def render_llama_cpp_build(r: Result) -> str:
+    progress = r["progress"]
+    steps = (f"{progress['done']} of {progress['total']} build steps done"
+             if progress else "no build step reached")
+    outcome = ("built" if r["built"] else
+               f"stopped at the {r['time_limit']:.0f} s limit" if r["timed_out"] else
+               f"failed (exit status {r['returncode']})")
+    return section(
+        "llama.cpp build (llama-cpp-python)", "llama_cpp_build.json", "llama-cpp", r,
+        f"llama-cpp-python {r['version']}: {outcome} after {r['seconds']:.0f} s ({steps}; load "
+        f"average {r['load_average_at_start']:.1f} at the start). End of the log:",
+        "```text\n" + "\n".join(r["log_tail"]) + "\n```")
+
+
 def render_draft(r: Result) -> str:
     q, b, share, cap = r["quality"], r["bytes_per_token"], r["sharegpt_68k"], r["capture"]
     layers = [str(layer) for layer in q["layers"]]
@@ -556,6 +570,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "text_layout_bytes.json": render_text_layout_bytes,
     "draft.json": render_draft,
     "deploy.json": render_deploy,
+    "llama_cpp_build.json": render_llama_cpp_build,
     "teacher_warning_lines.json": render_warning_lines,
     "teacher.json": render_teacher,
     "score.json": render_score,

@@ -104,3 +104,11 @@ def test_without_llama_cpp_python_the_speed_is_none_and_the_status_says_how_to_g
     assert tokens_per_second(tmp_path / "m.gguf", 8) is None
     status = llama_cpp_status()
     assert status["installed"] is False and "make llama-cpp" in status["note"]
+
+
+def test_the_build_progress_is_the_last_step_the_log_printed():
+    from bench.llama_cpp_build import build_progress
+
+    log = "[1/178] Building C object a.o\n[93/178] Building CXX object b.o\n[94/178] c.o\nTerminated"
+    assert build_progress(log) == {"done": 94, "total": 178}
+    assert build_progress("Collecting llama-cpp-python\nDownloading") is None
