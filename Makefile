@@ -278,9 +278,11 @@ $(LLAMA_CONVERT): | $(STAMP)
 setup: $(LLAMA_CONVERT)
 models: $(LLAMA_CONVERT)
 
-# Float vs post-training-quantized vs QAT-distilled students (same labels, steps, seeds), and
-# each GGUF quantization's size and KL (bench/results/deploy.json; ~15 minutes on 2 shared
-# cores). Labels: part of the shipped corpus scored once by the embedded teacher (reused after).
+# Float vs post-training-quantized vs QAT-distilled students (QAT from the first step and as a
+# final phase, with its float control; same labels, steps, seeds), and each GGUF quantization's
+# size and KL (bench/results/deploy.json; ~30 minutes on 2 shared cores). Labels: part of the
+# shipped corpus scored once by the embedded teacher (reused after). With llama-cpp-python
+# installed (`make llama-cpp`) it also measures the GGUF student's tokens per second.
 DEPLOY_LABELS ?= data/labels/deploy
 DEPLOY_ARGS   ?=
 .PHONY: bench-deploy
@@ -291,3 +293,12 @@ bench-deploy: models
 	  MODE=score PROMPTS=data/corpus/heldout.jsonl OUT=$(DEPLOY_LABELS)/heldout LIMIT=24 KD_ARGS=--enforce-eager
 	$(PY) -m bench.deploy --train-labels $(DEPLOY_LABELS)/train \
 	  --heldout-labels $(DEPLOY_LABELS)/heldout $(DEPLOY_ARGS)
+
+# Opt-in: llama-cpp-python compiles llama.cpp from source (minutes to more than the time limit
+# on a small machine), so neither `make setup` nor CI runs it. The outcome, built or not, goes
+# to bench/results/llama_cpp_build.json; once built, `make bench-deploy` measures llama.cpp's
+# tokens per second of the GGUF student.
+LLAMA_CPP_TIME_LIMIT ?= 1500
+.PHONY: llama-cpp
+llama-cpp: $(STAMP)
+	$(PY) -m bench.llama_cpp_build --version $(LLAMA_CPP_PYTHON) --time-limit $(LLAMA_CPP_TIME_LIMIT)

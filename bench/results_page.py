@@ -418,33 +418,72 @@ def render_warning_lines(r: Result) -> str:
         "Every line is kept in the file, so what remains can be read there."])
 
 
-def render_deploy(r: Result) -> str:
+def deploy_sections(r: Result) -> list[str]:
+    """The parts of a bench.deploy result: settings, variants, paired gains, raw runs, GGUF."""
     st, summary = r["settings"], r["summary"]
-    variants = [v for v in summary if not v.startswith("qat_gain")]
-    rows = [[v, f"{summary[v]['kl']['mean']:.4f} ± {summary[v]['kl']['stdev']:.4f}",
-             f"{summary[v]['nll']['mean']:.4f} ± {summary[v]['nll']['stdev']:.4f}",
-             f"{summary[v]['bytes']['mean'] / 2**20:.2f} MiB", summary[v]["kl"]["n"]]
-            for v in variants]
+    variants = [[v, f"{s['kl']['mean']:.4f} ± {s['kl']['stdev']:.4f}",
+                 f"{s['nll']['mean']:.4f} ± {s['nll']['stdev']:.4f}",
+                 f"{s['bytes']['mean'] / 2**20:.2f} MiB", s["kl"]["n"]]
+                for v, s in summary["variants"].items()]
+    gains = [[pair, f"{g['kl']['mean']:+.4f} ± {g['kl']['stdev']:.4f}",
+              f"{g['kl']['seeds_better']}/{g['kl']['n']}",
+              f"{g['nll']['mean']:+.4f} ± {g['nll']['stdev']:.4f}",
+              f"{g['nll']['seeds_better']}/{g['nll']['n']}"]
+             for pair, g in summary["gains"].items()]
     raw = [[run["seed"], run["variant"], f"{run['kl']:.5f}", f"{run['nll']:.5f}",
+            f"{run['kl_to_float_student']:.2e}" if "kl_to_float_student" in run else "-",
             f"{run['train_seconds']:.0f}"] for run in r["runs"]]
-    gguf = [[g["seed"], g["quant"], f"{g['bytes'] / 2**20:.2f} MiB", f"{g['kl_to_float_student']:.2e}",
-             f"{g['kl']:.5f}"] for g in r["gguf"]]
-    gain = summary["qat_gain_kl"]
+    float_sd = summary["variants"]["float"]["kl"]["stdev"]
+    final = (f", the last {st['qat_steps']} of them a QAT phase for `qat-final`"
+             if st["qat_steps"] else "")
+    parts = [
+        f"A {st['keep_layers']}-layer, {st['narrow_hidden_size']}-wide `{st['student']}` student "
+        f"({r['runs'][0]['parameters'] / 1e6:.1f} M parameters, random init from the "
+        f"teacher's config), {st['steps']} steps of {st['batch_tokens']} tokens per run{final}, "
+        f"seeds {st['seeds']}, on {r.get('device', 'cpu')}; scheme `{st['scheme']}` (group "
+        f"{st['group_size']}); KL and NLL on {r['heldout']['teacher']['positions']:,} held-out "
+        "positions (mean ± stdev over seeds):",
+        table(["variant", "KL to teacher", "NLL", "size", "seeds"], "lrrrr", variants),
+        "Paired gains (baseline minus variant, per seed: positive when the variant is better; "
+        f"mean ± stdev over seeds); the float student's KL varies by {float_sd:.4f} (stdev) "
+        "across seeds:",
+        table(["variant vs baseline", "KL gain", "seeds better", "NLL gain", "seeds better"],
+              "lrrrr", gains),
+        table(["seed", "variant", "KL", "NLL", "KL to float student", "train s"], "rlrrrr", raw)]
+    if r["gguf"]:
+        gguf = [[g["seed"], g["quant"], f"{g['bytes'] / 2**20:.2f} MiB",
+                 f"{g['kl_to_float_student']:.2e}", f"{g['kl']:.5f}",
+                 f"{g['llama_cpp']['tokens_per_second']:.0f}" if g.get("llama_cpp") else "-"]
+                for g in r["gguf"]]
+        parts += ["GGUF files of the float student (llama.cpp tokens per second: greedy "
+                  "generation, prompt included):",
+                  table(["seed", "quant", "size", "KL to float student", "KL to teacher",
+                         "llama.cpp tok/s"], "rlrrrr", gguf)]
+    return parts + [f"llama.cpp: {r['llama_cpp']['note']}."]
+
+
+def render_deploy(r: Result) -> str:
+    return section("Deployment: QAT and GGUF", "deploy.json", "bench-deploy", r,
+                   *deploy_sections(r))
+
+
+def render_deploy_gpu(r: Result) -> str:
+    return section("Deployment on a GPU: QAT against post-training quantization",
+                   "deploy_gpu.json", "", r, *deploy_sections(r))
+
+
+def render_llama_cpp_build(r: Result) -> str:
+    progress = r["progress"]
+    steps = (f"{progress['done']} of {progress['total']} build steps done"
+             if progress else "no build step reached")
+    outcome = ("built" if r["built"] else
+               f"stopped at the {r['time_limit']:.0f} s limit" if r["timed_out"] else
+               f"failed (exit status {r['returncode']})")
     return section(
-        "Deployment: QAT and GGUF", "deploy.json", "bench-deploy", r,
-        f"A {st['keep_layers']}-layer, {st['narrow_hidden_size']}-wide `{st['student']}` student, "
-        f"{st['steps']} steps per seed (seeds {st['seeds']}), scheme `{st['scheme']}` (group "
-        f"{st['group_size']}); KL and NLL on {r['heldout']['teacher']['positions']:,} held-out positions "
-        "(mean ± stdev over seeds):",
-        table(["variant", "KL to teacher", "NLL", "size", "seeds"], "lrrrr", rows),
-        f"QAT minus post-training quantization, KL per seed: "
-        f"{', '.join(f'{-g:+.4f}' for g in gain['per_seed'])} (QAT better on "
-        f"{gain['seeds_where_qat_is_better']} of {len(gain['per_seed'])} seeds; the spread of the "
-        f"float student across seeds is {gain['float_stdev_across_seeds']:.4f}).",
-        table(["seed", "variant", "KL", "NLL", "train s"], "rlrrr", raw),
-        "GGUF files of the float student:",
-        table(["seed", "quant", "size", "KL to float student", "KL to teacher"], "rlrrr", gguf),
-        f"llama.cpp tokens per second: {r['llama_cpp_note']}.")
+        "llama.cpp build (llama-cpp-python)", "llama_cpp_build.json", "llama-cpp", r,
+        f"llama-cpp-python {r['version']}: {outcome} after {r['seconds']:.0f} s ({steps}; load "
+        f"average {r['load_average_at_start']:.1f} at the start). End of the log:",
+        "```text\n" + "\n".join(r["log_tail"]) + "\n```")
 
 
 def render_draft(r: Result) -> str:
@@ -578,6 +617,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "text_layout_bytes.json": render_text_layout_bytes,
     "draft.json": render_draft,
     "deploy.json": render_deploy,
+    "llama_cpp_build.json": render_llama_cpp_build,
     "teacher_warning_lines.json": render_warning_lines,
     "teacher.json": render_teacher,
     "score.json": render_score,

@@ -7,10 +7,12 @@ in every error. The QAT schemes are listed here so that the student config
     >>> from schemas.deploy_config import ModelExportConfig
     >>> ModelExportConfig(model="m", out="m.gguf", quant="q8_0").validate().quant
     'q8_0'
-    >>> ModelExportConfig(model="m", out="m.gguf", quant="q4_k_m").validate()
+    >>> ModelExportConfig(model="m", out="m.gguf", quant="q4_k_m").validate().quant
+    'q4_k_m'
+    >>> ModelExportConfig(model="m", out="m.gguf", quant="q4").validate()
     Traceback (most recent call last):
     ...
-    schemas.config_base.ConfigError: --quant q4_k_m: K-quants are written by llama.cpp's C++ llama-quantize, not by the gguf package (which llama.cpp's Python converter uses): export --quant f16 and run `llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M`
+    schemas.config_base.ConfigError: --quant must be one of f32, f16, bf16, q8_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, q4_0, q4_1, q5_0, q5_1, got 'q4'
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0")
 """What llama.cpp's Python converter writes with the gguf package (its --outtype, ternary types aside)."""
 K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
             "q4_0", "q4_1", "q5_0", "q5_1")
+"""What llama.cpp's C++ quantizer writes from the f16 file (through llama-cpp-python: optional)."""
 QAT_SCHEMES = ("int8da-int4w", "int8w")
 """`int8da-int4w`: int8 dynamic per-token activations and int4 weights in groups (torchao's
 Int8DynamicActivationIntxWeightConfig); `int8w`: int8 weights in groups, weight-only
@@ -39,7 +42,7 @@ class ModelExportConfig:
     format: str = "gguf"
     """File format: `gguf` (llama.cpp, Ollama), Llama-architecture students (LlamaForCausalLM: SmolLM2, Llama 2/3) only."""
     quant: str = "f16"
-    """GGUF tensor type of the 2-D weights: f32, f16, bf16 or q8_0 (norms stay float32). K-quants (q4_k_m, ...) need llama.cpp's llama-quantize on the f16 file."""
+    """GGUF tensor type of the 2-D weights: f32, f16, bf16 or q8_0 (llama.cpp's converter; norms stay float32), or a K-quant such as q4_k_m (llama.cpp's quantizer on the f16 file, through llama-cpp-python: `make llama-cpp`)."""
     out: str = ""
     """The .gguf file to write (written beside and renamed into place)."""
     converter: str | None = None
@@ -53,11 +56,5 @@ class ModelExportConfig:
         if not self.out:
             raise ConfigError("--out is required (the .gguf file to write)")
         check_choice("format", self.format, MODEL_FORMATS)
-        if self.quant.lower() in K_QUANTS:
-            raise ConfigError(
-                f"--quant {self.quant}: K-quants are written by llama.cpp's C++ llama-quantize, "
-                "not by the gguf package (which llama.cpp's Python converter uses): export "
-                f"--quant f16 and run `llama-quantize model-f16.gguf model-{self.quant}.gguf "
-                f"{self.quant.upper()}`")
-        check_choice("quant", self.quant, GGUF_QUANTS)
+        check_choice("quant", self.quant, GGUF_QUANTS + K_QUANTS)
         return self

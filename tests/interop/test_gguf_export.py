@@ -9,6 +9,7 @@ q8_0 KL bound is about). No vLLM: these run on any machine with the converter.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,8 +131,45 @@ def test_k_quants_and_other_architectures_are_refused_by_name(tmp_path):
     assert proc.returncode == 1
     assert "is a GPT2LMHeadModel" in proc.stderr and "LlamaForCausalLM" in proc.stderr
     proc = export(gpt2, tmp_path / "g.gguf", "q4_k_m")
-    assert proc.returncode == 2 and "llama-quantize" in proc.stderr
+    assert proc.returncode == 1 and "is a GPT2LMHeadModel" in proc.stderr
     assert not (tmp_path / "g.gguf").exists()
+
+
+def test_k_quants_without_llama_cpp_python_are_refused_with_the_way_to_get_them(tiny, tmp_path):
+    """Runs everywhere (CI has no llama-cpp-python): `import llama_cpp` is made to fail."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "llama_cpp.py").write_text("raise ImportError('blocked by the test')\n")
+    proc = subprocess.run([sys.executable, "-m", "stages.cli.main", "export-model", "--model",
+                           str(tiny), "--quant", "q4_k_m", "--out", str(tmp_path / "t.gguf")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"PYTHONPATH": str(block)})
+    assert proc.returncode == 1
+    assert "make llama-cpp" in proc.stderr and "llama-quantize" in proc.stderr
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*tmp"))
+
+
+def test_q4_k_m_through_llama_cpp_is_smaller_than_q8_0_and_further_from_the_student(
+        cut_teacher, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make "
+                        "llama-cpp` compiles it); the refusal without it is tested above")
+    from transformers import AutoModelForCausalLM
+
+    sizes, kls = {}, {}
+    student = AutoModelForCausalLM.from_pretrained(cut_teacher, dtype=torch.float32).eval()
+    for quant in ("q8_0", "q4_k_m"):
+        out = tmp_path / f"cut-{quant}.gguf"
+        proc = export(cut_teacher, out, quant)
+        assert proc.returncode == 0, proc.stderr
+        summary = read_gguf_summary(out)
+        sizes[quant] = out.stat().st_size
+        gguf_model, tokenizer = load_gguf(out)
+        ids = heldout_ids(tokenizer)
+        with torch.no_grad():
+            kls[quant] = mean_kl(student(ids).logits, gguf_model(ids).logits)
+    assert "Q4_K" in summary.tensor_types
+    assert not list(tmp_path.glob(".*tmp"))
+    assert sizes["q4_k_m"] < sizes["q8_0"] and kls["q8_0"] < kls["q4_k_m"]
 
 
 def test_an_existing_file_is_kept_without_overwrite(tiny, tmp_path):
