@@ -557,6 +557,10 @@ def cross_step_ratios(r: Result) -> str:
     for pair, v in r["step_ratio"].items():
         for name, ratio in v.items():
             rows.append([pair, name, f"{ratio:.2f}x", "met" if ratio <= goal else "not met"])
+    for pair, v in r.get("paired_step_ratio", {}).items():
+        rows.append([pair, "(b) paired in one process, median of "
+                     f"{len(v['ratios'])} alternating steps",
+                     f"{v['median_ratio']:.2f}x", "met" if v["median_ratio"] <= goal else "not met"])
     return "\n\n".join([
         f"Step-time ratios of the cross-tokenizer step (ALM + 1:1 KL + CE), goal <= {goal}x: "
         "(a) against ordinary KD of the same architecture with the teacher's vocabulary, which "

@@ -47,11 +47,12 @@ def test_a_partial_rerun_keeps_what_each_earlier_run_still_owns():
     from bench.cross_tokenizer import keep_earlier
 
     first = {"machine": "m1", "command": "c1", "args": {}, "evidence": {"x": 1}}
-    second = keep_earlier(dict(first), ["alignment", "step-time"])
+    second = keep_earlier(dict(first), ["alignment", "step-time", "paired-step"])
     assert second["earlier runs"] == [{"machine": "m1", "command": "c1", "args": {},
                                        "parts": ["evidence"]}]
-    second |= {"machine": "m2", "command": "c2", "args": {}, "parts": ["alignment", "step-time"]}
-    third = keep_earlier(second, ["step-time"])
+    second |= {"machine": "m2", "command": "c2", "args": {},
+               "parts": ["alignment", "step-time", "paired-step"]}
+    third = keep_earlier(second, ["step-time", "paired-step"])
     assert [(e["command"], e["parts"]) for e in third["earlier runs"]] == [
         ("c1", ["evidence"]), ("c2", ["alignment"])]
     assert keep_earlier(dict(third) | {"machine": "m3", "command": "c3", "args": {},
