@@ -42,7 +42,7 @@ RESUME_MAY_CHANGE = frozenset({
     "gpu_memory_utilization", "kv_cache_gib", "shards_in_flight", "enforce_eager",
     "max_non_finite_rate", "hidden_batch_tokens", "logprobs_memory_gib"})
 SAMPLING_FIELDS = frozenset({"mode", "n", "max_tokens", "temperature", "top_p", "seed",
-                             "system_prompt", "window_overlap"})
+                             "system_prompt", "teacher_system_prompt", "window_overlap"})
 STORAGE_FIELDS = frozenset({"label_format", "hidden_format", "label_kind", "samples_per_position",
                             "hidden_rank"})
 IDENTITY_PARTS = frozenset(FilterThresholds.__dataclass_fields__) | SAMPLING_FIELDS | STORAGE_FIELDS
@@ -82,6 +82,8 @@ class TeacherConfig:
     """Teacher model: local Hugging Face directory or hub id (default: the embedded SmolLM2-135M-Instruct)."""
     system_prompt: str | None = None
     """Optional system message prepended to every prompt before the chat template is applied."""
+    teacher_system_prompt: str | None = None
+    """A system message only the teacher sees (privileged context, docs/teacher-context.md): generate: the teacher generates behind it, the stored prompt is the student's; score: the teacher scores behind it, labels stored at the student's positions. Ahead of the record's own system turn, if any."""
     top_k: int = 20
     """Number of teacher alternatives (token id, logprob) stored per completion token."""
     label_kind: str = "topk"
@@ -171,6 +173,7 @@ class TeacherConfig:
         check_sampling_and_engine(self)
         self.check_workers()
         self.check_filters()
+        self.check_teacher_context()
         if not self.prompts:
             raise ConfigError("--prompts is required")
         if not self.out:
@@ -223,6 +226,19 @@ class TeacherConfig:
                 f"({self.max_model_len}): no room would be left for the prompt")
         if self.temperature == 0 and self.n > 1:
             raise ConfigError("--n > 1 needs --temperature > 0: greedy decoding gives n identical samples")
+
+    def check_teacher_context(self) -> None:
+        """--teacher-system-prompt: non-empty, and without hidden states (they would be captured
+        over the stored student view, not over what the teacher saw)."""
+        if self.teacher_system_prompt is None:
+            return
+        if not self.teacher_system_prompt.strip():
+            raise ConfigError("--teacher-system-prompt is empty or whitespace; leave it out for "
+                              "a teacher that sees what the student sees")
+        if self.hidden_layers:
+            raise ConfigError("--hidden-layers cannot be stored with --teacher-system-prompt: the "
+                              "hidden states are captured over the stored (student's) view, not "
+                              "the teacher's context")
 
     def check_workers(self) -> None:
         if not 0 <= self.worker_index < self.num_workers:
@@ -293,12 +309,16 @@ class TeacherConfig:
     def sampling(self) -> dict[str, Any]:
         """How the samples are made (stored in every shard): the sampling settings of the
         completions, or the windowing of the scored text."""
+        # Listed only when set, so outputs without a teacher context keep the attributes
+        # (and bytes) of earlier builds.
+        teacher = ({} if self.teacher_system_prompt is None
+                   else {"teacher_system_prompt": self.teacher_system_prompt})
         if self.mode == "score":
             return {"mode": "score", "window_overlap": self.window_overlap,
-                    "system_prompt": self.system_prompt}
+                    "system_prompt": self.system_prompt} | teacher
         return {"mode": "generate", "n": self.n, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
-                "system_prompt": self.system_prompt}
+                "system_prompt": self.system_prompt} | teacher
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match for a rerun to extend or reuse an existing output: every

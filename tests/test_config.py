@@ -16,6 +16,8 @@ from stages.cli.main import main, teacher_labels
     ({"temperature": 0.0, "n": 2}, "--n"),
     ({"kv_cache_gib": 0.0}, "--kv-cache-gib"),
     ({"limit": 0}, "--limit"),
+    ({"teacher_system_prompt": "  "}, "--teacher-system-prompt"),
+    ({"teacher_system_prompt": "Be a pirate.", "hidden_layers": "3"}, "--teacher-system-prompt"),
 ])
 def test_invalid_values_name_the_flag(changes, flag):
     with pytest.raises(ConfigError, match=flag):
@@ -75,3 +77,17 @@ def test_repeatable_labels_and_none_thresholds_reach_the_configs(cli_config):
     cfg, _ = cli_config("teacher-labels", "--max-repetition", "none", "--min-mean-logprob", "-2.5")
     assert cfg.filter_thresholds().max_repetition is None
     assert cfg.filter_thresholds().min_mean_logprob == -2.5
+
+
+def test_teacher_system_prompt_is_a_flag_and_a_recipe_key_and_part_of_the_identity(
+        cli_config, tmp_path):
+    cfg, _ = cli_config("teacher-labels", "--teacher-system-prompt", "Be a pirate.")
+    assert cfg.teacher_system_prompt == "Be a pirate."
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("teacher_system_prompt: Answer in French.\nmode: score\n")
+    cfg, _ = cli_config("teacher-labels", "--config", recipe)
+    assert (cfg.mode, cfg.teacher_system_prompt) == ("score", "Answer in French.")
+    assert cfg.sampling()["teacher_system_prompt"] == "Answer in French."
+    # without one, the shards' sampling attribute is the one of earlier builds
+    assert "teacher_system_prompt" not in TeacherConfig().sampling()
+    assert TeacherConfig(teacher_system_prompt="x").identity() != TeacherConfig().identity()

@@ -80,6 +80,10 @@ class Manifest:
     text_layout: bool = False
     """Every shard carries the text layout (`pipeline.store.text_layout_datasets`, schema v3);
     false in older manifests and in outputs written without it (`kd add-text-layout` adds it)."""
+    teacher_context: dict[str, Any] = field(default_factory=dict)
+    """The teacher saw a different context than the stored samples hold (docs/teacher-context.md):
+    {"kind": "system_prompt" | "per_record", "sha256": of the context(s), "records": how many
+    accepted records had one}; empty when the teacher saw the student's view."""
     shards: dict[int, ShardRecord] = field(default_factory=dict)
 
     @property

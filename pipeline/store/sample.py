@@ -60,6 +60,9 @@ class Sample:
     teacher's token byte table (`pipeline.store.text_layout`), or None (no text layout)."""
     text_regions: list[TextRegion] | None = None
     """The sample's messages / prompt, completion / text as byte ranges of its teacher text."""
+    teacher_context: str | None = None
+    """JSON of the messages the teacher saw where they differ from the stored (student's)
+    view, "" for a sample without one in a shard with some (`samples/teacher_contexts`)."""
 
     @property
     def sample_id(self) -> str:

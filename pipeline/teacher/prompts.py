@@ -34,6 +34,16 @@ class Prompt:
     line: int
     messages: Messages
     token_ids: list[int]
+    teacher_messages: Messages | None = None
+    """The teacher's view of the prompt when it differs from the student's
+    (`--teacher-system-prompt`, docs/teacher-context.md), else None."""
+    teacher_token_ids: list[int] | None = None
+    """`teacher_messages` rendered: what the engine generates behind."""
+
+    @property
+    def engine_token_ids(self) -> list[int]:
+        """The ids the teacher generates behind: its own view's, else the stored prompt's."""
+        return self.token_ids if self.teacher_token_ids is None else self.teacher_token_ids
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,23 @@ def with_system(messages: Messages, system_prompt: str | None) -> Messages:
     return messages
 
 
+def with_teacher_system(messages: Messages, teacher_system_prompt: str) -> Messages:
+    r"""The teacher's view of `messages` under --teacher-system-prompt: a system turn holding
+    it, followed (after a blank line) by the chat's own system turn's content if it opens
+    with one, so the teacher sees everything the student sees and the instructions too.
+
+    >>> with_teacher_system([{"role": "user", "content": "hi"}], "Answer in French.")
+    [{'role': 'system', 'content': 'Answer in French.'}, {'role': 'user', 'content': 'hi'}]
+    >>> with_teacher_system([{"role": "system", "content": "Be brief."},
+    ...                      {"role": "user", "content": "hi"}], "Answer in French.")[0]
+    {'role': 'system', 'content': 'Answer in French.\n\nBe brief.'}
+    """
+    if messages and messages[0]["role"] == "system":
+        own = messages[0]["content"]
+        return [{"role": "system", "content": f"{teacher_system_prompt}\n\n{own}"}, *messages[1:]]
+    return [{"role": "system", "content": teacher_system_prompt}, *messages]
+
+
 def messages_of(record: Any, system_prompt: str | None) -> tuple[str, Messages]:
     """Return (id, chat messages) of a parsed record, or raise RecordError."""
     rid = record_id(record)
@@ -151,16 +178,26 @@ def check_messages(messages: Any) -> Messages:
 
 def load_prompts(path: str | Path, tokenize: Tokenize, max_prompt_tokens: int,
                  system_prompt: str | None = None, limit: int | None = None,
-                 owns: Callable[[str | None, int], bool] | None = None) -> PromptBatch:
-    """Read, validate and tokenize the prompts of `path` (generate mode); see `read_records`."""
+                 owns: Callable[[str | None, int], bool] | None = None,
+                 teacher_system_prompt: str | None = None) -> PromptBatch:
+    """Read, validate and tokenize the prompts of `path` (generate mode); see `read_records`.
+    With `teacher_system_prompt` each prompt also carries the teacher's view
+    (`with_teacher_system`), which must fit as well."""
     def parse(line: int, rid: str, record: dict[str, Any]) -> Prompt:
         _, messages = messages_of(record, system_prompt)
-        token_ids = tokenize(messages)
+        token_ids = fitting(tokenize(messages), "prompt")
+        if teacher_system_prompt is None:
+            return Prompt(rid, line, messages, list(token_ids))
+        teacher = with_teacher_system(messages, teacher_system_prompt)
+        return Prompt(rid, line, messages, list(token_ids), teacher,
+                      list(fitting(tokenize(teacher), "the teacher's prompt")))
+
+    def fitting(token_ids: list[int], what: str) -> list[int]:
         if len(token_ids) > max_prompt_tokens:
             raise RecordError(
-                "too_long", f"prompt has {len(token_ids)} tokens; at most {max_prompt_tokens} "
+                "too_long", f"{what} has {len(token_ids)} tokens; at most {max_prompt_tokens} "
                 "fit (max_model_len - max_tokens)")
-        return Prompt(rid, line, messages, list(token_ids))
+        return token_ids
 
     return read_records(path, parse, limit, owns)
 

@@ -12,7 +12,7 @@ Built by `generate_job` (`stages.teacher.labels`) and `score_job`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipeline.store.sample import Sample
@@ -34,6 +34,9 @@ class LabelJob:
     """A request's `vllm.SamplingParams` from its seed."""
     to_samples: Callable[[ShardPlan, dict[str, Any]], list[Sample]]
     """A finished shard's engine outputs, by request key, as samples in plan order."""
+    teacher_contexts: dict[str, str] = field(default_factory=dict)
+    """The accepted records labelled behind a teacher context: id -> the teacher's messages
+    as JSON (`pipeline.teacher.teacher_context`)."""
 
     @property
     def requests(self) -> int:

@@ -46,6 +46,7 @@ from pipeline.teacher.prompts import Prompt, load_prompts, require_accepted, wri
 from pipeline.teacher.sample_filter import FilterOutcome, filter_samples, index_table
 from pipeline.teacher.seeding import seed_for_prompt
 from pipeline.teacher.shard_scheduler import ShardPlan, run_shards
+from pipeline.teacher.teacher_context import context_summary
 from pipeline.teacher.text_layouts import TokenBytes, generated_layout, locate_messages
 from pipeline.teacher.soft_labels import split_flat_logprobs
 from schemas import CONFIG_NAME, REJECTS_NAME, shard_name
@@ -116,7 +117,7 @@ def render_prompt_tokens(tokenizer: Any):
 def plan_shards(prompts: list[Prompt], cfg: TeacherConfig) -> list[ShardPlan]:
     """Deterministic shard membership: consecutive runs of whole prompts, in input order."""
     per = cfg.prompts_per_shard
-    return [ShardPlan(i // per, [(p.id, p.token_ids, seed_for_prompt(cfg.seed, p.id))
+    return [ShardPlan(i // per, [(p.id, p.engine_token_ids, seed_for_prompt(cfg.seed, p.id))
                                  for p in prompts[i:i + per]])
             for i in range(0, len(prompts), per)]
 
@@ -137,8 +138,11 @@ def generate_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
     tb = TokenBytes.of(tokenizer)
     batch = load_prompts(cfg.prompts, located_prompt_tokens(tokenizer, tb),
                          cfg.max_model_len - cfg.max_tokens, cfg.system_prompt, cfg.limit,
-                         owns=owned_by(cfg.worker_index, cfg.num_workers))
+                         owns=owned_by(cfg.worker_index, cfg.num_workers),
+                         teacher_system_prompt=cfg.teacher_system_prompt)
     prompts = {p.id: p for p in batch.accepted}
+    contexts = {p.id: json.dumps(p.teacher_messages, ensure_ascii=False)
+                for p in batch.accepted if p.teacher_messages is not None}
 
     def params(seed: int) -> Any:
         from vllm import SamplingParams
@@ -152,12 +156,14 @@ def generate_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
                    for s in samples_from_output(prompts[pid].token_ids, pid, outputs[pid],
                                                 cfg.engine_k)]
         for s in samples:
+            prompt = prompts[s.prompt_id]
             s.token_byte_lengths, s.text_regions = generated_layout(
-                tb, prompts[s.prompt_id].messages, s.prompt_token_ids, s.completion_token_ids)
+                tb, prompt.messages, s.prompt_token_ids, s.completion_token_ids)
+            s.teacher_context = contexts.get(s.prompt_id)
         return samples
 
     return LabelJob(batch, plan_shards(batch.accepted, cfg), len(batch.accepted) * cfg.n,
-                    params, to_samples)
+                    params, to_samples, contexts)
 
 
 def samples_from_output(prompt_ids: list[int], prompt_id: str, output: Any, k: int) -> list[Sample]:
@@ -325,7 +331,8 @@ def fresh_manifest(cfg: TeacherConfig, tokenizer: Any, job: LabelJob,
         hidden_rank=cfg.hidden_rank if hidden_format_named(cfg.hidden_format).needs_basis else 0,
         samples_per_position=(cfg.samples_per_position
                               if label_kind_named(cfg.label_kind).drawn else 0),
-        text_layout=True)
+        text_layout=True,
+        teacher_context=context_summary(cfg.teacher_system_prompt, job.teacher_contexts))
     manifest.set_tokenizer_identity(identity_of(tokenizer))
     return manifest
 

@@ -52,6 +52,27 @@ def test_system_prompt_is_prepended_and_limit_counts_records(tmp_path):
                                           {"role": "user", "content": "q 0"}]
 
 
+def test_teacher_system_prompt_gives_the_teacher_its_own_view_and_keeps_the_students(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        json.dumps({"id": "a", "prompt": "q a"}),
+        json.dumps({"id": "b", "messages": [{"role": "system", "content": "own"},
+                                            {"role": "user", "content": "q b"}]}),
+        json.dumps({"id": "c", "prompt": "fits alone, not behind"})])
+    plain = load_prompts(path, tokenize, 6)
+    batch = load_prompts(path, tokenize, 6, teacher_system_prompt="be a pirate")
+    a, b = batch.accepted
+    assert [(p.messages, p.token_ids) for p in batch.accepted] == \
+        [(p.messages, p.token_ids) for p in plain.accepted[:2]]
+    assert a.teacher_messages == [{"role": "system", "content": "be a pirate"}, *a.messages]
+    assert b.teacher_messages == [{"role": "system", "content": "be a pirate\n\nown"},
+                                  {"role": "user", "content": "q b"}]
+    assert a.engine_token_ids == a.teacher_token_ids == tokenize(a.teacher_messages)
+    assert plain.accepted[0].engine_token_ids == plain.accepted[0].token_ids
+    # the teacher's longer view must fit too
+    assert [(r.id, r.reason) for r in batch.rejects] == [("c", "too_long")]
+    assert "the teacher's prompt" in batch.rejects[0].detail
+
+
 def test_parquet_input_reads_like_jsonl(tmp_path):
     table = pa.table({"id": ["x", "y", "z"], "prompt": ["one two", "", "three"]})
     pq.write_table(table, tmp_path / "p.parquet")

@@ -41,6 +41,7 @@ from pipeline.store.codecs.kind_topk import TOPK
 from pipeline.store.codecs.label_fp16 import FP16
 from pipeline.store.codecs.label_q8 import Q8
 from pipeline.store.codecs.label_q8poly import Q8POLY
+from pipeline.store.codecs.text_teacher_context import TEACHER_CONTEXT
 
 LABEL_FORMATS: dict[str, LabelFormat] = {c.name: c for c in (FP16, Q8, Q8POLY)}
 """How top-k logprobs are stored (`--label-format`); the first is the default."""
@@ -51,8 +52,8 @@ HIDDEN_FORMATS: dict[str, HiddenFormat] = {c.name: c for c in (FP16_HIDDEN, INT8
 
 ROW_FIELDS: dict[str, RowField] = {c.name: c for c in (STUDENT_LOGPROBS_FIELD,)}
 """Optional per-token or per-label-row datasets, by their `Sample` attribute."""
-SAMPLE_TEXTS: dict[str, SampleText] = {}
-"""Optional per-sample strings, by their `Sample` attribute (none shipped yet)."""
+SAMPLE_TEXTS: dict[str, SampleText] = {c.name: c for c in (TEACHER_CONTEXT,)}
+"""Optional per-sample strings, by their `Sample` attribute."""
 
 MUST_MATCH: tuple[str, ...] = LabelFormat.must_match + LabelKind.must_match + HiddenFormat.must_match
 """Manifest fields, beyond teacher, tokenizer, vocabulary and k, that outputs read together
