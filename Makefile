@@ -215,6 +215,12 @@ context-demo: models
 	  --model "student from labels without it=$(CONTEXT_DIR)/student-without/model" \
 	  --output $(CONTEXT_DIR)/rule_rates.json
 
+# `make context-demo` per seed 0, 1, 2 (teacher sampling and student training), the teacher's
+# greedy rates once -> bench/results/context.json (CONTEXT_BENCH_ARGS: e.g. --seeds 0 1).
+CONTEXT_BENCH_ARGS ?= --seeds 0 1 2
+bench-context: models
+	$(PY) -m bench.context $(CONTEXT_BENCH_ARGS)
+
 # The test suite, and the examples in every pipeline/ and schemas/ docstring.
 test: models
 	$(PY) -m pytest -q tests --doctest-modules pipeline schemas
