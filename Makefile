@@ -64,6 +64,10 @@ ONPOLICY_MAX_TOKENS ?= 64
 ONPOLICY_STEPS      ?= 10
 ONPOLICY_WEIGHT     ?= 1.0
 ONPOLICY_ARGS       ?=
+# A text file holding a system prompt only the teacher sees when it scores the student's
+# samples (docs/teacher-context.md); per-record `teacher_messages` / `teacher_prefix` in
+# ONPOLICY_PROMPTS ride along in the samples without it.
+ONPOLICY_TEACHER_CONTEXT ?=
 
 BENCH_PROMPTS    ?= 64
 BENCH_MAX_TOKENS ?= 128
@@ -159,6 +163,7 @@ demo: teacher-labels
 onpolicy: models
 	@prev=$(ONPOLICY_FROM); \
 	test -f $$prev/config.json || { echo "make onpolicy: no student at $$prev (make demo, or ONPOLICY_FROM=DIR)"; exit 1; }; \
+	$(if $(ONPOLICY_TEACHER_CONTEXT),test -s $(ONPOLICY_TEACHER_CONTEXT) || { echo "make onpolicy: ONPOLICY_TEACHER_CONTEXT=$(ONPOLICY_TEACHER_CONTEXT) is not a non-empty file"; exit 1; };) \
 	for i in $$(seq 1 $(ROUNDS)); do \
 	  r=$(ONPOLICY_DIR)/round-$$i; \
 	  echo "== on-policy round $$i of $(ROUNDS): from $$prev -> $$r"; \
@@ -166,7 +171,8 @@ onpolicy: models
 	    --limit $(ONPOLICY_LIMIT) --max-tokens $(ONPOLICY_MAX_TOKENS) --seed $$i \
 	    --max-model-len $(MAX_MODEL_LEN) --enforce-eager && \
 	  $(KD) teacher-labels --mode score --teacher $(TEACHER) --prompts $$r/samples/samples.jsonl \
-	    --out $$r/labels --top-k $(TOP_K) --max-model-len $(MAX_MODEL_LEN) --enforce-eager && \
+	    --out $$r/labels --top-k $(TOP_K) --max-model-len $(MAX_MODEL_LEN) --enforce-eager \
+	    $(if $(ONPOLICY_TEACHER_CONTEXT),--teacher-system-prompt "$$(cat $(ONPOLICY_TEACHER_CONTEXT))") && \
 	  $(KD) eval --labels $$r/labels --model "round-$$((i - 1))=$$prev" \
 	    --samples "round-$$((i - 1))=$$r/labels" --output $$r/eval.json && \
 	  $(KD) train-student --labels $$r/labels --init-from $$prev --out $$r/student --resume \

@@ -3,13 +3,16 @@
 Counts, bytes per labelled token, rejects and drops by reason, each
 confidence metric's distribution (kept against dropped; for scored text also
 the teacher's per-sample perplexity), the teacher; then one sample decoded with
-the teacher's top-k alternatives at a few labelled positions.
+the teacher's top-k alternatives at a few labelled positions. An output labelled
+behind a teacher context (docs/teacher-context.md) shows both views of the
+sample: the stored (student's) prompt, and the messages the teacher saw.
 
     python -m stages.cli.main inspect data/labels/demo --sample 0 --positions 3
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -114,6 +117,18 @@ def metric_lines(out_dir: Path, m: Any) -> list[str]:
     return lines
 
 
+def teacher_view_lines(reader: ShardReader, row: int) -> list[str]:
+    """The two views of a sample labelled behind a teacher context: the stored one is the
+    student's (shown above), these are the messages the teacher saw; none without one."""
+    if "samples/teacher_contexts" not in [t.dataset for t in reader.sample_texts()]:
+        return []
+    context = reader.strings("samples/teacher_contexts")[row]
+    if not context:
+        return ["views:      the teacher saw the stored (student's) view"]
+    return ["views:      the prompt above is the student's (stored); the teacher saw:",
+            *(f"  teacher {m['role']:<10}{m['content']!r}" for m in json.loads(context))]
+
+
 def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int = 3,
                      decode: Decode | None = None) -> str:
     out_dir = Path(out_dir)
@@ -132,6 +147,10 @@ def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int 
         f"disk         {t['bytes'] / 2**20:.1f} MiB, {t['bytes'] / max(t['completion_tokens'], 1):.0f} "
         "bytes per labelled token",
     ]
+    if m.teacher_context:
+        c = m.teacher_context
+        lines.append(f"teacher view {c['kind']}: {c['records']} record(s) labelled behind a context "
+                     f"the stored samples lack (sha256 {c['sha256'][:16]})")
     lines += storage_lines(out_dir, m)
     lines += metric_lines(out_dir, m)
     if not t["samples"]:
@@ -145,6 +164,7 @@ def summarise_output(out_dir: str | Path, sample_index: int = 0, positions: int 
     lines += ["", f"sample {sid} ({reader.path.name} row {row}, {len(where)} labelled tokens"
               + (f", {unlabelled} unlabelled after the first label" if unlabelled else "") + ")",
               f"prompt:     {decode(ids[:p])!r}", f"rest:       {decode(ids[p:])!r}"]
+    lines += teacher_view_lines(reader, row)
     step = max(1, len(where) // max(positions, 1))
     token = "sampled" if m.mode == "generate" else "token"
     for j in list(range(0, len(where), step))[:positions]:

@@ -31,6 +31,7 @@ needs no model (the teacher stage adapts a Hugging Face tokenizer).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -38,6 +39,7 @@ from typing import Any, Callable, Protocol, Sequence
 from pipeline.teacher.prompts import (Messages, PromptBatch, RecordError, check_messages,
                                       nonempty_text, read_records, with_system)
 from pipeline.teacher.student_records import check_token_fields
+from pipeline.teacher.teacher_views import match_labelled, teacher_view
 from pipeline.teacher.text_layouts import TokenBytes, chat_layout, generated_layout, window_layout
 
 WINDOW_PREFIX = "w"
@@ -60,10 +62,27 @@ class ScoreItem:
     the tokenizer gives no byte table."""
     regions: Any = None
     """The item's `TextRegion`s (its text layout), or None likewise."""
+    teacher_token_ids: list[int] | None = None
+    """With a teacher context (`pipeline.teacher.teacher_views`): the teacher's rendering, which
+    the engine scores; `token_ids` (the student's) are what is stored. None: the same."""
+    teacher_positions: list[int] | None = None
+    """The labelled positions in `teacher_token_ids`, one for each of `positions`."""
+    teacher_context: str | None = None
+    """JSON of the teacher's messages (`samples/teacher_contexts`), or None."""
 
     @property
     def sample_id(self) -> str:
         return f"{self.record_id}/{WINDOW_PREFIX}{self.window}"
+
+    @property
+    def engine_token_ids(self) -> list[int]:
+        """What the engine scores: the teacher's rendering where it has its own."""
+        return self.token_ids if self.teacher_token_ids is None else self.teacher_token_ids
+
+    @property
+    def engine_positions(self) -> list[int]:
+        """The labelled positions in `engine_token_ids`."""
+        return self.positions if self.teacher_positions is None else self.teacher_positions
 
 
 @dataclass(frozen=True)
@@ -222,15 +241,18 @@ def record_kind(record: dict[str, Any]) -> str:
 
 
 def score_items(rid: str, record: dict[str, Any], tok: ScoreTokenizer, width: int, overlap: int,
-                system_prompt: str | None = None) -> tuple[str, list[ScoreItem]]:
+                system_prompt: str | None = None,
+                teacher_system_prompt: str | None = None) -> tuple[str, list[ScoreItem]]:
     """(kind, items) of one parsed record, or RecordError with the reason."""
     kind = record_kind(record)
     tb = getattr(tok, "token_bytes", None)
     roles = PROMPT_COMPLETION_ROLES if kind == "completion" else None
     given = check_token_fields(record, getattr(tok, "fingerprint", None))
+    view = teacher_view(record, kind, teacher_system_prompt)
     if given is not None:
-        return kind, [with_token_layout(token_item(rid, *given, width), tb,
-                                        prompt_messages(record, kind), roles)]
+        prompt = prompt_messages(record, kind)
+        item = with_token_layout(token_item(rid, *given, width), tb, prompt, roles)
+        return kind, [item if view is None else teacher_token_item(item, tok, view(prompt), width)]
     if kind == "text":
         ids, _ = tok.encode(nonempty_text(record, "text"), add_special_tokens=True)
         if len(ids) < 2:
@@ -241,15 +263,53 @@ def score_items(rid: str, record: dict[str, Any], tok: ScoreTokenizer, width: in
     else:
         messages = [{"role": "user", "content": nonempty_text(record, "prompt")},
                     {"role": "assistant", "content": nonempty_text(record, "completion")}]
-    return kind, [chat_item(rid, tok, with_system(messages, system_prompt), width, roles)]
+    student = with_system(messages, system_prompt)
+    item = chat_item(rid, tok, student, width, roles)
+    return kind, [item if view is None else teacher_chat_item(item, tok, view(student), width, roles)]
+
+
+def teacher_chat_item(item: ScoreItem, tok: ScoreTokenizer, teacher: Messages, width: int,
+                      roles: dict[str, str] | None) -> ScoreItem:
+    """A chat's student item with the teacher's rendering of `teacher` (its whole chat) added,
+    the labelled tokens matched (`pipeline.teacher.teacher_views.match_labelled`)."""
+    if not any(m["role"] == "assistant" for m in teacher):
+        raise RecordError("no_teacher_assistant_turn",
+                          "the teacher's messages have no assistant turn to label")
+    try:
+        theirs = chat_item(item.record_id, tok, teacher, width, roles)
+    except RecordError as exc:
+        raise RecordError(exc.reason, f"the teacher's view: {exc}") from None
+    match_labelled(item.token_ids, item.positions, theirs.token_ids, theirs.positions)
+    return replace(item, teacher_token_ids=theirs.token_ids, teacher_positions=theirs.positions,
+                   teacher_context=json.dumps(teacher, ensure_ascii=False))
+
+
+def teacher_token_item(item: ScoreItem, tok: ScoreTokenizer, teacher_prompt: Messages,
+                       width: int) -> ScoreItem:
+    """A token-id record's item with the teacher's rendering: its prompt turns rendered, then
+    the given completion ids (the same ids on both sides, nothing re-tokenised)."""
+    teacher_prompt = without_closing_assistant(teacher_prompt)
+    text = tok.render(teacher_prompt, add_generation_prompt=True)
+    prompt, _ = tok.encode(text, add_special_tokens=False)
+    completion = item.token_ids[item.positions[0]:]
+    if len(prompt) + len(completion) > width:
+        raise RecordError("too_long", f"the teacher's view has {len(prompt) + len(completion)} "
+                          f"tokens; at most {width} fit (--max-model-len - 1)")
+    return replace(item, teacher_token_ids=prompt + completion,
+                   teacher_positions=list(range(len(prompt), len(prompt) + len(completion))),
+                   teacher_context=json.dumps(teacher_prompt, ensure_ascii=False))
+
+
+def without_closing_assistant(messages: Messages) -> Messages:
+    """A chat's turns before its closing assistant turn (the completion), if it has one."""
+    return messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
 
 
 def prompt_messages(record: dict[str, Any], kind: str) -> Messages:
     """The messages before the completion of a token-id record: a chat's all but its closing
     assistant turn (the completion), or the `prompt` as a user message."""
     if kind == "chat":
-        messages = check_messages(record["messages"])
-        return messages[:-1] if messages[-1]["role"] == "assistant" else messages
+        return without_closing_assistant(check_messages(record["messages"]))
     if kind == "completion":
         return [{"role": "user", "content": nonempty_text(record, "prompt")}]
     return []
@@ -257,10 +317,12 @@ def prompt_messages(record: dict[str, Any], kind: str) -> Messages:
 
 def load_score_records(path: str | Path, tok: ScoreTokenizer, width: int, overlap: int,
                        system_prompt: str | None = None, limit: int | None = None,
-                       owns: Callable[[str | None, int], bool] | None = None) -> PromptBatch:
+                       owns: Callable[[str | None, int], bool] | None = None,
+                       teacher_system_prompt: str | None = None) -> PromptBatch:
     """Read and tokenize the records of `path` for scoring; accepted + rejected = records read."""
     def parse(line: int, rid: str, record: dict[str, Any]) -> ScoreRecord:
-        kind, items = score_items(rid, record, tok, width, overlap, system_prompt)
+        kind, items = score_items(rid, record, tok, width, overlap, system_prompt,
+                                  teacher_system_prompt)
         return ScoreRecord(rid, line, kind, items)
 
     return read_records(path, parse, limit, owns)

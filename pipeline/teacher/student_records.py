@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.store.fault_points import reach
-from pipeline.teacher.prompts import Messages, RecordError
+from pipeline.teacher.prompts import Messages, RecordError, iter_records, record_id
+from pipeline.teacher.teacher_views import TEACHER_FIELDS
 
 SAMPLES_NAME = "samples.jsonl"
 """The records of a `kd student-samples` output (what `--mode score` reads)."""
@@ -65,6 +66,31 @@ def student_record(prompt_id: str, messages: Messages, completion: str,
             "student_logprobs": [float(x) for x in student_logprobs],
             "tokenizer_fingerprint": fingerprint, "finish_reason": finish_reason,
             "retokenization_drift": drift}
+
+
+def carried_contexts(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The teacher-context fields (`teacher_messages`, `teacher_prefix`) of a prompt file's
+    records, by id: the student writes without them, and its records carry them on for the
+    teacher to score behind (docs/teacher-context.md). Unusable records are left out (the
+    prompt reader rejects them, naming why).
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "p.jsonl"
+    >>> _ = path.write_text('{"id": "a", "prompt": "2+2?", "teacher_prefix": "It is 4. "}\\n'
+    ...                     '{"id": "b", "prompt": "hi"}\\n')
+    >>> carried_contexts(path)
+    {'a': {'teacher_prefix': 'It is 4. '}}
+    """
+    carried = {}
+    for _, record in iter_records(path):
+        try:
+            rid = record_id(record)
+        except RecordError:
+            continue
+        fields = {f: record[f] for f in TEACHER_FIELDS if record.get(f) is not None}
+        if fields:
+            carried.setdefault(rid, fields)
+    return carried
 
 
 def retokenizes(ids: Sequence[int], decode: Callable[[list[int]], str],

@@ -173,11 +173,11 @@ def eval_model(cfg: EvalConfig) -> None:
     from pipeline.student.label_set import LabelSetError
     from pipeline.student.shard_gate import ShardVerificationError
     from stages.cli.engine_logs import quiet_transformers
-    from stages.student.evaluate import format_table, run_eval
+    from stages.student.evaluate import format_table, run_eval, views_note
 
     quiet_transformers(click.get_current_context().find_root().obj["verbose"])
-    echo_or_refuse(lambda: format_table(run_eval(cfg)), LabelSetError, ShardVerificationError,
-                   OSError)
+    echo_or_refuse(lambda: format_table(run_eval(cfg)) + views_note(cfg.labels), LabelSetError,
+                   ShardVerificationError, OSError)
 
 
 @main.command()

@@ -11,6 +11,9 @@ ones `kd train-student` reads (`--all`: every sample of the labels, no bound).
 `--samples NAME=DIR` adds the teacher's mean NLL of the model's own text: DIR
 is a score-mode output of its `kd student-samples` completions, read over the
 same split's prompts (README: On-policy rounds).
+Labels made behind a teacher context (docs/teacher-context.md) store the
+student's view, so every row is the model reading the plain prompt against
+the teacher that saw more; `views_note` says so under the table.
 
     kd eval --labels data/labels/demo --model data/student/demo/model
     kd eval --all --labels data/labels/corpus-heldout --model before=from-teacher \
@@ -176,6 +179,24 @@ def cross_row(model: Any, tokenizer: Any, labels: LabelSet, plan: list[np.ndarra
         side = StudentSide.build(tokenizer, AutoTokenizer.from_pretrained(labels.teacher))
         sides[key] = CrossPlannedBatches(labels, plan, side, AlignmentCache(None, key))
     return evaluate_cross(model, sides[key], student_vocab(model, tokenizer), device)
+
+
+def views_note(label_dirs: tuple[str, ...]) -> str:
+    """A line under the table when some labels were made behind a teacher context, else ""."""
+    from pipeline.store.manifest import ManifestError, read_manifest
+
+    behind = []
+    for d in label_dirs:
+        try:
+            context = read_manifest(d).teacher_context
+        except ManifestError:
+            continue  # open_label_set has already refused an unreadable output
+        if context:
+            behind.append(f"{d} ({context['kind']}, {context['records']} record(s))")
+    if not behind:
+        return ""
+    return ("\nteacher context: the teacher labelled " + ", ".join(behind) + " behind a context "
+            "the stored samples lack; every row reads the student's view (the plain prompt)")
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:

@@ -68,12 +68,24 @@ def load_score_input(cfg: TeacherConfig, tokenizer: Any) -> PromptBatch:
         raise ConfigError(str(exc)) from exc
     batch = load_score_records(
         cfg.prompts, tok, cfg.window_tokens, cfg.window_overlap, cfg.system_prompt, cfg.limit,
-        owns=owned_by(cfg.worker_index, cfg.num_workers))
+        owns=owned_by(cfg.worker_index, cfg.num_workers),
+        teacher_system_prompt=cfg.teacher_system_prompt)
     try:
         check_all_or_none(batch.accepted)
     except ValueError as exc:
         raise ConfigError(f"--prompts {cfg.prompts}: {exc}") from exc
+    contexts = record_contexts(batch)
+    if contexts and cfg.hidden_layers:
+        raise ConfigError(f"--hidden-layers cannot be stored for records with a teacher context "
+                          f"({len(contexts)} in --prompts {cfg.prompts}, e.g. {next(iter(contexts))!r}): "
+                          "hidden states are captured over the stored (student's) view")
     return batch
+
+
+def record_contexts(batch: PromptBatch) -> dict[str, str]:
+    """The accepted records scored behind a teacher context: id -> the teacher's messages (JSON)."""
+    return {r.id: r.items[0].teacher_context for r in batch.accepted
+            if r.items[0].teacher_context is not None}
 
 
 def plan_score_shards(records: list[Any], shard_size: int) -> list[ShardPlan]:
@@ -81,7 +93,7 @@ def plan_score_shards(records: list[Any], shard_size: int) -> list[ShardPlan]:
     plans: list[ShardPlan] = []
     requests: list[tuple[str, list[int], int]] = []
     for record in records:
-        requests += [(item.sample_id, item.token_ids, 0) for item in record.items]
+        requests += [(item.sample_id, item.engine_token_ids, 0) for item in record.items]
         if len(requests) >= shard_size:
             plans.append(ShardPlan(len(plans), requests))
             requests = []
@@ -91,12 +103,14 @@ def plan_score_shards(records: list[Any], shard_size: int) -> list[ShardPlan]:
 
 
 def scored_sample(item: ScoreItem, output: Any, k: int) -> Sample:
-    """One window's Sample from its vLLM RequestOutput (flat prompt logprobs)."""
+    """One window's Sample from its vLLM RequestOutput (flat prompt logprobs): the rows at the
+    engine's (the teacher's) labelled positions, stored at the item's (the student's)."""
     flat = output.prompt_logprobs
     positions = np.asarray(item.positions, np.int64)
+    scored = np.asarray(item.engine_positions, np.int64)
     top_ids, top_lps, actual = split_flat_logprobs(
-        flat.token_ids, flat.logprobs, np.asarray(flat.start_indices)[positions],
-        np.asarray(flat.end_indices)[positions], [item.token_ids[p] for p in positions], k)
+        flat.token_ids, flat.logprobs, np.asarray(flat.start_indices)[scored],
+        np.asarray(flat.end_indices)[scored], [item.token_ids[p] for p in positions], k)
     first = item.positions[0]
     student = (None if item.student_logprobs is None
                else np.asarray(item.student_logprobs, np.float32))
@@ -104,13 +118,15 @@ def scored_sample(item: ScoreItem, output: Any, k: int) -> Sample:
                   top_ids, top_lps, actual, "scored", label_positions=positions,
                   id_prefix=WINDOW_PREFIX, student_logprobs=student,
                   token_byte_lengths=item.byte_lengths,
-                  text_regions=None if item.regions is None else list(item.regions))
+                  text_regions=None if item.regions is None else list(item.regions),
+                  teacher_context=item.teacher_context)
 
 
 def score_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
     """Score mode's records, shard plans, engine and sample conversion."""
     batch = load_score_input(cfg, tokenizer)
     items = {item.sample_id: item for record in batch.accepted for item in record.items}
+    contexts = record_contexts(batch)
 
     def params(seed: int) -> Any:
         from vllm import SamplingParams
@@ -119,7 +135,12 @@ def score_job(cfg: TeacherConfig, tokenizer: Any) -> LabelJob:
                               detokenize=False, flat_logprobs=True)
 
     def to_samples(plan: ShardPlan, outputs: dict[str, Any]) -> list[Sample]:
-        return [scored_sample(items[key], outputs[key], cfg.engine_k) for key, _, _ in plan.requests]
+        samples = [scored_sample(items[key], outputs[key], cfg.engine_k)
+                   for key, _, _ in plan.requests]
+        if contexts:  # a shard holds the teacher contexts for every sample or none
+            for s in samples:
+                s.teacher_context = s.teacher_context or ""
+        return samples
 
     return LabelJob(batch, plan_score_shards(batch.accepted, cfg.shard_size), len(items),
-                    params, to_samples)
+                    params, to_samples, contexts)

@@ -32,8 +32,8 @@ from pipeline.store.output_lock import LOCK_NAME, OutputLock
 from pipeline.teacher.prompts import Prompt, require_accepted, write_rejects
 from pipeline.teacher.shard_scheduler import run_shards
 from pipeline.teacher.soft_labels import split_flat_logprobs
-from pipeline.teacher.student_records import (SAMPLES_NAME, append_records, read_finished,
-                                              retokenizes, student_record)
+from pipeline.teacher.student_records import (SAMPLES_NAME, append_records, carried_contexts,
+                                              read_finished, retokenizes, student_record)
 from schemas import REJECTS_NAME
 from schemas.config_base import ConfigError
 from schemas.student_samples_config import SAMPLES_CONFIG_NAME, StudentSamplesConfig
@@ -129,6 +129,7 @@ def sample_output(cfg: StudentSamplesConfig, engine: Any) -> SamplesSummary:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     prompts = {p.id: p for p in job.batch.accepted}
+    contexts = carried_contexts(cfg.prompts)
     todo = [p for p in job.batch.accepted if p.id not in done]
     written = tokens = drifted = 0
     if todo:
@@ -139,7 +140,7 @@ def sample_output(cfg: StudentSamplesConfig, engine: Any) -> SamplesSummary:
                 for plan, outputs in run_shards(scheduler, teacher_stage.plan_shards(todo, engine_cfg),
                                                 engine_cfg.shards_in_flight):
                     records = [completion_record(prompts[key], outputs[key], engine_cfg.engine_k,
-                                                 tokenizer, fingerprint)
+                                                 tokenizer, fingerprint) | contexts.get(key, {})
                                for key, _, _ in plan.requests]
                     append_records(path, records)
                     written += len(records)

@@ -117,3 +117,39 @@ def test_load_accounts_for_every_record(tmp_path):
     assert [(r.line, r.reason) for r in batch.rejects] == [
         (2, "ambiguous_record"), (4, "duplicate_id"), (5, "malformed_json")]
     assert len(batch.accepted) + len(batch.rejects) == batch.records_read == 5
+
+
+@pytest.mark.parametrize("context, reason", [
+    ({"teacher_messages": "not a list"}, "bad_teacher_messages"),
+    ({"teacher_messages": [{"role": "user", "content": " "}]}, "bad_teacher_messages"),
+    ({"teacher_prefix": "  "}, "empty_teacher_prefix"),
+    ({"teacher_messages": [{"role": "user", "content": "hi"}]}, "no_teacher_assistant_turn"),
+    ({"teacher_messages": [{"role": "user", "content": "hi"},
+                           {"role": "assistant", "content": "yo!"}]},
+     "teacher_context_changes_completion"),
+    ({"teacher_prefix": "x", "teacher_messages": []}, "ambiguous_teacher_context"),
+])
+def test_bad_teacher_contexts_are_rejected_with_their_reason(context, reason):
+    record = {"id": "r", "prompt": "hi", "completion": "yo"} | context
+    with pytest.raises(RecordError) as err:
+        score_items("r", record, CharTokenizer(), 100, 4)
+    assert err.value.reason == reason
+
+
+def test_a_teacher_context_maps_the_teachers_labelled_tokens_onto_the_students():
+    record = {"id": "r", "messages": [{"role": "user", "content": "hi"},
+                                      {"role": "assistant", "content": "yo"}],
+              "teacher_prefix": "HINT "}
+    (item,) = score_items("r", record, CharTokenizer(), 100, 4)[1]
+    plain = score_items("r", {k: v for k, v in record.items() if k != "teacher_prefix"},
+                        CharTokenizer(), 100, 4)[1][0]
+    assert (item.token_ids, item.positions) == (plain.token_ids, plain.positions)
+    teacher = "".join(chr(i) for i in item.teacher_token_ids)
+    assert teacher == "<user>HINT hi</><assistant>yo</>"
+    assert [item.teacher_token_ids[p] for p in item.teacher_positions] == \
+        [item.token_ids[p] for p in item.positions]
+    assert item.engine_token_ids == item.teacher_token_ids
+    assert plain.engine_token_ids == plain.token_ids and plain.teacher_context is None
+    with pytest.raises(RecordError, match="teacher_context_on_text|no prompt"):
+        score_items("d", {"id": "d", "text": "abc"}, CharTokenizer(), 100, 2,
+                    teacher_system_prompt="be brief")

@@ -262,3 +262,43 @@ def test_a_run_killed_after_a_committed_batch_resumes_to_the_uninterrupted_recor
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "4 reused" in resumed.stdout
     assert lines(tmp_path / "part") == lines(tmp_path / "whole")
+
+
+def test_on_policy_with_a_teacher_context_the_student_writes_alone_the_teacher_scores_behind_it(
+        fake, student_dir, tmp_path):
+    """The prompts' teacher contexts ride along in the student's records; the teacher's
+    rendering (its prefix before the prompt, then the student's completion ids) is scored
+    and the rows are stored at the student's positions."""
+    from fake_engine import scored
+    from pipeline.store.shard_reader import ShardReader, read_samples
+    from schemas.teacher_config import TeacherConfig
+    from stages.teacher.labels import run_teacher_labels
+    from transformers import AutoTokenizer
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "What is 2 + 2?",
+                                   "teacher_prefix": "The answer is 4.\n\n"}) + "\n"
+                       + json.dumps({"id": "b", "prompt": "Say hi."}) + "\n")
+    sample(student_dir, tmp_path / "s", prompts=str(prompts))
+    records = {r["id"]: r for r in map(json.loads, lines(tmp_path / "s"))}
+    assert records["a"]["teacher_prefix"] == "The answer is 4.\n\n"
+    assert "teacher_prefix" not in records["b"]
+    run_teacher_labels(TeacherConfig(mode="score", teacher=str(TEACHER), top_k=4,
+                                     prompts=str(tmp_path / "s" / SAMPLES_NAME),
+                                     out=str(tmp_path / "labels"), max_model_len=256,
+                                     window_overlap=16, shard_size=4))
+    tok = AutoTokenizer.from_pretrained(TEACHER)
+    (s_a, s_b) = sorted(read_samples(ShardReader(tmp_path / "labels/shard-00000.h5")),
+                        key=lambda s: s.prompt_id)
+    r = records["a"]
+    assert s_a.prompt_token_ids == r["prompt_token_ids"]  # the student's view is stored
+    text = tok.apply_chat_template([{"role": "user", "content": "The answer is 4.\n\nWhat is 2 + 2?"}],
+                                   tokenize=False, add_generation_prompt=True)
+    teacher = tok(text, add_special_tokens=False)["input_ids"] + r["completion_token_ids"]
+    flat = scored(teacher, 4).prompt_logprobs
+    first = len(teacher) - len(r["completion_token_ids"])
+    rows = [flat.token_ids[flat.start_indices[p] + 1:flat.end_indices[p]]
+            for p in range(first, len(teacher))]
+    assert s_a.topk_ids.tolist() == rows
+    assert s_b.teacher_context == "" and json.loads(s_a.teacher_context)[0]["content"].startswith(
+        "The answer is 4.")

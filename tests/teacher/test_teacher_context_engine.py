@@ -1,5 +1,10 @@
 """Teacher context on the real vLLM CPU engine: the teacher sees more than the stored sample.
 
+Score mode (one run over tests/data/score_context.jsonl plus a `kd student-samples`-style
+token-id record with a `teacher_prefix`): the labels of each record scored behind a
+teacher context equal a float32 transformers pass over the teacher's rendering at its
+labelled tokens, stored at the student's positions; a record without one, over its own.
+
 `--teacher-system-prompt` in generate mode: the engine generates behind the
 teacher's view (a system turn ahead of the record's prompt); the stored sample
 holds the student's view (the plain prompt's rendering + the completion ids),
@@ -19,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import TEACHER, engine_output, run_kd
+from test_teacher_context_runs import CONTEXTS, labelled_positions, teacher_chat
 from pipeline.store.manifest import read_manifest
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.verify import verify_outputs
@@ -138,3 +144,68 @@ def test_a_rerun_reuses_every_shard_and_another_teacher_prompt_is_refused(genera
     proc = run_kd(generate_args(prompts_file, generated, "--teacher-system-prompt", "Be kind."))
     assert proc.returncode != 0
     assert "teacher_system_prompt" in proc.stderr
+
+
+TOKEN_RECORD = {"id": "onpolicy", "prompt": "Name a color.", "completion": "Blue.",
+                "teacher_prefix": "Answer with the color of the sky.\n\n"}
+
+
+@pytest.fixture(scope="module")
+def score_input(tmp_path_factory, hf) -> Path:
+    from pipeline.store.fingerprint import tokenizer_fingerprint
+
+    _, tokenizer = hf
+    student = [{"role": "user", "content": TOKEN_RECORD["prompt"]}]
+    record = TOKEN_RECORD | {
+        "prompt_token_ids": rendered(tokenizer, student),
+        "completion_token_ids": tokenizer("Blue.<|im_end|>", add_special_tokens=False)["input_ids"],
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)}
+    path = tmp_path_factory.mktemp("ctx-score-input") / "records.jsonl"
+    path.write_text(CONTEXTS.read_text() + json.dumps(record) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, score_input) -> Path:
+    return engine_output(tmp_path_factory, "ctx-score", lambda out: [
+        sys.executable, "-m", "stages.cli.main", "teacher-labels", "--mode", "score",
+        "--teacher", str(TEACHER), "--prompts", str(score_input), "--out", str(out),
+        "--dtype", "float32", "--max-model-len", "256", "--window-overlap", "64",
+        "--shard-size", "3", "--enforce-eager"])
+
+
+def teacher_view_ids(tokenizer, record: dict) -> tuple[list[int], list[int]]:
+    """The teacher's rendering of a record and its labelled positions (the test's own rules)."""
+    if "completion_token_ids" in record:
+        prompt = rendered(tokenizer, [{"role": "user", "content": record["teacher_prefix"]
+                                       + record["prompt"]}])
+        ids = prompt + record["completion_token_ids"]
+        return ids, list(range(len(prompt), len(ids)))
+    if not {"teacher_messages", "teacher_prefix"} & set(record):
+        chat = record.get("messages") or [{"role": "user", "content": record["prompt"]},
+                                          {"role": "assistant", "content": record["completion"]}]
+        return labelled_positions(tokenizer, chat)
+    return labelled_positions(tokenizer, teacher_chat(record))
+
+
+def test_scored_labels_are_the_teachers_behind_its_context_at_the_students_positions(
+        scored, score_input, hf):
+    model, tokenizer = hf
+    records = {r["id"]: r for r in map(json.loads, score_input.read_text().splitlines())}
+    checked = set()
+    for sid, s, context in stored_samples(scored):
+        rid = sid.split("/")[0]
+        if rid == "doc":
+            continue  # a text record: the plain score-mode oracle (test_score_engine.py)
+        ids, positions = teacher_view_ids(tokenizer, records[rid])
+        stored_ids = s["token_ids"].astype(np.int64)
+        assert [ids[p] for p in positions] == stored_ids[s["positions"]].tolist(), sid
+        rows = logprob_rows(model, ids)[np.asarray(positions) - 1]
+        top = np.take_along_axis(rows, s["topk_ids"].astype(np.int64), axis=1)
+        assert np.abs(top - s["topk_logprobs"].astype(np.float32)).max() < TOLERANCE, sid
+        actual = rows[np.arange(len(positions)), stored_ids[s["positions"]]]
+        assert np.abs(actual - s["sampled_logprobs"]).max() < TOLERANCE, sid
+        assert (context == "") == (rid == "plain"), sid
+        checked.add(rid)
+    assert checked == {"plain", "hinted", "persona", "reference", "onpolicy"}
+    assert verify_outputs([scored]).problems == []
