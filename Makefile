@@ -194,8 +194,9 @@ CONTEXT_PROMPTS    ?= data/prompts/context_demo.jsonl
 CONTEXT_HELDOUT    ?= data/prompts/context_heldout.jsonl
 CONTEXT_DIR        ?= data/context-demo
 CONTEXT_MAX_TOKENS ?= 32
-CONTEXT_STEPS      ?= 20
-CONTEXT_LR         ?= 1e-4
+CONTEXT_STEPS      ?= 10
+CONTEXT_LR         ?= 2e-4
+CONTEXT_HELDOUT_LIMIT ?= 40
 CONTEXT_SEED       ?= 0
 CONTEXT_TEACHER_ARGS ?= --enforce-eager
 CONTEXT_EVAL_ARGS  ?= --context-model "teacher behind the context=$(TEACHER)" \
@@ -215,7 +216,7 @@ context-demo: models
 	    --overwrite || exit $$?; \
 	done
 	$(PY) -m stages.student.rule_answers --prompts $(CONTEXT_HELDOUT) --rule $(CONTEXT_CHECK) \
-	  --teacher-system-prompt "$(CONTEXT_RULE)" --max-new-tokens $(CONTEXT_MAX_TOKENS) \
+	  $(if $(CONTEXT_HELDOUT_LIMIT),--limit $(CONTEXT_HELDOUT_LIMIT)) --teacher-system-prompt "$(CONTEXT_RULE)" --max-new-tokens $(CONTEXT_MAX_TOKENS) \
 	  $(CONTEXT_EVAL_ARGS) \
 	  --model "student from labels behind the context=$(CONTEXT_DIR)/student-with-context/model" \
 	  --model "student from labels without it=$(CONTEXT_DIR)/student-without/model" \

@@ -11,7 +11,7 @@ rate on the held-out prompts with and without the context; without it, that is
 also the self-distilled student's rate before training. The spread over seeds,
 next to each rate's binomial standard error, says how noisy the effect is.
 
-    python -m bench.context --seeds 0 1 2            # ~10 minutes a seed on 2 shared cores
+    python -m bench.context --seeds 0 1 2            # ~20 minutes a seed on 2 busy shared cores
     python -m bench.context --seeds 0 --steps 4 --limit 16 --heldout-limit 8 --out /tmp/c.json
 """
 
@@ -35,9 +35,10 @@ ARMS = ("with-context", "without")
 
 
 def make(target: str, **variables: Any) -> None:
-    """`make target VAR=value ...`, the stages run by this checkout's code (not an installed kd)."""
+    """`make target VAR=value ...`, the stages run by this checkout's code (not an installed kd);
+    the environment is taken as set up (`make bench-context` did), never rebuilt from here."""
     assignments = [f"{k}={v}" for k, v in variables.items()]
-    subprocess.run(["make", "--no-print-directory", target,
+    subprocess.run(["make", "--no-print-directory", "--old-file=.venv/.installed", target,
                     f"KD={sys.executable} -m stages.cli.main", f"PY={sys.executable}",
                     *assignments], check=True)
 
@@ -63,11 +64,9 @@ def demo_variables(args: argparse.Namespace, seed: int, work: Path) -> dict[str,
                  "CONTEXT_LR": args.lr, "CONTEXT_MAX_TOKENS": args.max_tokens,
                  "CONTEXT_RULE": args.context, "CONTEXT_CHECK": args.rule,
                  "CONTEXT_PROMPTS": args.prompts, "CONTEXT_HELDOUT": args.heldout,
-                 "CONTEXT_EVAL_ARGS": ""}  # the teacher's greedy rates: once, in `teacher_rates`
+                 "CONTEXT_HELDOUT_LIMIT": args.heldout_limit or "", "CONTEXT_EVAL_ARGS": ""}  # the teacher's greedy rates: once, in `teacher_rates`
     if args.limit:
         variables["CONTEXT_TEACHER_ARGS"] = f"--enforce-eager --limit {args.limit}"
-    if args.heldout_limit:
-        variables["CONTEXT_EVAL_ARGS"] = f"--limit {args.heldout_limit}"
     return variables
 
 
@@ -114,11 +113,11 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--limit", type=int, default=0, help="training prompts (0: all)")
-    p.add_argument("--heldout-limit", type=int, default=0, help="held-out prompts (0: all)")
+    p.add_argument("--heldout-limit", type=int, default=40, help="held-out prompts (0: all)")
     p.add_argument("--examples", type=int, default=3, help="answers kept per student and seed")
     p.add_argument("--rule", default="french")
     p.add_argument("--context", default="Tu es un assistant francophone. Tu réponds uniquement "
