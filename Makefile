@@ -207,8 +207,8 @@ context-demo: models
 	  --out $(CONTEXT_DIR)/labels-with-context --teacher-system-prompt "$(CONTEXT_RULE)" \
 	  --max-tokens $(CONTEXT_MAX_TOKENS) --no-drop-truncated --seed $(CONTEXT_SEED) --overwrite $(CONTEXT_TEACHER_ARGS)
 	$(KD) teacher-labels --mode generate --teacher $(TEACHER) --prompts $(CONTEXT_PROMPTS) \
-	  --out $(CONTEXT_DIR)/labels-without --max-tokens $(CONTEXT_MAX_TOKENS) --seed $(CONTEXT_SEED) \
-	  --no-drop-truncated --overwrite $(CONTEXT_TEACHER_ARGS)
+	  --out $(CONTEXT_DIR)/labels-without \
+	  --max-tokens $(CONTEXT_MAX_TOKENS) --no-drop-truncated --seed $(CONTEXT_SEED) --overwrite $(CONTEXT_TEACHER_ARGS)
 	for arm in with-context without; do \
 	  $(KD) train-student --labels $(CONTEXT_DIR)/labels-$$arm --student $(TEACHER) \
 	    --out $(CONTEXT_DIR)/student-$$arm --steps $(CONTEXT_STEPS) --batch-tokens $(BATCH_TOKENS) \
