@@ -74,12 +74,14 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One `make context-demo` run: each student's held-out rate, each label set's rate."""
     work = Path(args.work) / f"seed-{seed}"
     started = time.time()
-    make("context-demo", **demo_variables(args, seed, work))
+    reused = args.reuse and (work / "rule_rates.json").is_file()
+    if not reused:
+        make("context-demo", **demo_variables(args, seed, work))
     rates = json.loads((work / "rule_rates.json").read_text())["models"]
     check = rule_check(args.rule)
     students = {arm: rates[name] for arm, name in zip(ARMS, (
         "student from labels behind the context", "student from labels without it"))}
-    return {"seed": seed, "seconds": round(time.time() - started),
+    return {"seed": seed, "seconds": None if reused else round(time.time() - started),
             "student": {arm: {k: m[k] for k in ("followed", "total", "rate", "stderr")}
                         for arm, m in students.items()},
             "labels": {arm: follow_rate(stored_completions(work / f"labels-{arm}"), check).to_json()
@@ -126,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", default="data/prompts/context_heldout.jsonl")
     p.add_argument("--work", default="data/context-bench")
     p.add_argument("--out", default="bench/results/context.json")
+    p.add_argument("--reuse", action="store_true",
+                   help="take a seed whose directory holds rule_rates.json as finished (a rerun "
+                        "with the same settings after an interruption); its seconds: null")
     return p
 
 

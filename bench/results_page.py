@@ -541,7 +541,7 @@ def render_context(r: Result) -> str:
              rate_cell(run["labels"]["without"]), rate_cell(run["student"]["with-context"]),
              rate_cell(run["student"]["without"]),
              f"{run['student']['with-context']['rate'] - run['student']['without']['rate']:+.0%}",
-             f"{run['seconds']:,}"] for run in r["runs"]]
+             "reused" if run["seconds"] is None else f"{run['seconds']:,}"] for run in r["runs"]]
     names = {"with-context": "student from labels behind the context",
              "without": "student from labels without it",
              "difference": "difference (behind - without)"}
