@@ -92,12 +92,13 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 def teacher_rates(args: argparse.Namespace) -> dict[str, Any]:
     """The teacher's greedy held-out rate behind the context and without it."""
     out = Path(args.work) / "teacher_rates.json"
-    subprocess.run([sys.executable, "-m", "stages.student.rule_answers", "--prompts", args.heldout,
-                    "--rule", args.rule, "--teacher-system-prompt", args.context,
-                    "--max-new-tokens", str(args.max_tokens),
-                    "--context-model", f"with-context={TEACHER}", "--model", f"without={TEACHER}",
-                    *(["--limit", str(args.heldout_limit)] if args.heldout_limit else []),
-                    "--output", str(out)], check=True)
+    if not (args.reuse and out.is_file()):
+        subprocess.run([sys.executable, "-m", "stages.student.rule_answers", "--prompts", args.heldout,
+                        "--rule", args.rule, "--teacher-system-prompt", args.context,
+                        "--max-new-tokens", str(args.max_tokens), "--context-model",
+                        f"with-context={TEACHER}", "--model", f"without={TEACHER}",
+                        *(["--limit", str(args.heldout_limit)] if args.heldout_limit else []),
+                        "--output", str(out)], check=True)
     models = json.loads(out.read_text())["models"]
     return {arm: {k: models[arm][k] for k in ("followed", "total", "rate", "stderr")}
             for arm in ARMS}
@@ -129,8 +130,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="data/context-bench")
     p.add_argument("--out", default="bench/results/context.json")
     p.add_argument("--reuse", action="store_true",
-                   help="take a seed whose directory holds rule_rates.json as finished (a rerun "
-                        "with the same settings after an interruption); its seconds: null")
+                   help="take a seed whose directory holds rule_rates.json, and the teacher's "
+                        "rates if written, as finished (a rerun with the same settings after an "
+                        "interruption); such a seed's seconds: null")
     return p
 
 
