@@ -531,6 +531,13 @@ def rate_cell(m: Result) -> str:
     return f"{m['followed']}/{m['total']} ({m['rate']:.0%} ± {m['stderr']:.0%})"
 
 
+def context_time(r: Result) -> str:
+    if all(run["seconds"] is not None for run in r["runs"]):
+        return f"The run took {r['seconds']:,} s."
+    return ("Seeds marked `reused` were finished by an earlier, interrupted invocation and taken "
+            "as they were (`--reuse`); their time is not recorded.")
+
+
 def render_context(r: Result) -> str:
     s, t = r["settings"], r["teacher_greedy"]
     arms = {"with-context": "behind the context", "without": "without it"}
@@ -557,10 +564,12 @@ def render_context(r: Result) -> str:
         f"of `{s['prompts']}` ({s['max_tokens']} tokens, T = 0.8) behind the system prompt "
         f"\"{s['context']}\", which the student never sees, and again without it; the same "
         f"student (the teacher itself: self-distillation) trains {s['steps']} steps at lr "
-        f"{s['lr']:g} on each; every model answers the prompts of `{s['heldout']}` greedily "
+        f"{s['lr']:g} on each; every model answers "
+        f"{'the first ' + str(s['heldout_limit']) if s.get('heldout_limit') else 'all'} prompts "
+        f"of `{s['heldout']}` greedily "
         f"({s['max_tokens']} tokens), judged by the deterministic `{s['rule']}` check "
         "(`pipeline/student/rule_check.py`). Rates carry their binomial standard error over the "
-        f"held-out prompts. The run took {r['seconds']:,} s.",
+        "held-out prompts. " + context_time(r),
         "The teacher, greedy on the held-out prompts:",
         table(["model", "follows the rule"], "lr", teacher),
         "Per seed (teacher sampling and student training): the share of the teacher's sampled "
