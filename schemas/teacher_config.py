@@ -83,7 +83,7 @@ class TeacherConfig:
     system_prompt: str | None = None
     """Optional system message prepended to every prompt before the chat template is applied."""
     teacher_system_prompt: str | None = None
-    """A system message only the teacher sees (privileged context, docs/teacher-context.md): generate: the teacher generates behind it, the stored prompt is the student's; score: the teacher scores behind it, labels stored at the student's positions. Ahead of the record's own system turn, if any."""
+    """A system message only the teacher sees (privileged context, docs/teacher-context.md): generate: the teacher generates behind it, the stored prompt is the student's; score: the teacher scores behind it, labels stored at the student's positions. A record's own system turn follows it in the same turn, after a blank line."""
     top_k: int = 20
     """Number of teacher alternatives (token id, logprob) stored per completion token."""
     label_kind: str = "topk"

@@ -106,3 +106,14 @@ def run_fake(args: list[str], **env: str) -> subprocess.CompletedProcess:
     # argv[0] is what the CLI prints as the program in its resume command ("kd ...").
     return subprocess.run([sys.executable, "-c", RUN_FAKE, *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=300, env=os.environ | env)
+
+
+def fake_output(tmp_path_factory: Any, name: str, args: Any) -> Path:
+    """`kd args(out)` on this fake into a fresh session directory `name`; its output."""
+    from conftest import require_teacher
+
+    require_teacher()
+    out = tmp_path_factory.mktemp(name) / "out"
+    proc = run_fake(args(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out

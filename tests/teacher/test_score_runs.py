@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TEACHER, require_teacher
-from fake_engine import run_fake
+from fake_engine import fake_output, run_fake
 from pipeline.store.manifest import read_manifest
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.verify import verify_outputs
@@ -31,11 +31,7 @@ def score_args(out: Path, *extra: str, prompts: Path = CORPUS) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    require_teacher()
-    out = tmp_path_factory.mktemp("score") / "out"
-    proc = run_fake(score_args(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    return fake_output(tmp_path_factory, "score", score_args)
 
 
 def test_windows_become_samples_and_the_output_verifies(reference):

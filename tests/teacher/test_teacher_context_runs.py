@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TEACHER, require_teacher
-from fake_engine import run_fake, scored
+from fake_engine import fake_output, run_fake, scored
 from pipeline.store.manifest import read_manifest
 from pipeline.store.shard_reader import ShardReader
 from pipeline.store.verify import verify_outputs
@@ -53,11 +53,7 @@ def samples(out: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    require_teacher()
-    out = tmp_path_factory.mktemp("ctx") / "out"
-    proc = run_fake(context_args(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    return fake_output(tmp_path_factory, "ctx", context_args)
 
 
 @pytest.fixture(scope="module")
