@@ -182,6 +182,52 @@ onpolicy: models
 	  prev=$$r/student/model; \
 	done
 
+# The context demo (docs/teacher-context.md): the teacher labels the training prompts behind a
+# system prompt holding a rule the student never sees (CONTEXT_RULE: answer in French), and
+# again without it; the same student (the teacher itself: self-distillation) trains on each
+# with the same seed and steps; then the share of held-out answers that follow the rule
+# (greedy, judged by CONTEXT_CHECK): the teacher with and without the context (the latter is
+# also the student before training) and each trained student in the student's view.
+CONTEXT_RULE       ?= Tu es un assistant francophone. Tu réponds uniquement en français.
+CONTEXT_CHECK      ?= french
+CONTEXT_PROMPTS    ?= data/prompts/context_demo.jsonl
+CONTEXT_HELDOUT    ?= data/prompts/context_heldout.jsonl
+CONTEXT_DIR        ?= data/context-demo
+CONTEXT_MAX_TOKENS ?= 32
+CONTEXT_STEPS      ?= 10
+CONTEXT_LR         ?= 2e-4
+CONTEXT_HELDOUT_LIMIT ?= 40
+CONTEXT_SEED       ?= 0
+CONTEXT_TEACHER_ARGS ?= --enforce-eager
+CONTEXT_EVAL_ARGS  ?= --context-model "teacher behind the context=$(TEACHER)" \
+	--model "teacher without it = student before training=$(TEACHER)"
+.PHONY: context-demo bench-context
+context-demo: models
+	$(KD) teacher-labels --mode generate --teacher $(TEACHER) --prompts $(CONTEXT_PROMPTS) \
+	  --out $(CONTEXT_DIR)/labels-with-context --teacher-system-prompt "$(CONTEXT_RULE)" \
+	  --max-tokens $(CONTEXT_MAX_TOKENS) --no-drop-truncated --seed $(CONTEXT_SEED) --overwrite $(CONTEXT_TEACHER_ARGS)
+	$(KD) teacher-labels --mode generate --teacher $(TEACHER) --prompts $(CONTEXT_PROMPTS) \
+	  --out $(CONTEXT_DIR)/labels-without \
+	  --max-tokens $(CONTEXT_MAX_TOKENS) --no-drop-truncated --seed $(CONTEXT_SEED) --overwrite $(CONTEXT_TEACHER_ARGS)
+	for arm in with-context without; do \
+	  $(KD) train-student --labels $(CONTEXT_DIR)/labels-$$arm --student $(TEACHER) \
+	    --out $(CONTEXT_DIR)/student-$$arm --steps $(CONTEXT_STEPS) --batch-tokens $(BATCH_TOKENS) \
+	    --lr $(CONTEXT_LR) --warmup-steps 2 --alpha 1 --eval-every 0 --seed $(CONTEXT_SEED) \
+	    --overwrite || exit $$?; \
+	done
+	$(PY) -m stages.student.rule_answers --prompts $(CONTEXT_HELDOUT) --rule $(CONTEXT_CHECK) \
+	  $(if $(CONTEXT_HELDOUT_LIMIT),--limit $(CONTEXT_HELDOUT_LIMIT)) --teacher-system-prompt "$(CONTEXT_RULE)" --max-new-tokens $(CONTEXT_MAX_TOKENS) \
+	  $(CONTEXT_EVAL_ARGS) \
+	  --model "student from labels behind the context=$(CONTEXT_DIR)/student-with-context/model" \
+	  --model "student from labels without it=$(CONTEXT_DIR)/student-without/model" \
+	  --output $(CONTEXT_DIR)/rule_rates.json
+
+# `make context-demo` per seed 0, 1, 2 (teacher sampling and student training), the teacher's
+# greedy rates once -> bench/results/context.json (CONTEXT_BENCH_ARGS: e.g. --seeds 0 1).
+CONTEXT_BENCH_ARGS ?= --seeds 0 1 2
+bench-context: models
+	$(PY) -m bench.context $(CONTEXT_BENCH_ARGS)
+
 # The test suite, and the examples in every pipeline/ and schemas/ docstring.
 test: models
 	$(PY) -m pytest -q tests --doctest-modules pipeline schemas

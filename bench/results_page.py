@@ -615,7 +615,66 @@ def render_cross_tokenizer_gpu(r: Result) -> str:
         cross_step_ratios(r))
 
 
+def rate_cell(m: Result) -> str:
+    """`followed/total (rate ± binomial s.e.)` of a rule-following count."""
+    return f"{m['followed']}/{m['total']} ({m['rate']:.0%} ± {m['stderr']:.0%})"
+
+
+def context_time(r: Result) -> str:
+    if all(run["seconds"] is not None for run in r["runs"]):
+        return f"The run took {r['seconds']:,} s."
+    return ("Seeds marked `reused` were finished by an earlier, interrupted invocation and taken "
+            "as they were (`--reuse`); their time is not recorded.")
+
+
+def render_context(r: Result) -> str:
+    s, t = r["settings"], r["teacher_greedy"]
+    arms = {"with-context": "behind the context", "without": "without it"}
+    teacher = [[f"teacher {arms['with-context']}", rate_cell(t["with-context"])],
+               [f"teacher {arms['without']} (= the student before training)",
+                rate_cell(t["without"])]]
+    runs = [[run["seed"], rate_cell(run["labels"]["with-context"]),
+             rate_cell(run["labels"]["without"]), rate_cell(run["student"]["with-context"]),
+             rate_cell(run["student"]["without"]),
+             f"{run['student']['with-context']['rate'] - run['student']['without']['rate']:+.0%}",
+             "reused" if run["seconds"] is None else f"{run['seconds']:,}"] for run in r["runs"]]
+    names = {"with-context": "student from labels behind the context",
+             "without": "student from labels without it",
+             "difference": "difference (behind - without)"}
+    summary = [[names[k], f"{v['mean']:.0%}", f"{v['min']:.0%}", f"{v['max']:.0%}",
+                f"{v['std']:.0%}"] for k, v in r["summary"].items()]
+    first = r["runs"][0]
+    examples = [[arms[arm], a.strip().replace("\n", " ").replace("|", "/")[:90]]
+                for arm, answers in first["example_answers"].items() for a in answers]
+    return section(
+        "Context distillation: does the student learn the teacher's hidden rule?", "context.json",
+        "bench-context", r,
+        f"The teacher labels {'the first ' + str(s['limit']) if s['limit'] else 'all'} prompts "
+        f"of `{s['prompts']}` ({s['max_tokens']} tokens, T = 0.8) behind the system prompt "
+        f"\"{s['context']}\", which the student never sees, and again without it; the same "
+        f"student (the teacher itself: self-distillation) trains {s['steps']} steps at lr "
+        f"{s['lr']:g} on each; every model answers "
+        f"{'the first ' + str(s['heldout_limit']) if s.get('heldout_limit') else 'all'} prompts "
+        f"of `{s['heldout']}` greedily "
+        f"({s['max_tokens']} tokens), judged by the deterministic `{s['rule']}` check "
+        "(`pipeline/student/rule_check.py`). Rates carry their binomial standard error over the "
+        "held-out prompts. " + context_time(r),
+        "The teacher, greedy on the held-out prompts:",
+        table(["model", "follows the rule"], "lr", teacher),
+        "Per seed (teacher sampling and student training): the share of the teacher's sampled "
+        "training completions that follow the rule, and each trained student on the held-out "
+        "prompts in the student's view:",
+        table(["seed", "labels behind the context", "labels without it",
+               "student from labels behind the context", "student from labels without it",
+               "difference", "seconds"], "rrrrrrr", runs),
+        "Over the seeds:",
+        table(["student", "mean", "min", "max", "std"], "lrrrr", summary),
+        f"First answers of each student (seed {first['seed']}):",
+        table(["labels", "answer"], "ll", examples))
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
+    "context.json": render_context,
     "cross_tokenizer.json": render_cross_tokenizer,
     "cross_tokenizer_gpu.json": render_cross_tokenizer_gpu,
     "text_layout_bytes.json": render_text_layout_bytes,
