@@ -589,6 +589,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "draft.json": render_draft,
     "deploy.json": render_deploy,
     "llama_cpp_build.json": render_llama_cpp_build,
+    "llama_cpp_speed.json": render_llama_cpp_speed,
     "teacher_warning_lines.json": render_warning_lines,
     "teacher.json": render_teacher,
     "score.json": render_score,
