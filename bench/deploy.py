@@ -277,14 +277,15 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def write(args: argparse.Namespace, start: float, labels: LabelSet, plan: list[np.ndarray],
-          rows: list[dict[str, Any]], gguf: list[dict[str, Any]]) -> None:
+          rows: list[dict[str, Any]], gguf: list[dict[str, Any]],
+          llama_cpp: dict[str, Any]) -> None:
     result = {
         "machine": describe_machine(), "command": " ".join(sys.argv), "device": str(DEVICE),
         "settings": vars(args), "seconds": time.time() - start,
         "heldout": {"labels": args.heldout_labels, "samples": len(labels),
                     "teacher": teacher_reference(labels, plan)},
         "runs": rows, "gguf": gguf, "summary": summarise(rows) if rows else {},
-        "llama_cpp": llama_cpp_status(),
+        "llama_cpp": llama_cpp,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{args.out}.tmp")
@@ -302,6 +303,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     gguf: list[dict[str, Any]] = []
     last_seed_seconds = 0.0
+    llama_cpp = llama_cpp_status()  # as when the GGUF files are measured, not at the last write
     for seed in parse_seeds(args.seeds):
         if args.time_budget and time.time() - start + last_seed_seconds > args.time_budget:
             print(f"--time-budget {args.time_budget:.0f} s: seed {seed} and later not run")
@@ -313,7 +315,7 @@ def main() -> None:
             gguf += gguf_rows(args, seed, work, labels, plan)
         last_seed_seconds = time.time() - tick
         print(json.dumps(seed_runs), flush=True)
-        write(args, start, labels, plan, rows, gguf)
+        write(args, start, labels, plan, rows, gguf, llama_cpp)
     print(f"wrote {args.out} in {time.time() - start:.0f} s")
 
 

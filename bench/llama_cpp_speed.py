@@ -5,11 +5,14 @@ minutes of C++ on a small machine), so it is optional: without it
 `tokens_per_second` returns None and `llama_cpp_status` says why, which the
 deployment benchmark records in its results.
 
-    python -m bench.llama_cpp_speed /tmp/student-q8_0.gguf
+    python -m bench.llama_cpp_speed /tmp/student-f16.gguf /tmp/student-q8_0.gguf \
+        --repeats 3 --out bench/results/llama_cpp_speed.json
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 import time
@@ -69,6 +72,29 @@ def generate(llm: Any, prompt: list[int], new_tokens: int) -> tuple[int, float]:
     return count, time.perf_counter() - tick
 
 
+def main() -> None:
+    """Each GGUF file's speed, --repeats times, written with the machine and the command."""
+    from pipeline.interop.gguf_model import read_gguf_summary
+    from pipeline.machine import describe_machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("gguf", nargs="+", type=Path)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="bench/results/llama_cpp_speed.json")
+    args = parser.parse_args()
+    status = llama_cpp_status()
+    if not status["installed"]:
+        raise SystemExit(status["note"])
+    files = [{"file": path.name, "bytes": path.stat().st_size,
+              "tensor_types": read_gguf_summary(path).tensor_types,
+              "runs": [tokens_per_second(path, args.new_tokens) for _ in range(args.repeats)]}
+             for path in args.gguf]
+    result = {"machine": describe_machine(), "command": " ".join(sys.argv),
+              "llama_cpp": status, "new_tokens": args.new_tokens, "files": files}
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
 if __name__ == "__main__":
-    print(llama_cpp_status()["note"])
-    print(tokens_per_second(Path(sys.argv[1]), 64))
+    main()

@@ -459,6 +459,10 @@ def deploy_sections(r: Result) -> list[str]:
                   "generation, prompt included):",
                   table(["seed", "quant", "size", "KL to float student", "KL to teacher",
                          "llama.cpp tok/s"], "rlrrrr", gguf)]
+    measured = any(g.get("llama_cpp") for g in r["gguf"])
+    if r["gguf"] and not measured:
+        return parts + ["llama.cpp tokens per second: not measured in this run (llama-cpp-python "
+                        "did not import when its GGUF files were measured)."]
     return parts + [f"llama.cpp: {r['llama_cpp']['note']}."]
 
 
@@ -484,6 +488,20 @@ def render_llama_cpp_build(r: Result) -> str:
         f"llama-cpp-python {r['version']}: {outcome} after {r['seconds']:.0f} s ({steps}; load "
         f"average {r['load_average_at_start']:.1f} at the start). End of the log:",
         "```text\n" + "\n".join(r["log_tail"]) + "\n```")
+
+
+def render_llama_cpp_speed(r: Result) -> str:
+    rows = [[f["file"], f"{f['bytes'] / 2**20:.2f} MiB",
+             ", ".join(f"{n} {t}" for t, n in sorted(f["tensor_types"].items())),
+             " / ".join(f"{run['tokens_per_second']:.0f}" for run in f["runs"]),
+             " / ".join(f"{run['prompt_tokens_per_second']:.0f}" for run in f["runs"])]
+            for f in r["files"]]
+    return section(
+        "llama.cpp speed of the GGUF student", "llama_cpp_speed.json", "", r,
+        f"{r['llama_cpp']['note']}; {r['new_tokens']} new tokens per run, each run listed "
+        "(generation tokens per second count the prompt's processing in the time):",
+        table(["file", "size", "tensor types", "generation tok/s", "prompt tok/s"], "lrlrr",
+              rows))
 
 
 def render_draft(r: Result) -> str:
@@ -681,6 +699,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "draft.json": render_draft,
     "deploy.json": render_deploy,
     "llama_cpp_build.json": render_llama_cpp_build,
+    "llama_cpp_speed.json": render_llama_cpp_speed,
     "teacher_warning_lines.json": render_warning_lines,
     "teacher.json": render_teacher,
     "score.json": render_score,

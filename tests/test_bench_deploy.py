@@ -96,6 +96,10 @@ def test_the_page_shows_every_run_the_paired_gains_and_why_llama_cpp_was_not_mea
     assert "2.5 M parameters" in page and "on cuda" in page
     gpu_page = render_deploy_gpu(result_of(rows_of({0: {"float": 1.0, "ptq": 1.5}}), []))
     assert gpu_page.startswith("## Deployment on a GPU") and "GGUF files" not in gpu_page
+    gguf[0]["llama_cpp"] = None
+    unmeasured = render_deploy(result_of(rows_of({0: {"float": 1.0, "ptq": 1.5}}), gguf))
+    assert "| 0 | q8_0 | 1.00 MiB | 1.00e-03 | 1.00000 | - |" in unmeasured
+    assert "not measured in this run" in unmeasured and "(a reason)" not in unmeasured
 
 
 def test_without_llama_cpp_python_the_speed_is_none_and_the_status_says_how_to_get_it(
