@@ -29,6 +29,7 @@ import torch
 from pipeline.student.rule_check import RULES, follow_rate, rule_check
 from pipeline.teacher.prompts import (Messages, RecordError, iter_records, messages_of,
                                      with_teacher_system)
+from stages.cli.engine_logs import quiet_library_loggers
 
 
 def prompt_chats(path: str | Path, limit: int | None) -> list[Messages]:
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if not args.model and not args.context_model:
         raise SystemExit("give at least one --model or --context-model")
+    quiet_library_loggers()  # as kd does: torchao's warnings (imported by transformers) are not ours
     result = rule_rates(args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
