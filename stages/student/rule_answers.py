@@ -72,7 +72,7 @@ def greedy_answers(model_dir: str, chats: list[Messages], max_new_tokens: int,
 
 def named(spec: str, flag: str) -> tuple[str, str]:
     """`NAME=DIR` -> (NAME, DIR); a one-line error naming the flag otherwise."""
-    name, sep, path = spec.partition("=")
+    name, sep, path = spec.rpartition("=")  # a name may hold "=" (the Makefile's rows do), a path not
     if not sep or not name or not path:
         raise SystemExit(f"{flag}: expected NAME=DIR, got {spec!r}")
     return name, path

@@ -55,3 +55,17 @@ def test_both_students_train_alike_and_are_evaluated(commands):
     assert models[-2:] == ["student from labels behind the context=D/student-with-context/model",
                            "student from labels without it=D/student-without/model"]
     assert flag(evaluate, "--output") == "D/rule_rates.json"
+
+
+def test_every_evaluated_row_names_the_model_the_makefile_means(commands):
+    """Row names may hold "=" ("teacher without it = student before training"); the model path
+    parsed by rule_answers must be the directory after the last one."""
+    from stages.student.rule_answers import named
+
+    evaluate = next(c for c in commands if c[:3] == ["python", "-m", "stages.student.rule_answers"])
+    rows = [named(evaluate[i + 1], a) for i, a in enumerate(evaluate)
+            if a in ("--model", "--context-model")]
+    teacher = "data/models/smollm2-135m-instruct"
+    assert [path for _, path in rows] == [teacher, teacher, "D/student-with-context/model",
+                                          "D/student-without/model"]
+    assert rows[1][0] == "teacher without it = student before training"
