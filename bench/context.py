@@ -60,11 +60,13 @@ def stored_completions(labels: Path) -> list[str]:
 
 def demo_variables(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     """The Makefile variables of one seed's demo run."""
+    # CONTEXT_EVAL_ARGS empty: the teacher's greedy rates do not depend on the seed, so
+    # `teacher_rates` measures them once
     variables = {"CONTEXT_SEED": seed, "CONTEXT_DIR": work, "CONTEXT_STEPS": args.steps,
                  "CONTEXT_LR": args.lr, "CONTEXT_MAX_TOKENS": args.max_tokens,
                  "CONTEXT_RULE": args.context, "CONTEXT_CHECK": args.rule,
                  "CONTEXT_PROMPTS": args.prompts, "CONTEXT_HELDOUT": args.heldout,
-                 "CONTEXT_HELDOUT_LIMIT": args.heldout_limit or "", "CONTEXT_EVAL_ARGS": ""}  # the teacher's greedy rates: once, in `teacher_rates`
+                 "CONTEXT_HELDOUT_LIMIT": args.heldout_limit or "", "CONTEXT_EVAL_ARGS": ""}
     if args.limit:
         variables["CONTEXT_TEACHER_ARGS"] = f"--enforce-eager --limit {args.limit}"
     return variables
