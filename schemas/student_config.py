@@ -338,7 +338,7 @@ class StudentConfig:
             raise ConfigError("--student-tokenizer builds a from-teacher or narrow student; a "
                               f"--student directory ({self.student}) brings its own tokenizer")
         unsupported = [name for name, on in (
-            ("hidden_weight", self.uses_hidden), ("phases", bool(self.phases)),
+            ("phases", bool(self.phases)),
             ("rare_token_weight", self.rare_token_weight is not None),
             ("onpolicy_weight", self.onpolicy_weight > 0), ("init_from", self.init_from is not None),
             ("temperature_schedule", self.temperature_schedule != "constant"),

@@ -15,7 +15,11 @@ without the layout is refused, naming `kd add-text-layout OUT`.
   each chunk's tokens; `chunk_bytes` (C,) its labelled bytes;
 - `one_rows` (M,): indices into the N rows of 1:1 chunks, with the teacher's top-k
   there in student ids (`one_teacher_ids` (M, k), -1 where the teacher's token has
-  no student counterpart) and `one_teacher_logprobs` (M, k).
+  no student counterpart) and `one_teacher_logprobs` (M, k);
+- with `hidden_layers` (the labels store hidden states): `hidden_rows` (H,), the
+  student's last token of each chunk, and `teacher_hidden` {absolute teacher layer:
+  (H, hidden) float32}, the teacher's state at its last token of the same chunk
+  (`Alignment.chunk_ends`), the keys the same-tokenizer hidden-state loss reads.
 
     >>> # side = StudentSide.build(student_tokenizer, teacher_tokenizer)
     >>> # batch = collate_cross(samples, [side.align(s, layout) for s, layout in ...], side.vocab_map)
@@ -174,14 +178,16 @@ def unpack(data: Any) -> list[Alignment]:
 
 
 def collate_cross(samples: list[dict[str, Any]], alignments: list[Alignment],
-                  vocab_map: np.ndarray, where: Sequence[str] | None = None) -> dict[str, Any]:
+                  vocab_map: np.ndarray, where: Sequence[str] | None = None,
+                  hidden_layers: Sequence[int] = ()) -> dict[str, Any]:
     """Tensors of one batch for the cross-tokenizer losses (keys in the module docstring)."""
     width = max(len(a.student_ids) for a in alignments)
     ids = np.zeros((len(samples), width), np.int64)
     mask = np.zeros_like(ids)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (
         "loss_rows", "target_ids", "row_chunk", "chunk_teacher_logprobs", "chunk_bytes",
-        "one_rows", "one_teacher_ids", "one_teacher_logprobs")}
+        "one_rows", "one_teacher_ids", "one_teacher_logprobs", "hidden_rows")}
+    hidden: dict[int, list[np.ndarray]] = {layer: [] for layer in hidden_layers}
     chunks = rows = 0
     for b, (s, a) in enumerate(zip(samples, alignments)):
         name = where[b] if where else f"sample {b}"
@@ -210,13 +216,22 @@ def collate_cross(samples: list[dict[str, Any]], alignments: list[Alignment],
         parts["one_rows"].append(rows + s_of[one])
         parts["one_teacher_ids"].append(vocab_map[np.asarray(s["topk_ids"], np.int64)[t_of[one]]])
         parts["one_teacher_logprobs"].append(np.asarray(s["topk_logprobs"], np.float32)[t_of[one]])
+        if hidden_layers:
+            s_end, t_end = a.chunk_ends()
+            parts["hidden_rows"].append(b * width + s_end)
+            for layer in hidden_layers:
+                hidden[layer].append(np.asarray(s[f"hidden_{layer}"][t_end], np.float32))
         chunks += a.chunks
         rows += len(s_tok)
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    cat = {k: np.concatenate(v) for k, v in parts.items() if v}
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     for key, dtype in (("loss_rows", torch.int64), ("target_ids", torch.int64),
                        ("row_chunk", torch.int64), ("chunk_teacher_logprobs", torch.float32),
                        ("chunk_bytes", torch.int64), ("one_rows", torch.int64),
                        ("one_teacher_ids", torch.int64), ("one_teacher_logprobs", torch.float32)):
         batch[key] = torch.from_numpy(cat[key]).to(dtype)
+    if hidden_layers:
+        batch["hidden_rows"] = torch.from_numpy(cat["hidden_rows"]).to(torch.int64)
+        batch["teacher_hidden"] = {layer: torch.from_numpy(np.concatenate(v))
+                                   for layer, v in hidden.items()}
     return batch

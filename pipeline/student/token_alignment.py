@@ -93,9 +93,32 @@ class Alignment:
         t = np.bincount(self.teacher_chunk[self.teacher_chunk >= 0], minlength=self.chunks)
         return (s == 1) & (t == 1)
 
+    def chunk_ends(self) -> tuple[np.ndarray, np.ndarray]:
+        """(student index, teacher index) of the last token of every chunk with tokens on both
+        sides, in chunk order: there both models have read exactly the same text, so their
+        hidden states are comparable (hidden-state alignment at chunk ends, as ALM does).
+
+        >>> a = Alignment(np.zeros(4, np.int64), np.array([-1, 0, 1, 1]), np.array([0, 0, 1, -1]),
+        ...               np.array([2, 3]))
+        >>> [x.tolist() for x in a.chunk_ends()]
+        [[1, 3], [1, 2]]
+        """
+        s, t = last_token_of_chunk(self.student_chunk, self.chunks), \
+            last_token_of_chunk(self.teacher_chunk, self.chunks)
+        both = (s >= 0) & (t >= 0)
+        return s[both], t[both]
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {"student_ids": self.student_ids, "student_chunk": self.student_chunk,
                 "teacher_chunk": self.teacher_chunk, "chunk_bytes": self.chunk_bytes}
+
+
+def last_token_of_chunk(chunk: np.ndarray, chunks: int) -> np.ndarray:
+    """(chunks,) index of the last token in each chunk, -1 for a chunk with none."""
+    last = np.full(chunks, -1, np.int64)
+    inside = np.flatnonzero(chunk >= 0)
+    np.maximum.at(last, np.asarray(chunk)[inside].astype(np.int64), inside)
+    return last
 
 
 def encode_exactly(tokenizer: Any, table: Sequence[bytes], text: bytes, where: str) -> list[int]:

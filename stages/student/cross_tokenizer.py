@@ -5,8 +5,10 @@ text (`pipeline.student.cross_tokenizer_batches`); its alignments are cached in
 `<out>/alignment/` (never in the label set). `CrossTokenizerModule` returns the
 same tuple as `stages.student.forward.DistillationModule`, so `train_step`,
 checkpoints, resume and export work unchanged: `soft` is ALM + 1:1 KL, `hard` the
-cross-entropy, both sums over the student's labelled tokens. Evaluations report
-bits per byte of the labelled text (teacher: its stored sampled logprobs).
+cross-entropy, both sums over the student's labelled tokens; `hidden` (with
+--hidden-weight on labels with hidden states) the hidden-state loss at chunk ends,
+through the same adapter and --layer-map as a same-tokenizer run. Evaluations
+report bits per byte of the labelled text (teacher: its stored sampled logprobs).
 
     kd train-student --labels data/labels/corpus-train --cross-tokenizer alm \
         --student-tokenizer data/tokenizers/qwen3 --keep-layers 4 --steps 20 --out data/student/xtok
@@ -30,14 +32,15 @@ from pipeline.student.embedding_transplant import source_rows, transplant
 from pipeline.student.label_set import LabelSet
 from schemas.config_base import ConfigError
 from schemas.student_config import STUDENT_KINDS, StudentConfig
-from stages.student.forward import decoder_states
+from stages.student.forward import decoder_states, hidden_sums
 
 class CrossPlannedBatches(Dataset):
     """Batches of a plan as `collate_cross` makes them; alignments from the cache."""
 
     def __init__(self, labels: LabelSet, plan: Sequence[np.ndarray], side: StudentSide,
-                 cache: AlignmentCache):
+                 cache: AlignmentCache, hidden_layers: Sequence[int] = ()):
         self.labels, self.plan, self.side, self.cache = labels, list(plan), side, cache
+        self.hidden_layers = list(hidden_layers)
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -59,7 +62,8 @@ class CrossPlannedBatches(Dataset):
             shard, row = int(self.labels.shard[j]), int(self.labels.row[j])
             samples.append(self.labels.open_shard(shard).sample(row))
             alignments.append(self.shard_alignments(shard)[row])
-        return collate_cross(samples, alignments, self.side.vocab_map)
+        return collate_cross(samples, alignments, self.side.vocab_map,
+                             hidden_layers=self.hidden_layers)
 
 
 def build_cross_student(cfg: StudentConfig, teacher: str) -> tuple[Any, Any, Any]:
@@ -120,20 +124,28 @@ def labelled_logits(model: Any, batch: dict[str, Any], vocab: int) -> torch.Tens
 
 
 class CrossTokenizerModule(torch.nn.Module):
-    """The student returning (weighted, soft, hard, hidden, cosine) sums, as `DistillationModule`."""
+    """Student and hidden-state adapter returning (weighted, soft, hard, hidden, cosine) sums,
+    as `DistillationModule`."""
 
-    def __init__(self, student: Any, vocab: int, cfg: StudentConfig):
+    def __init__(self, student: Any, vocab: int, cfg: StudentConfig, adapter: Any = None,
+                 layer_map: dict[int, int] | None = None):
         super().__init__()
         self.student, self.vocab, self.cfg = student, vocab, cfg
+        self.adapter, self.layer_map = adapter, layer_map or {}
 
     def forward(self, batch: dict[str, Any], plan: Any = None) -> tuple[torch.Tensor, ...]:
         cfg = self.cfg
-        flat, _ = decoder_states(self.student, batch, False)
+        need_hidden = bool(self.layer_map) and (plan.hidden if plan else cfg.hidden_weight > 0)
+        flat, all_states = decoder_states(self.student, batch, need_hidden)
         sums = fused_cross_losses(flat[batch["loss_rows"]],
                                   self.student.get_output_embeddings().weight, batch,
                                   vocab=self.vocab, alpha=cfg.alpha, kd_loss=cfg.kd_loss,
                                   temperature=plan.temperature if plan else cfg.kd_temperature,
                                   alm_temperature=cfg.alm_temperature, chunk_size=cfg.loss_chunk)
+        if need_hidden:
+            hidden, cosine = hidden_sums(self.adapter, all_states, self.layer_map, batch,
+                                         cfg.hidden_loss)
+            return sums.weighted, sums.alm + sums.kl, sums.ce, hidden, cosine
         zero = flat.new_zeros((), dtype=torch.float32)
         return sums.weighted, sums.alm + sums.kl, sums.ce, zero, zero.new_zeros(0)
 

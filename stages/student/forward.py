@@ -87,18 +87,26 @@ def batch_losses(model: Any, adapter: Any, batch: dict[str, Any], vocab: int, cf
                                            batch["target_ids"], spec, weights,
                                            batch["teacher_sampled_logprobs"],
                                            batch.get("student_sampled_logprobs"))
-    hidden, cosines, hidden_rows = zero, [], 0
+    hidden, cosine = zero, zero.new_zeros(0)
     if need_hidden:
-        for s_layer, t_layer in layer_map.items():
-            student = all_states[s_layer].reshape(-1, all_states[s_layer].shape[-1])
-            projected = adapter(s_layer, student[batch["hidden_rows"]]).float()
-            teacher = batch["teacher_hidden"][t_layer].float()
-            hidden = hidden + hidden_state_loss(projected, teacher, kind=cfg.hidden_loss)
-            cosines.append(F.cosine_similarity(projected.detach(), teacher, dim=-1).sum())
-            hidden_rows += int(batch["hidden_rows"].numel())
-    cosine = torch.stack(cosines) if cosines else zero.new_zeros(0)
+        hidden, cosine = hidden_sums(adapter, all_states, layer_map, batch, cfg.hidden_loss)
+    hidden_rows = int(batch["hidden_rows"].numel()) * len(layer_map) if need_hidden else 0
     return LossSums(weighted, soft, hard, hidden, int(batch["loss_rows"].numel()), hidden_rows,
                     cosine)
+
+
+def hidden_sums(adapter: Any, all_states: Any, layer_map: dict[int, int], batch: dict[str, Any],
+                kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden-state loss summed over `batch["hidden_rows"]` and every mapped layer, and
+    each layer's summed cosine similarity (detached, for monitoring)."""
+    hidden, cosines = all_states[0].new_zeros((), dtype=torch.float32), []
+    for s_layer, t_layer in layer_map.items():
+        student = all_states[s_layer].reshape(-1, all_states[s_layer].shape[-1])
+        projected = adapter(s_layer, student[batch["hidden_rows"]]).float()
+        teacher = batch["teacher_hidden"][t_layer].float()
+        hidden = hidden + hidden_state_loss(projected, teacher, kind=kind)
+        cosines.append(F.cosine_similarity(projected.detach(), teacher, dim=-1).sum())
+    return hidden, torch.stack(cosines)
 
 
 class DistillationModule(torch.nn.Module):

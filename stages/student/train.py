@@ -158,6 +158,16 @@ def resolve_layer_map(cfg: StudentConfig, num_layers: int, labels: LabelSet) -> 
     return resolved
 
 
+def hidden_adapter(cfg: StudentConfig, model: Any, labels: LabelSet
+                   ) -> tuple[dict[int, int], HiddenStateAdapter | None]:
+    """The resolved --layer-map and its adapter (None when no hidden-state loss trains)."""
+    layer_map = resolve_layer_map(cfg, model.config.num_hidden_layers, labels)
+    if not layer_map:
+        return layer_map, None
+    return layer_map, HiddenStateAdapter(list(layer_map), model.config.hidden_size,
+                                         labels.hidden_size)
+
+
 def require_hidden_states(cfg: StudentConfig, labels: LabelSet) -> None:
     """Refuse a run that trains the hidden-state loss on labels without hidden states."""
     if cfg.uses_hidden and not labels.hidden_layers:
@@ -203,7 +213,7 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
     teacher = cfg.teacher or labels.teacher
     torch.manual_seed(cfg.seed)
     if cfg.cross_tokenizer:
-        return build_cross_trainable(cfg, teacher, dist)
+        return build_cross_trainable(cfg, teacher, dist, labels)
     if cfg.init_from is not None:
         model, tokenizer = load_init_from(cfg.init_from, labels)
     else:
@@ -214,9 +224,7 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
     vocab = check_vocabulary(model, labels.vocab_size)
     if cfg.qat is not None:
         prepare_qat(model, cfg.qat, cfg.qat_group_size)
-    layer_map = resolve_layer_map(cfg, model.config.num_hidden_layers, labels)
-    adapter = (HiddenStateAdapter(list(layer_map), model.config.hidden_size, labels.hidden_size)
-               if layer_map else None)
+    layer_map, adapter = hidden_adapter(cfg, model, labels)
     model.to(dist.device)
     if adapter is not None:
         adapter.to(dist.device)
@@ -234,20 +242,24 @@ def build_trainable(cfg: StudentConfig, labels: LabelSet, dist: DistContext,
     return Trainable(model, tokenizer, vocab, layer_map, module, params, optimizer)
 
 
-def build_cross_trainable(cfg: StudentConfig, teacher: str, dist: DistContext) -> Trainable:
+def build_cross_trainable(cfg: StudentConfig, teacher: str, dist: DistContext,
+                          labels: LabelSet) -> Trainable:
     """--cross-tokenizer: a student of any tokenizer, its losses over byte-aligned chunks."""
     model, tokenizer, teacher_tokenizer = build_cross_student(cfg, teacher)
     vocab = student_vocab(model, tokenizer)
+    layer_map, adapter = hidden_adapter(cfg, model, labels)
     model.to(dist.device)
+    if adapter is not None:
+        adapter.to(dist.device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
-    module = dist.wrap(CrossTokenizerModule(model, vocab, cfg), cfg.fsdp,
+    module = dist.wrap(CrossTokenizerModule(model, vocab, cfg, adapter, layer_map), cfg.fsdp,
                        layers=model.get_decoder().layers, find_unused=False)
     params = list(module.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     prime_adamw_state(optimizer)
-    return Trainable(model, tokenizer, vocab, {}, module, params, optimizer,
+    return Trainable(model, tokenizer, vocab, layer_map, module, params, optimizer,
                      StudentSide.build(tokenizer, teacher_tokenizer))
 
 
@@ -328,14 +340,15 @@ class TrainingRun:
             raise ConfigError(f"--resume: the checkpoint at step {self.step} was in phase "
                               f"{saved}, the phases given put it in {self.phase_record()}")
 
-    def cross_batches(self, plan: list[np.ndarray]) -> CrossPlannedBatches:
-        return CrossPlannedBatches(self.labels, plan, self.student.side, self.cache)
+    def cross_batches(self, plan: list[np.ndarray], hidden: bool = True) -> CrossPlannedBatches:
+        layers = self.labels.hidden_layers if hidden and self.student.layer_map else ()
+        return CrossPlannedBatches(self.labels, plan, self.student.side, self.cache, layers)
 
     def evaluate(self) -> dict[str, float]:
         s = self.student
         with self.dist.full_params(s.module):
             if s.side is not None:
-                return evaluate_cross(s.model, self.cross_batches(self.plan_eval), s.vocab,
+                return evaluate_cross(s.model, self.cross_batches(self.plan_eval, False), s.vocab,
                                       self.dist.device, self.amp)
             return evaluate_model(s.model, self.labels, self.plan_eval, s.vocab, self.cfg.loss_chunk,
                                   self.dist.device, self.amp)

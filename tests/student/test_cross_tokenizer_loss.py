@@ -168,3 +168,43 @@ def test_an_output_without_the_text_layout_is_refused_naming_the_command(tmp_pat
     reader = ShardReader(next((tmp_path / "out").glob("*.h5")))
     with pytest.raises(TextLayoutMissing, match=r"run `kd add-text-layout .*out`"):
         stored_layouts(reader)
+
+
+def with_hidden(sample: dict, layer: int, rng) -> dict:
+    """`sample` with a stored hidden state (random, 4 wide) for every token, as a reader gives."""
+    return sample | {f"hidden_{layer}": rng.normal(size=(len(sample["token_ids"]), 4))
+                     .astype(np.float32)}
+
+
+def test_identical_tokenizers_align_hidden_states_at_every_labelled_token(rng):
+    tok, table, side = teacher_side()
+    samples = [(with_hidden(s, 7, rng), lay) for s, lay in
+               (window_sample(tok, table, text, 5, rng) for text in TRICKY[:3])]
+    batch = collate_cross([s for s, _ in samples], [side.align(s, lay) for s, lay in samples],
+                          side.vocab_map, hidden_layers=[7])
+    width = batch["input_ids"].shape[1]
+    # Every chunk is one token on both sides: its end is the labelled token itself.
+    expected = np.concatenate([b * width + s["positions"] for b, (s, _) in enumerate(samples)])
+    np.testing.assert_array_equal(batch["hidden_rows"].numpy(), expected)
+    np.testing.assert_array_equal(batch["teacher_hidden"][7].numpy(), np.concatenate(
+        [s["hidden_7"][s["positions"]] for s, _ in samples]))
+
+
+def test_qwen_hidden_rows_close_the_same_chunk_on_both_sides(rng):
+    tok, table, _ = teacher_side()
+    s_tok, _, _ = tokenizer_and_table(str(require_tokenizer("qwen3")))
+    side = StudentSide.build(s_tok, tok)
+    for text in TRICKY:
+        sample, layout = window_sample(tok, table, text, 5, rng)
+        sample["hidden_3"] = np.arange(len(sample["token_ids"]), dtype=np.float32)[:, None]
+        a = side.align(sample, layout)
+        batch = collate_cross([sample], [a], side.vocab_map, hidden_layers=[3])
+        s_end = batch["hidden_rows"].numpy()
+        t_end = batch["teacher_hidden"][3].numpy()[:, 0].astype(np.int64)
+        assert len(s_end) == a.chunks  # plain text: every chunk has tokens on both sides
+        np.testing.assert_array_equal(a.student_chunk[s_end], np.arange(a.chunks))
+        np.testing.assert_array_equal(a.teacher_chunk[t_end], np.arange(a.chunks))
+        # ... and each is its chunk's last token: the next one (if any) opens another chunk.
+        for chunk, end in ((a.student_chunk, s_end), (a.teacher_chunk, t_end)):
+            nxt = np.append(chunk, -1)[end + 1]
+            assert (nxt != chunk[end]).all()

@@ -199,3 +199,18 @@ def test_chat_labels_train_a_cross_student_end_to_end(chat_labels, tmp_path):
     # The teacher's end of turn pairs with Qwen3's own <|im_end|>: 0-byte chunks exist.
     aligned = [a for f in (out / "alignment").rglob("*.npz") for a in unpack(np.load(f))]
     assert any((a.chunk_bytes[a.one_to_one()] == 0).any() for a in aligned)
+
+
+def test_hidden_states_align_at_chunk_ends_when_the_labels_hold_them(score_labels, tmp_path):
+    out = tmp_path / "hidden"
+    proc = kd(train_args(score_labels, out, "--steps", "2", "--hidden-weight", "0.5"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alpha = json.loads((out / "student_config.json").read_text())["alpha"]
+    steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["hidden"] > 0 and math.isfinite(r["hidden"])
+        assert r["loss"] == pytest.approx(alpha * r["soft"] + (1 - alpha) * r["hard"]
+                                          + 0.5 * r["hidden"], rel=1e-5)
+        assert len(r["cosine"]) == 1 and all(-1 <= c <= 1 for c in r["cosine"].values())
