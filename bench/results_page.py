@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -418,6 +419,19 @@ def render_warning_lines(r: Result) -> str:
         "Every line is kept in the file, so what remains can be read there."])
 
 
+def deploy_student(st: dict[str, Any], parameters: int) -> str:
+    """What the bench.deploy student was, in words."""
+    size = f"{parameters / 1e6:.1f} M parameters"
+    if st["student"] == "narrow":
+        return (f"A {st['keep_layers']}-layer, {st['narrow_hidden_size']}-wide `narrow` student "
+                f"({size}, random init from the teacher's config)")
+    if st["student"] == "from-teacher":
+        return f"A student of {st['keep_layers']} of the teacher's layers ({size})"
+    return (f"The student `{st['student']}` ({size}); when it is the teacher itself, this is "
+            "LLM-QAT's recipe (Liu et al., arXiv 2305.17888): the float model distilled into "
+            "its own quantized copy")
+
+
 def deploy_sections(r: Result) -> list[str]:
     """The parts of a bench.deploy result: settings, variants, paired gains, raw runs, GGUF."""
     st, summary = r["settings"], r["summary"]
@@ -437,9 +451,8 @@ def deploy_sections(r: Result) -> list[str]:
     final = (f", the last {st['qat_steps']} of them a QAT phase for `qat-final`"
              if st["qat_steps"] else "")
     parts = [
-        f"A {st['keep_layers']}-layer, {st['narrow_hidden_size']}-wide `{st['student']}` student "
-        f"({r['runs'][0]['parameters'] / 1e6:.1f} M parameters, random init from the "
-        f"teacher's config), {st['steps']} steps of {st['batch_tokens']} tokens per run{final}, "
+        f"{deploy_student(st, r['runs'][0]['parameters'])}, {st['steps']} steps of "
+        f"{st['batch_tokens']} tokens per run at lr {st['lr']:g}{final}, "
         f"seeds {st['seeds']}, on {r.get('device', 'cpu')}; scheme `{st['scheme']}` (group "
         f"{st['group_size']}); KL and NLL on {r['heldout']['teacher']['positions']:,} held-out "
         "positions (mean ± stdev over seeds):",
@@ -469,11 +482,6 @@ def deploy_sections(r: Result) -> list[str]:
 def render_deploy(r: Result) -> str:
     return section("Deployment: QAT and GGUF", "deploy.json", "bench-deploy", r,
                    *deploy_sections(r))
-
-
-def render_deploy_gpu(r: Result) -> str:
-    return section("Deployment on a GPU: QAT against post-training quantization",
-                   "deploy_gpu.json", "", r, *deploy_sections(r))
 
 
 def render_llama_cpp_build(r: Result) -> str:
@@ -612,25 +620,36 @@ def render_cross_tokenizer(r: Result) -> str:
         cross_step_ratios(r), cross_evidence(r))
 
 
-def render_cross_tokenizer_gpu(r: Result) -> str:
+def render_cross_tokenizer_evidence(r: Result) -> str:
     a, m = r["args"], r["machine"]
-    smoke = ("" if m.get("gpu") else
-             f"**A CPU smoke run of the GPU script ({a['steps']} steps, seeds "
-             f"{', '.join(map(str, a['seeds']))}): it shows the script runs end to end without the "
-             "teacher's weights, vLLM, torchao or matplotlib; its numbers are not the evidence. "
-             "The GPU run replaces this file.** ")
+    where = f"on a GPU ({m['gpu']})" if m.get("gpu") else "on the CPU"
+    smoke = ("" if a["steps"] >= 50 else
+             f"**A smoke run ({a['steps']} steps, seeds {', '.join(map(str, a['seeds']))}): it "
+             "shows the script runs end to end; its numbers are not the evidence.** ")
     steps = [[name, f"{v['median_step_seconds'] * 1e3:.1f}"] for name, v in r["step_time"].items()]
     return section(
-        "Cross-tokenizer distillation on a GPU, from stored labels alone",
-        "cross_tokenizer_gpu.json", "", r,
-        smoke + f"{r['init']}. {a['steps']} steps of {a['batch_tokens']} tokens at lr {a['lr']} "
-        f"on labels of all of data/corpus/train.jsonl, per seed and loss; held-out: the 60 "
-        f"documents of data/corpus/heldout.jsonl. Total {r.get('total_seconds', 0):.0f} s.",
-        cross_evidence(r),
+        "Cross-tokenizer evidence: students of other tokenizers from stored labels alone",
+        "cross_tokenizer_evidence.json", "bench-cross-tokenizer-evidence", r,
+        smoke + f"Run {where}. {r['init']}. {a['steps']} steps of {a['batch_tokens']} tokens at "
+        f"lr {a['lr']} on labels of all of data/corpus/train.jsonl, per seed and loss; held-out: "
+        f"the 60 documents of data/corpus/heldout.jsonl. Total {r.get('total_seconds', 0):.0f} s.",
+        cross_evidence(r), cross_gain_in_spreads(r),
         "Median step time (ms), over the steps after the first "
         f"{a['skip_steps']} of each run (the pairs: median over their evidence runs):",
         table(["path", "median ms/step"], "lr", steps),
         cross_step_ratios(r))
+
+
+def cross_gain_in_spreads(r: Result) -> str:
+    """Per pair: the mean gain over the standard deviation of the per-seed gains (paired by seed)."""
+    parts = []
+    for pair, e in r["evidence"].items():
+        gains = e["summary"]["gain_bits_per_byte_per_seed"]
+        sd = statistics.stdev(gains) if len(gains) > 1 else float("nan")
+        parts.append(f"{pair}: {statistics.fmean(gains):+.4f} bits/byte, {len(gains)} seeds, "
+                     f"paired spread ±{sd:.4f} ({statistics.fmean(gains) / sd:.1f} spreads)"
+                     if sd > 0 else f"{pair}: {statistics.fmean(gains):+.4f} bits/byte")
+    return "Gain of ALM + 1:1 KL + CE over CE only, per pair: " + "; ".join(parts) + "."
 
 
 def rate_cell(m: Result) -> str:
@@ -694,7 +713,7 @@ def render_context(r: Result) -> str:
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "context.json": render_context,
     "cross_tokenizer.json": render_cross_tokenizer,
-    "cross_tokenizer_gpu.json": render_cross_tokenizer_gpu,
+    "cross_tokenizer_evidence.json": render_cross_tokenizer_evidence,
     "text_layout_bytes.json": render_text_layout_bytes,
     "draft.json": render_draft,
     "deploy.json": render_deploy,

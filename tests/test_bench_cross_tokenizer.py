@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bench.cross_tokenizer import step_ratios
-from bench.cross_tokenizer_gpu import pack, unpack_tokenizer
+from bench.cross_tokenizer_evidence import pack, unpack_tokenizer
 
 
 def test_step_ratios_compare_with_ordinary_kd_and_with_ce_only():

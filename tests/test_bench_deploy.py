@@ -12,7 +12,7 @@ import pytest
 
 from bench.deploy import build_parser, check_args, paired_gain, run_plans, summarise
 from bench.llama_cpp_speed import llama_cpp_status, tokens_per_second
-from bench.results_page import render_deploy, render_deploy_gpu
+from bench.results_page import render_deploy
 from schemas.student_config import StudentConfig
 
 
@@ -39,8 +39,10 @@ def test_every_run_of_a_seed_has_the_same_total_steps_and_qat_final_ends_in_a_qa
 def test_without_qat_steps_there_is_no_final_phase_run_and_the_control_is_refused():
     assert list(run_plans(parse("--qat-steps", "0", "--no-phase-control"))) == ["float",
                                                                                   "qat-start"]
+    assert list(run_plans(parse("--qat-steps", "0"))) == ["float", "qat-start"]
+    assert "float-phased" in run_plans(parse("--steps", "10", "--qat-steps", "3"))
     with pytest.raises(SystemExit, match="--phase-control needs --qat-steps"):
-        parse("--qat-steps", "0")
+        parse("--qat-steps", "0", "--phase-control")
     with pytest.raises(SystemExit, match="--qat-steps 12 must be in 0..11"):
         parse("--steps", "12", "--qat-steps", "12")
 
@@ -94,8 +96,6 @@ def test_the_page_shows_every_run_the_paired_gains_and_why_llama_cpp_was_not_mea
     assert "| 0 | q8_0 | 1.00 MiB | 1.00e-03 | 1.00000 | 321 |" in page
     assert "llama.cpp: not installed here (a reason)." in page
     assert "2.5 M parameters" in page and "on cuda" in page
-    gpu_page = render_deploy_gpu(result_of(rows_of({0: {"float": 1.0, "ptq": 1.5}}), []))
-    assert gpu_page.startswith("## Deployment on a GPU") and "GGUF files" not in gpu_page
     gguf[0]["llama_cpp"] = None
     unmeasured = render_deploy(result_of(rows_of({0: {"float": 1.0, "ptq": 1.5}}), gguf))
     assert "| 0 | q8_0 | 1.00 MiB | 1.00e-03 | 1.00000 | - |" in unmeasured

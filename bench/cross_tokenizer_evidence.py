@@ -1,8 +1,11 @@
-"""Cross-tokenizer evidence from stored labels alone, sized for one GPU -> bench/results/cross_tokenizer_gpu.json
+"""Cross-tokenizer evidence from stored labels alone (`make bench-cross-tokenizer-evidence`) -> bench/results/cross_tokenizer_evidence.json
 
-`bench/cross_tokenizer.py` (the CPU bench) cuts its students from the teacher's
-weights; this one needs no weights, so it runs where only the repository and a
-small carry folder travel. Its inputs, all in --carry (`--pack` builds it here):
+Does a student of another tokenizer learn more from the stored labels (ALM + 1:1 KL
++ CE) than from the same text alone (CE only)? `bench/cross_tokenizer.py` measures
+costs and cuts its students from the teacher's weights; this one needs no weights,
+so it runs where only the repository and a small carry folder travel (a GPU machine)
+as well as here. Its inputs, all in --carry (`--prepare` scores and packs them here;
+`--pack` packs existing label sets):
 
 - `labels-train/`, `labels-heldout/`: score-mode labels of the embedded teacher
   (SmolLM2, k = 20) on all of data/corpus/train.jsonl and on the 60 held-out
@@ -21,10 +24,11 @@ the median over the steps after the first --skip-steps, for every run, and for
 two reference runs of --timing-steps: ordinary KD of the same architecture with
 the teacher's vocabulary, and the cross path with the teacher's tokenizer.
 
-    python -m bench.cross_tokenizer_gpu --pack data/xtok-carry     # here: build the carry folder
-    python -m bench.cross_tokenizer_gpu --carry data/xtok-carry    # on the GPU (~5 min on an H100)
-    python -m bench.cross_tokenizer_gpu --carry data/xtok-carry --device cpu --steps 2 \
-        --timing-steps 2 --seeds 0 --output /tmp/xtok.json          # a CPU smoke run
+    make bench-cross-tokenizer-evidence   # here, CPU-sized: 64 wide, 2 layers, 100 steps (~1 h on 2 cores)
+    python -m bench.cross_tokenizer_evidence --pack data/xtok-carry     # the carry folder for a GPU
+    python -m bench.cross_tokenizer_evidence --carry data/xtok-carry    # on a GPU: 384 wide, 4 layers, 300 steps
+    python -m bench.cross_tokenizer_evidence --device cpu --steps 2 --timing-steps 2 --seeds 0 \
+        --hidden 64 --layers 2 --output /tmp/xtok.json          # a smoke run
 """
 
 from __future__ import annotations
@@ -61,6 +65,20 @@ def pack(carry: Path, train: str, heldout: str, tokenizers: str) -> None:
                 shutil.copy(f, dest / f.name)
     size = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
     print(f"{carry}: {size / 2**20:.1f} MiB")
+
+
+def prepare(carry: Path, args: argparse.Namespace) -> None:
+    """Score the training corpus and the held-out documents with the embedded teacher (reusing
+    complete outputs) and pack them with the student tokenizers into `carry`, unless it holds them."""
+    if (carry / "labels-heldout" / "manifest.json").is_file():
+        return
+    from bench.cross_tokenizer import heldout_documents, score
+
+    score("data/corpus/train.jsonl", args.pack_train, None)
+    Path(args.pack_heldout).parent.mkdir(parents=True, exist_ok=True)
+    score(heldout_documents(Path(args.pack_heldout).parent / "heldout-docs.jsonl"),
+          args.pack_heldout, None)
+    pack(carry, args.pack_train, args.pack_heldout, args.pack_tokenizers)
 
 
 def unpack_tokenizer(carry: Path, pair: str, work: Path) -> str:
@@ -173,10 +191,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--carry", type=Path, default=Path("data/xtok-carry"))
     ap.add_argument("--pack", type=Path, help="build this carry folder from the next three, then stop")
-    ap.add_argument("--pack-train", default="data/xtok-gpu/labels-train")
-    ap.add_argument("--pack-heldout", default="data/xtok-gpu/labels-heldout")
+    ap.add_argument("--prepare", action="store_true",
+                    help="make --carry first if it is not there: score the corpus, then pack")
+    ap.add_argument("--pack-train", default="data/labels/xtok-train")
+    ap.add_argument("--pack-heldout", default="data/labels/xtok-heldout")
     ap.add_argument("--pack-tokenizers", default="data/tokenizers")
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                    help="auto: cuda where there is one")
     ap.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300)
@@ -188,8 +209,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--loss-chunk", type=int, default=2048)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--work", type=Path, default=Path("data/bench-cross-tokenizer-gpu"))
-    ap.add_argument("--output", default="bench/results/cross_tokenizer_gpu.json")
+    ap.add_argument("--work", type=Path, default=Path("data/bench-cross-tokenizer-evidence"))
+    ap.add_argument("--output", default="bench/results/cross_tokenizer_evidence.json")
     return ap.parse_args(argv)
 
 
@@ -197,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.pack:
         return pack(args.pack, args.pack_train, args.pack_heldout, args.pack_tokenizers)
+    if args.prepare:
+        prepare(args.carry, args)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch looks: the stage picks cuda if any
     import torch
@@ -204,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.machine import describe_machine
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device here (use --device cpu for a smoke run)")
+        sys.exit("--device cuda: no CUDA device here (use --device cpu)")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.teacher = str(args.carry / "labels-train" / "tokenizer")
     args.work.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
