@@ -122,6 +122,20 @@ def train(args: argparse.Namespace, out: Path, steps: int, seed: int, alpha: flo
             "first_step_seconds": step_s[0], "mean_step_seconds": statistics.fmean(step_s)}
 
 
+def finished(out: Path, steps: int) -> bool:
+    """Whether `out` holds a run of `steps` steps whose model was exported."""
+    metrics = out / "metrics.jsonl"
+    return (out / "model" / "config.json").is_file() and metrics.is_file() and sum(
+        "loss" in json.loads(line) for line in metrics.read_text().splitlines()) == steps
+
+
+def reused(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A finished run taken from disk (--reuse): its step times from its metrics, no wall time."""
+    median, step_s = median_step(out, args.skip_steps)
+    return {"seconds": None, "median_step_seconds": median, "steps": len(step_s),
+            "first_step_seconds": step_s[0], "mean_step_seconds": statistics.fmean(step_s)}
+
+
 def heldout(args: argparse.Namespace, models: list[Path]) -> tuple[list[float], float]:
     """Bits per byte of each exported model on the held-out labels, and the teacher's."""
     import numpy as np
@@ -157,9 +171,11 @@ def evidence(args: argparse.Namespace, result: dict[str, Any]) -> None:
         for seed in args.seeds:
             for loss, alpha in LOSSES.items():
                 out = args.work / f"{pair}-{loss.replace('+', '-').replace(' ', '-')}-s{seed}"
-                run = train(args, out, args.steps, seed, alpha, tokenizer)
+                run = (reused(out, args) if args.reuse and finished(out, args.steps)
+                       else train(args, out, args.steps, seed, alpha, tokenizer))
                 runs.append(run | {"seed": seed, "loss": loss, "alpha": alpha, "out": str(out)})
-                print(f"{pair} seed {seed} {loss}: {run['seconds']:.1f} s", flush=True)
+                took = "reused" if run["seconds"] is None else f"{run['seconds']:.1f} s"
+                print(f"{pair} seed {seed} {loss}: {took}", flush=True)
         bpb, teacher = heldout(args, [Path(r["out"]) / "model" for r in runs])
         for r, b in zip(runs, bpb):
             r["heldout_bits_per_byte"] = {"student": b, "teacher": teacher}
@@ -211,6 +227,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--work", type=Path, default=Path("data/bench-cross-tokenizer-evidence"))
     ap.add_argument("--output", default="bench/results/cross_tokenizer_evidence.json")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take runs already finished in --work (an interrupted invocation's) as "
+                         "they are; their wall time is not recorded")
     return ap.parse_args(argv)
 
 

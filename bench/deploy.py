@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -94,14 +95,19 @@ def run_plans(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return plans
 
 
-def train(args: argparse.Namespace, seed: int, out: Path, fields: dict[str, Any]) -> float:
+def train(args: argparse.Namespace, seed: int, out: Path, fields: dict[str, Any]) -> float | None:
+    """The run's wall seconds; None for a run --reuse takes as it is from an earlier invocation."""
+    if args.reuse and (out / "model" / "config.json").is_file():
+        return None
     cfg = StudentConfig(labels=(args.train_labels,), student=args.student, teacher=args.teacher,
                         keep_layers=args.keep_layers, narrow_hidden_size=args.narrow_hidden_size,
                         out=str(out), steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr,
                         warmup_steps=args.warmup_steps, seed=seed, eval_every=0,
                         checkpoint_every=0, report_to="none", overwrite=True,
                         qat_group_size=args.group_size, **fields)
-    return run_train_student(cfg).seconds
+    seconds = run_train_student(cfg).seconds
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # 1.6 GB each for the 135M teacher
+    return seconds
 
 
 def size(path: Path) -> int:
@@ -145,7 +151,8 @@ def seed_rows(args: argparse.Namespace, seed: int, work: Path, labels: LabelSet,
     for name, fields in run_plans(args).items():
         out = work / f"{name}-{seed}"
         seconds = train(args, seed, out, fields)
-        print(f"seed {seed} {name}: {args.steps} steps in {seconds:.1f} s", flush=True)
+        took = "reused" if seconds is None else f"in {seconds:.1f} s"
+        print(f"seed {seed} {name}: {args.steps} steps {took}", flush=True)
         row = base | {"variant": name, "train_seconds": seconds, **fields}
         if "qat" in fields:
             model = quantized(out / "model", args)
@@ -173,6 +180,7 @@ def gguf_rows(args: argparse.Namespace, seed: int, work: Path, labels: LabelSet,
     and llama.cpp's tokens per second where llama-cpp-python is installed."""
     from transformers import AutoModelForCausalLM
 
+    from pipeline.interop.gguf_model import read_gguf_summary
     from schemas.deploy_config import ModelExportConfig
     from stages.interop.export_gguf import run_export_model
 
@@ -182,9 +190,12 @@ def gguf_rows(args: argparse.Namespace, seed: int, work: Path, labels: LabelSet,
     for quant in [q for q in args.quants.split(",") if q]:
         path = work / f"float-{seed}-{quant}.gguf"
         tick = time.time()
-        summary = run_export_model(ModelExportConfig(model=str(float_dir), quant=quant,
-                                                     out=str(path), overwrite=True))
-        seconds = time.time() - tick
+        if args.reuse and path.is_file():
+            summary, seconds = read_gguf_summary(path), None
+        else:
+            summary = run_export_model(ModelExportConfig(model=str(float_dir), quant=quant,
+                                                         out=str(path), overwrite=True))
+            seconds = time.time() - tick
         loaded = AutoModelForCausalLM.from_pretrained(work, gguf_file=path.name,
                                                       dtype=torch.float32).eval()
         rows.append({"seed": seed, "steps": args.steps, "quant": quant, "bytes": summary.bytes,
@@ -270,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-budget", type=float, default=0,
                         help="seconds: start no further seed once the next would pass it (0: none)")
     parser.add_argument("--out", default="bench/results/deploy.json")
+    parser.add_argument("--work", default=None, help="folder of the runs (default: a new "
+                                                     "temporary one)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take runs (and GGUF files) already in --work as they are: an "
+                             "interrupted invocation's; their wall time is not recorded")
     return parser
 
 
@@ -303,7 +319,8 @@ def write(args: argparse.Namespace, start: float, labels: LabelSet, plan: list[n
 def main() -> None:
     args = build_parser().parse_args()
     check_args(args)
-    work = Path(tempfile.mkdtemp(prefix="kd-bench-deploy-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kd-bench-deploy-"))
+    work.mkdir(parents=True, exist_ok=True)
     labels = open_label_set([args.heldout_labels])
     plan = eval_plan(labels, np.arange(len(labels)), args.batch_tokens, 0, 0)
     start = time.time()

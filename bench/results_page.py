@@ -446,7 +446,8 @@ def deploy_sections(r: Result) -> list[str]:
              for pair, g in summary["gains"].items()]
     raw = [[run["seed"], run["variant"], f"{run['kl']:.5f}", f"{run['nll']:.5f}",
             f"{run['kl_to_float_student']:.2e}" if "kl_to_float_student" in run else "-",
-            f"{run['train_seconds']:.0f}"] for run in r["runs"]]
+            "reused" if run["train_seconds"] is None else f"{run['train_seconds']:.0f}"]
+           for run in r["runs"]]
     float_sd = summary["variants"]["float"]["kl"]["stdev"]
     final = (f", the last {st['qat_steps']} of them a QAT phase for `qat-final`"
              if st["qat_steps"] else "")
@@ -463,6 +464,9 @@ def deploy_sections(r: Result) -> list[str]:
         table(["variant vs baseline", "KL gain", "seeds better", "NLL gain", "seeds better"],
               "lrrrr", gains),
         table(["seed", "variant", "KL", "NLL", "KL to float student", "train s"], "rlrrrr", raw)]
+    if any(run["train_seconds"] is None for run in r["runs"]):
+        parts.append("Runs marked `reused` were trained by an earlier, interrupted invocation "
+                     "and taken as they were (`--reuse`); their time is not recorded.")
     if r["gguf"]:
         gguf = [[g["seed"], g["quant"], f"{g['bytes'] / 2**20:.2f} MiB",
                  f"{g['kl_to_float_student']:.2e}", f"{g['kl']:.5f}",
@@ -481,6 +485,16 @@ def deploy_sections(r: Result) -> list[str]:
 
 def render_deploy(r: Result) -> str:
     return section("Deployment: QAT and GGUF", "deploy.json", "bench-deploy", r,
+                   *deploy_sections(r))
+
+
+def render_deploy_narrow(r: Result) -> str:
+    return section("Deployment, earlier run: a small student trained from scratch",
+                   "deploy_narrow.json", "", r,
+                   "Kept for its `ptq vs float` row: a student this small and this briefly "
+                   "trained loses almost nothing to int4 post-training quantization, so QAT has "
+                   "nothing to recover there (the `float-phased` control shows that `qat-final`'s "
+                   "gain over plain `ptq` is its second warm-up, not QAT).",
                    *deploy_sections(r))
 
 
@@ -632,7 +646,10 @@ def render_cross_tokenizer_evidence(r: Result) -> str:
         "cross_tokenizer_evidence.json", "bench-cross-tokenizer-evidence", r,
         smoke + f"Run {where}. {r['init']}. {a['steps']} steps of {a['batch_tokens']} tokens at "
         f"lr {a['lr']} on labels of all of data/corpus/train.jsonl, per seed and loss; held-out: "
-        f"the 60 documents of data/corpus/heldout.jsonl. Total {r.get('total_seconds', 0):.0f} s.",
+        f"the 60 documents of data/corpus/heldout.jsonl. Total {r.get('total_seconds', 0):.0f} s"
+        + (" for this invocation: runs an earlier, interrupted one had finished were taken as "
+           "they were (`--reuse`)." if any(run["seconds"] is None for e in r["evidence"].values()
+                                          for run in e["runs"]) else "."),
         cross_evidence(r), cross_gain_in_spreads(r),
         "Median step time (ms), over the steps after the first "
         f"{a['skip_steps']} of each run (the pairs: median over their evidence runs):",
@@ -717,6 +734,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "text_layout_bytes.json": render_text_layout_bytes,
     "draft.json": render_draft,
     "deploy.json": render_deploy,
+    "deploy_narrow.json": render_deploy_narrow,
     "llama_cpp_build.json": render_llama_cpp_build,
     "llama_cpp_speed.json": render_llama_cpp_speed,
     "teacher_warning_lines.json": render_warning_lines,
