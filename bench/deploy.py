@@ -1,8 +1,10 @@
 """Distilled student -> deployed model: float, post-training quantized, QAT-distilled, and GGUF files.
 
-For each seed the same student (a fresh `narrow` one: random init from the
-teacher's config, so no teacher weights are needed) is distilled on the same
-labels with the same total steps, learning rate and seed, as:
+For each seed the same student (by default the embedded teacher itself: LLM-QAT's
+self-distillation into its quantized copy, the case where post-training quantization
+does real damage; `--student narrow` is a fresh random init from the teacher's config,
+which needs no teacher weights) is distilled on the same labels with the same total
+steps, learning rate and seed, as:
 
 - `float`: in float; `ptq`: that float student quantized after training with
   the scheme (torchao, `pipeline.student.qat.convert_qat`: post-training
@@ -24,7 +26,9 @@ export-model`, llama.cpp's converter), read back with transformers' GGUF
 reader and scored the same way, plus tokens per second under llama.cpp where
 llama-cpp-python is installed (`make llama-cpp`). Results are written after
 every seed (with the machine, the command and every raw run), so a run cut
-short keeps its finished seeds. Runs on CUDA when there is one.
+short keeps its finished seeds: `--continue-from FILE` keeps them and runs the rest
+(`--work DIR --reuse` also takes trained runs and GGUF files already in DIR). Runs on
+CUDA when there is one.
 
     python -m bench.deploy --train-labels /tmp/l/train --heldout-labels /tmp/l/heldout
     python -m bench.deploy ... --seeds 0 --steps 4 --qat-steps 2 --quants ''  # a smoke run
@@ -283,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="bench/results/deploy.json")
     parser.add_argument("--work", default=None, help="folder of the runs (default: a new "
                                                      "temporary one)")
+    parser.add_argument("--continue-from", default=None,
+                        help="a results file of an earlier invocation with the same settings: "
+                             "its finished seeds are kept, not run again")
     parser.add_argument("--reuse", action="store_true",
                         help="take runs (and GGUF files) already in --work as they are: an "
                              "interrupted invocation's; their wall time is not recorded")
@@ -316,6 +323,21 @@ def write(args: argparse.Namespace, start: float, labels: LabelSet, plan: list[n
     tmp.replace(args.out)
 
 
+def finished_seeds(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(runs, GGUF rows) of the seeds --continue-from's results file finished, which this
+    invocation does not run again; refused when that file was made with other settings."""
+    if not args.continue_from:
+        return [], []
+    earlier = json.loads(Path(args.continue_from).read_text())
+    same = ("student", "steps", "qat_steps", "batch_tokens", "lr", "warmup_steps", "scheme",
+            "group_size", "train_labels", "heldout_labels")
+    differ = [k for k in same if earlier["settings"][k] != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--continue-from {args.continue_from}: made with other --"
+                         f"{differ[0].replace('_', '-')} ({earlier['settings'][differ[0]]})")
+    return earlier["runs"], earlier["gguf"]
+
+
 def main() -> None:
     args = build_parser().parse_args()
     check_args(args)
@@ -324,11 +346,10 @@ def main() -> None:
     labels = open_label_set([args.heldout_labels])
     plan = eval_plan(labels, np.arange(len(labels)), args.batch_tokens, 0, 0)
     start = time.time()
-    rows: list[dict[str, Any]] = []
-    gguf: list[dict[str, Any]] = []
+    rows, gguf = finished_seeds(args)
     last_seed_seconds = 0.0
     llama_cpp = llama_cpp_status()  # as when the GGUF files are measured, not at the last write
-    for seed in parse_seeds(args.seeds):
+    for seed in [s for s in parse_seeds(args.seeds) if s not in {r["seed"] for r in rows}]:
         if args.time_budget and time.time() - start + last_seed_seconds > args.time_budget:
             print(f"--time-budget {args.time_budget:.0f} s: seed {seed} and later not run")
             break

@@ -427,9 +427,9 @@ def deploy_student(st: dict[str, Any], parameters: int) -> str:
                 f"({size}, random init from the teacher's config)")
     if st["student"] == "from-teacher":
         return f"A student of {st['keep_layers']} of the teacher's layers ({size})"
-    return (f"The student `{st['student']}` ({size}); when it is the teacher itself, this is "
-            "LLM-QAT's recipe (Liu et al., arXiv 2305.17888): the float model distilled into "
-            "its own quantized copy")
+    return (f"The student is `{st['student']}` ({size}); with the labels' own teacher as the "
+            "student this is LLM-QAT's recipe (Liu et al., arXiv 2305.17888), the float model "
+            "distilled into its own quantized copy. Training")
 
 
 def deploy_sections(r: Result) -> list[str]:

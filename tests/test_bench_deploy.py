@@ -5,6 +5,7 @@ the parts that decide what the benchmark compares and how it reports it.
 """
 
 import argparse
+import json
 import math
 import sys
 
@@ -116,3 +117,17 @@ def test_the_build_progress_is_the_last_step_the_log_printed():
     log = "[1/178] Building C object a.o\n[93/178] Building CXX object b.o\n[94/178] c.o\nTerminated"
     assert build_progress(log) == {"done": 94, "total": 178}
     assert build_progress("Collecting llama-cpp-python\nDownloading") is None
+
+
+def test_continue_from_keeps_the_finished_seeds_and_refuses_other_settings(tmp_path):
+    from bench.deploy import finished_seeds
+
+    rows = rows_of({0: {"float": 1.0, "ptq": 1.5}})
+    earlier = tmp_path / "deploy.json"
+    earlier.write_text(json.dumps({"settings": vars(parse("--steps", "12")), "runs": rows,
+                                   "gguf": [{"seed": 0, "quant": "f16"}]}))
+    kept, gguf = finished_seeds(parse("--steps", "12", "--continue-from", str(earlier)))
+    assert kept == rows and gguf == [{"seed": 0, "quant": "f16"}]
+    with pytest.raises(SystemExit, match="made with other --steps"):
+        finished_seeds(parse("--steps", "10", "--continue-from", str(earlier)))
+    assert finished_seeds(parse()) == ([], [])
