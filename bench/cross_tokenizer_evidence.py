@@ -117,9 +117,7 @@ def train(args: argparse.Namespace, out: Path, steps: int, seed: int, alpha: flo
     run_train_student(cfg)
     seconds = time.perf_counter() - start
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # GiBs each with a 262k vocabulary
-    median, step_s = median_step(out, args.skip_steps)
-    return {"seconds": seconds, "median_step_seconds": median, "steps": len(step_s),
-            "first_step_seconds": step_s[0], "mean_step_seconds": statistics.fmean(step_s)}
+    return {"seconds": seconds} | step_stats(out, args.skip_steps)
 
 
 def finished(out: Path, steps: int) -> bool:
@@ -129,10 +127,10 @@ def finished(out: Path, steps: int) -> bool:
         "loss" in json.loads(line) for line in metrics.read_text().splitlines()) == steps
 
 
-def reused(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """A finished run taken from disk (--reuse): its step times from its metrics, no wall time."""
-    median, step_s = median_step(out, args.skip_steps)
-    return {"seconds": None, "median_step_seconds": median, "steps": len(step_s),
+def step_stats(out: Path, skip: int) -> dict[str, Any]:
+    """A finished run's step times, from its metrics."""
+    median, step_s = median_step(out, skip)
+    return {"median_step_seconds": median, "steps": len(step_s),
             "first_step_seconds": step_s[0], "mean_step_seconds": statistics.fmean(step_s)}
 
 
@@ -171,7 +169,8 @@ def evidence(args: argparse.Namespace, result: dict[str, Any]) -> None:
         for seed in args.seeds:
             for loss, alpha in LOSSES.items():
                 out = args.work / f"{pair}-{loss.replace('+', '-').replace(' ', '-')}-s{seed}"
-                run = (reused(out, args) if args.reuse and finished(out, args.steps)
+                run = ({"seconds": None} | step_stats(out, args.skip_steps)  # no wall time
+                       if args.reuse and finished(out, args.steps)
                        else train(args, out, args.steps, seed, alpha, tokenizer))
                 runs.append(run | {"seed": seed, "loss": loss, "alpha": alpha, "out": str(out)})
                 took = "reused" if run["seconds"] is None else f"{run['seconds']:.1f} s"

@@ -56,10 +56,10 @@ from pipeline.student.batches import PlannedBatches, to_device
 from pipeline.student.label_set import LabelSet, open_label_set
 from pipeline.student.qat import convert_qat, prepare_qat, save_quantized
 from schemas.student_config import StudentConfig
+from schemas.teacher_config import DEFAULT_TEACHER
 from stages.student.evaluate import eval_plan, evaluate_model, teacher_reference
 from stages.student.train import run_train_student
 
-TEACHER = "data/models/smollm2-135m-instruct"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PAIRS = (("qat-start", "ptq"), ("qat-final", "ptq"), ("qat-final", "ptq-phased"),
          ("ptq", "float"), ("ptq-phased", "float-phased"))
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-tokens", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--warmup-steps", type=int, default=2)
-    parser.add_argument("--student", default=TEACHER,
+    parser.add_argument("--student", default=DEFAULT_TEACHER,
                         help="narrow, from-teacher or a model directory (default: the teacher "
                              "itself, LLM-QAT's self-distillation)")
     parser.add_argument("--keep-layers", type=int, default=2)
@@ -347,9 +347,10 @@ def main() -> None:
     plan = eval_plan(labels, np.arange(len(labels)), args.batch_tokens, 0, 0)
     start = time.time()
     rows, gguf = finished_seeds(args)
+    done = {r["seed"] for r in rows}
     last_seed_seconds = 0.0
     llama_cpp = llama_cpp_status()  # as when the GGUF files are measured, not at the last write
-    for seed in [s for s in parse_seeds(args.seeds) if s not in {r["seed"] for r in rows}]:
+    for seed in [s for s in parse_seeds(args.seeds) if s not in done]:
         if args.time_budget and time.time() - start + last_seed_seconds > args.time_budget:
             print(f"--time-budget {args.time_budget:.0f} s: seed {seed} and later not run")
             break

@@ -186,7 +186,8 @@ def collate_cross(samples: list[dict[str, Any]], alignments: list[Alignment],
     mask = np.zeros_like(ids)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (
         "loss_rows", "target_ids", "row_chunk", "chunk_teacher_logprobs", "chunk_bytes",
-        "one_rows", "one_teacher_ids", "one_teacher_logprobs", "hidden_rows")}
+        "one_rows", "one_teacher_ids", "one_teacher_logprobs")}
+    hidden_rows: list[np.ndarray] = []
     hidden: dict[int, list[np.ndarray]] = {layer: [] for layer in hidden_layers}
     chunks = rows = 0
     for b, (s, a) in enumerate(zip(samples, alignments)):
@@ -218,12 +219,12 @@ def collate_cross(samples: list[dict[str, Any]], alignments: list[Alignment],
         parts["one_teacher_logprobs"].append(np.asarray(s["topk_logprobs"], np.float32)[t_of[one]])
         if hidden_layers:
             s_end, t_end = a.chunk_ends()
-            parts["hidden_rows"].append(b * width + s_end)
+            hidden_rows.append(b * width + s_end)
             for layer in hidden_layers:
                 hidden[layer].append(np.asarray(s[f"hidden_{layer}"][t_end], np.float32))
         chunks += a.chunks
         rows += len(s_tok)
-    cat = {k: np.concatenate(v) for k, v in parts.items() if v}
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     for key, dtype in (("loss_rows", torch.int64), ("target_ids", torch.int64),
                        ("row_chunk", torch.int64), ("chunk_teacher_logprobs", torch.float32),
@@ -231,7 +232,7 @@ def collate_cross(samples: list[dict[str, Any]], alignments: list[Alignment],
                        ("one_teacher_ids", torch.int64), ("one_teacher_logprobs", torch.float32)):
         batch[key] = torch.from_numpy(cat[key]).to(dtype)
     if hidden_layers:
-        batch["hidden_rows"] = torch.from_numpy(cat["hidden_rows"]).to(torch.int64)
+        batch["hidden_rows"] = torch.from_numpy(np.concatenate(hidden_rows)).to(torch.int64)
         batch["teacher_hidden"] = {layer: torch.from_numpy(np.concatenate(v))
                                    for layer, v in hidden.items()}
     return batch

@@ -142,12 +142,11 @@ class CrossTokenizerModule(torch.nn.Module):
                                   vocab=self.vocab, alpha=cfg.alpha, kd_loss=cfg.kd_loss,
                                   temperature=plan.temperature if plan else cfg.kd_temperature,
                                   alm_temperature=cfg.alm_temperature, chunk_size=cfg.loss_chunk)
-        if need_hidden:
-            hidden, cosine = hidden_sums(self.adapter, all_states, self.layer_map, batch,
-                                         cfg.hidden_loss)
-            return sums.weighted, sums.alm + sums.kl, sums.ce, hidden, cosine
         zero = flat.new_zeros((), dtype=torch.float32)
-        return sums.weighted, sums.alm + sums.kl, sums.ce, zero, zero.new_zeros(0)
+        hidden, cosine = (hidden_sums(self.adapter, all_states, self.layer_map, batch,
+                                      cfg.hidden_loss) if need_hidden
+                          else (zero, zero.new_zeros(0)))
+        return sums.weighted, sums.alm + sums.kl, sums.ce, hidden, cosine
 
 
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
